@@ -1,0 +1,57 @@
+"""The ``sphericalreg`` command. Each subcommand lives in the module that does the work and
+exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules are imported lazily so
+``--help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import InputError
+
+COMMANDS = {
+    "demo": ("SphericalRegLib.demo", "simulate a case of the example CT, register it, print mTRE"),
+    "simulate": ("SphericalRegLib.simulate", "write simulated X-ray cases of a CT with ground truth"),
+    "train": ("SphericalRegLib.train", "train a patient-specific model (regressor + similarity) from a CT"),
+    "register": ("SphericalRegLib.register", "register the X-ray of a case folder to its CT"),
+    "evaluate": ("SphericalRegLib.evaluate", "run several methods on simulated cases and tabulate"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sphericalreg", description=__doc__.split("\n")[0])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sphericalreg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            p.set_defaults(_missing=True)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", False):
+        parser.error(f"'{args.command}' is not available in this build")
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except InputError as e:
+        print(f"sphericalreg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sphericalreg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
