@@ -172,7 +172,7 @@ def so4_embed(T: Tensor, length: float) -> Tensor:
     """Etzel and McCarthy's embedding of SE(3) in SO(4): the polar factor of ``[[R, t/L], [0, 1]]``.
 
     ``(..., 4, 4) -> (..., 4, 4)``. The SO(4) metric is bi-invariant, which SE(3) has none of;
-    for ``|t| << L`` translations become small rotations of angle about ``|t| / L``.
+    for ``|t| << L`` a translation becomes a rotation by about ``|t| / (2 L)``.
     """
     top = torch.cat([T[..., :3, :3], T[..., :3, 3:] / length], dim=-1)
     M = torch.cat([top, T[..., 3:, :]], dim=-2)
@@ -207,12 +207,15 @@ def so4_geodesic(A: Tensor, B: Tensor) -> Tensor:
     """
     Q = A.transpose(-1, -2) @ B
     M = torch.einsum("ijab,...ab->...ij", _isoclinic_basis(Q.dtype, Q.device), Q) / 4
-    eps = 1e-12
-    p0 = ((M[..., 0, :] ** 2).sum(-1) + eps).sqrt().clamp(max=1.0)
-    q0_abs = ((M[..., :, 0] ** 2).sum(-1) + eps).sqrt().clamp(max=1.0)
-    q0 = torch.where(M[..., 0, 0] < 0, -q0_abs, q0_abs)
-    a = torch.acos(p0.clamp(max=1 - 1e-7))
-    b = torch.acos(q0.clamp(-1 + 1e-7, 1 - 1e-7))
+    eps = 1e-30
+    # sin and cos of both half-angles from row/column blocks of p q^T; atan2 keeps small angles exact.
+    cos_a = ((M[..., 0, :] ** 2).sum(-1) + eps).sqrt()
+    sin_a = ((M[..., 1:, :] ** 2).sum((-1, -2)) + eps).sqrt()
+    cos_b = ((M[..., :, 0] ** 2).sum(-1) + eps).sqrt()
+    sin_b = ((M[..., :, 1:] ** 2).sum((-1, -2)) + eps).sqrt()
+    cos_b = torch.where(M[..., 0, 0] < 0, -cos_b, cos_b)
+    a = torch.atan2(sin_a, cos_a)
+    b = torch.atan2(sin_b, cos_b)
     phi1 = a + b
     phi1 = torch.where(phi1 > math.pi, 2 * math.pi - phi1, phi1)
     phi2 = (a - b).abs()
