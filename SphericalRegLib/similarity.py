@@ -1,0 +1,155 @@
+"""The learnt similarity: X-ray and DRR token embeddings on a hypersphere and their geodesic distances.
+
+A CNN-Transformer (timm's MobileViT-XXS, randomly initialised) embeds each image as a set of N
+tokens (an adaptive grid over its last feature map). Each token is projected to a tangent vector
+``v`` in R^D and mapped into the embedding space by a Riemannian exponential map:
+
+* ``"sphere"``: ``exp`` at the north pole ``n = e_{D+1}`` of S^D, ``z = cos|v| n + sin|v| v/|v|``;
+  distance ``2 atan2(|a - b|, |a + b|)``, the great-circle angle in [0, pi] (stable at 0 and pi).
+* ``"euclidean"``: ``z = v``; distance ``|a - b|``.
+* ``"hyperbolic"``: Poincare ball (curvature -1), ``exp`` at 0, ``z = tanh|v| v/|v|``; distance
+  ``2 asinh(|a - b| / sqrt((1 - |a|^2)(1 - |b|^2)))`` (= arcosh of the usual form, stable at 0).
+
+The per-token distances form the residual vector ``r`` (B, N) the Levenberg-Marquardt optimiser
+needs; the cost is ``0.5 * sum(r**2)``.
+
+Design choices: separate stems for the X-ray (1 channel) and the DRR (C feature channels) feed one
+shared trunk; every image is standardised per channel inside, so the absolute scale of line
+integrals does not matter; the trunk uses GroupNorm (one group) instead of BatchNorm, so samples in
+a batch never influence each other's pose gradients and train and eval modes agree; timm's fused
+attention is switched off because its CPU kernel has no double backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SPACES", "SimilarityNet", "token_distance", "exp_map", "standardise"]
+
+SPACES = ("sphere", "euclidean", "hyperbolic")
+
+_TINY = 1e-18
+_BALL_EDGE = 1 - 1e-5
+
+
+def _norm(x: Tensor) -> Tensor:
+    """Euclidean norm over the last axis with a zero-safe gradient (0 rather than NaN at 0)."""
+    return (x * x).sum(-1).clamp_min(_TINY).sqrt()
+
+
+def _check_space(space: str) -> None:
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+
+
+def exp_map(v: Tensor, space: str) -> Tensor:
+    """Tangent vectors ``(..., D)`` at the base point to points of ``space``.
+
+    Returns ``(..., D + 1)`` unit vectors for the sphere, ``(..., D)`` otherwise.
+    """
+    _check_space(space)
+    if space == "euclidean":
+        return v
+    theta = _norm(v)[..., None]
+    if space == "sphere":
+        return torch.cat([torch.sin(theta) / theta * v, torch.cos(theta)], dim=-1)
+    return torch.tanh(theta).clamp(max=_BALL_EDGE) / theta * v
+
+
+def token_distance(a: Tensor, b: Tensor, space: str) -> Tensor:
+    """Geodesic distance between matching points ``(..., N, E), (..., N, E) -> (..., N)``."""
+    _check_space(space)
+    diff = _norm(a - b)
+    if space == "euclidean":
+        return diff
+    if space == "sphere":
+        return 2 * torch.atan2(diff, _norm(a + b))
+    a2 = (a * a).sum(-1).clamp(max=_BALL_EDGE**2)
+    b2 = (b * b).sum(-1).clamp(max=_BALL_EDGE**2)
+    return 2 * torch.asinh(diff / ((1 - a2) * (1 - b2)).sqrt())
+
+
+def standardise(img: Tensor, eps: float = 1e-8) -> Tensor:
+    """Zero mean, unit variance per image and channel: ``(B, C, H, W) -> (B, C, H, W)``."""
+    mean = img.mean(dim=(-2, -1), keepdim=True)
+    var = img.var(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (img - mean) / (var + eps).sqrt()
+
+
+def _stem(in_chans: int, out_chans: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_chans, out_chans, 3, padding=1), nn.GroupNorm(1, out_chans), nn.SiLU())
+
+
+class SimilarityNet(nn.Module):
+    """X-ray and DRR token embeddings ``(B, N, E)`` and their per-token distances ``(B, N)``.
+
+    ``drr_channels``: C, the feature channels rendered into the DRR. ``space``: one of
+    :data:`SPACES`. ``embed_dim``: D, the tangent dimension (E = D + 1 on the sphere).
+    ``tokens``: N, a square number (an adaptive ``sqrt(N) x sqrt(N)`` grid over the trunk's last
+    feature map). Inputs of another size than ``image_size`` are resized to it.
+    """
+
+    def __init__(self, drr_channels: int, space: str = "sphere", embed_dim: int = 32,
+                 image_size: int = 128, tokens: int = 16, trunk: str = "mobilevit_xxs",
+                 stem_channels: int = 8):
+        super().__init__()
+        _check_space(space)
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise ValueError(f"tokens must be a square number, got {tokens}")
+        self.drr_channels = drr_channels
+        self.space = space
+        self.embed_dim = embed_dim
+        self.image_size = image_size
+        self.tokens = tokens
+        self.stem_xray = _stem(1, stem_channels)
+        self.stem_drr = _stem(drr_channels, stem_channels)
+        self.trunk = timm.create_model(trunk, pretrained=False, in_chans=stem_channels, num_classes=0,
+                                       global_pool="", norm_layer="groupnorm1")
+        for module in self.trunk.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
+        width = self.trunk.num_features
+        self.token_norm = nn.LayerNorm(width)
+        self.project = nn.Linear(width, embed_dim)
+        # |v| ~ 1 at initialisation: inside the sphere's injectivity radius and away from the ball's edge.
+        nn.init.normal_(self.project.weight, std=1 / math.sqrt(width * embed_dim))
+        nn.init.zeros_(self.project.bias)
+
+    def _prepare(self, img: Tensor, channels: int, name: str) -> Tensor:
+        if img.dim() != 4 or img.shape[1] != channels:
+            raise ValueError(f"{name} must be (B, {channels}, H, W), got shape {tuple(img.shape)}")
+        if img.shape[-2:] != (self.image_size, self.image_size):
+            img = F.interpolate(img, size=(self.image_size, self.image_size), mode="bilinear",
+                                align_corners=False)
+        return standardise(img)
+
+    def _embed(self, stemmed: Tensor) -> Tensor:
+        side = math.isqrt(self.tokens)
+        fmap = F.adaptive_avg_pool2d(self.trunk.forward_features(stemmed), side)
+        v = self.project(self.token_norm(fmap.flatten(2).transpose(1, 2)))
+        return exp_map(v, self.space)
+
+    def embed_xray(self, x: Tensor) -> Tensor:
+        """X-ray line integrals ``(B, 1, H, W) -> (B, N, E)``."""
+        return self._embed(self.stem_xray(self._prepare(x, 1, "xray")))
+
+    def embed_drr(self, d: Tensor) -> Tensor:
+        """Rendered feature DRR ``(B, C, H, W) -> (B, N, E)``."""
+        return self._embed(self.stem_drr(self._prepare(d, self.drr_channels, "drr")))
+
+    def residual(self, zx: Tensor, zd: Tensor) -> Tensor:
+        """Per-token geodesic distances ``(B, N, E), (B, N, E) -> (B, N)``, non-negative."""
+        return token_distance(zx, zd, self.space)
+
+    def forward(self, x: Tensor, d: Tensor) -> Tensor:
+        """``x (B, 1, H, W)``, ``d (B, C, H, W)`` -> residual ``(B, N)``; one trunk pass for both."""
+        sx = self.stem_xray(self._prepare(x, 1, "xray"))
+        sd = self.stem_drr(self._prepare(d, self.drr_channels, "drr"))
+        zx, zd = self._embed(torch.cat([sx, sd])).split([len(sx), len(sd)])
+        return self.residual(zx, zd)
