@@ -1,6 +1,8 @@
-"""The ``sphericalreg`` command. Each subcommand lives in the module that does the work and
-exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules are imported lazily so
-``--help`` answers at once."""
+"""sphericalreg: 2D/3D X-ray to CT registration by spherical similarity learning.
+
+Each subcommand lives in the module that does the work and exposes ``add_arguments(parser)``
+and ``main(args) -> int``.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sphericalreg", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="sphericalreg", description=__doc__.splitlines()[0])
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"sphericalreg {__version__}")

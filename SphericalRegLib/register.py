@@ -1,0 +1,370 @@
+"""The main job: register one X-ray to its CT with a trained model.
+
+Stages: X-ray preprocessing (line integrals at the model's image size), an initial pose from the
+regressor (or a given one), Levenberg-Marquardt on the learnt spherical similarity, and an
+optional intensity stage (Levenberg-Marquardt on per-patch NCC and gradient NCC of line-integral
+DRRs at a finer resolution). ``Registrar`` does the one-time per-CT preparation so that many
+X-rays of the same CT register without repeating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .camera import Camera, project
+from .errors import InputError
+from .geometry import se3_inverse, transform_points
+from .intensity import _standardise, sobel
+from .model import ModelBundle, load_model
+from .optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
+from .render import Renderer
+from .volume import Volume, hu_to_mu
+
+__all__ = ["RegisterOptions", "RegistrationResult", "Registrar", "Cancelled", "register_case"]
+
+
+class Cancelled(RuntimeError):
+    """Raised when the caller's cancel flag is set between iterations."""
+
+
+@dataclass
+class RegisterOptions:
+    """How to register. ``optimizer`` picks the learnt-similarity stage's method (the ablation of
+    LM against first-order methods); ``refine`` switches the final intensity stage."""
+
+    optimizer: str = "lm"  # lm | gd | adam | none
+    iterations: int = 20
+    gd_iterations: int = 100
+    lr_rot: float = 1e-2
+    lr_trans: float = 5.0
+    refine: bool = True
+    refine_iterations: int = 15
+    refine_spacing_mm: float = 1.5
+    refine_image_size: int = 128
+    refine_patch: int = 16
+    max_rotation_deg: float = 45.0
+    max_translation_mm: float = 200.0
+
+    def __post_init__(self):
+        if self.optimizer not in ("lm", "gd", "adam", "none"):
+            raise InputError("--optimizer", f"is {self.optimizer!r}", "lm, gd, adam or none")
+
+
+@dataclass
+class RegistrationResult:
+    """camera_from_world (4, 4) float64 in the conventions' frames; confidence in [0, 1] or None
+    when the model carries no calibration; ``stages`` holds each stage's pose, cost history and time."""
+
+    camera_from_world: Tensor
+    seconds: float
+    similarity: float
+    iterations: int
+    confidence: float | None
+    diverged: bool
+    drr: Tensor
+    xray: Tensor
+    camera: Camera
+    stages: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "camera_from_world": self.camera_from_world.tolist(),
+            "seconds": self.seconds,
+            "similarity": self.similarity,
+            "confidence": self.confidence,
+            "iterations": self.iterations,
+            "diverged": self.diverged,
+            "stages": {k: {kk: vv for kk, vv in v.items() if kk in ("seconds", "iterations", "cost", "converged")}
+                       for k, v in self.stages.items()},
+        }
+
+
+def _line_integral_ncc_residual(patch: int):
+    """Per-patch (1 - NCC) of intensities and of edges, as a vector residual for LM."""
+
+    def residual(a: Tensor, b: Tensor) -> Tensor:
+        B, C, H, W = a.shape
+        h, w = (H // patch) * patch, (W // patch) * patch
+
+        def tiles(x):
+            c = x.shape[1]
+            x = x[..., :h, :w].reshape(B, c, h // patch, patch, w // patch, patch)
+            return x.permute(0, 2, 4, 1, 3, 5).reshape(B, -1, c * patch * patch)
+
+        parts = []
+        for fa, fb in ((a, b), (sobel(a), sobel(b))):
+            za, zb = _standardise(tiles(fa), -1), _standardise(tiles(fb), -1)
+            parts.append(1 - (za * zb).mean(-1))
+            ga, gb = _standardise(fa, (1, 2, 3)), _standardise(fb, (1, 2, 3))
+            parts.append((1 - (ga * gb).mean((1, 2, 3)))[:, None] * math.sqrt(parts[-1].shape[-1]))
+        return torch.cat(parts, dim=-1) / math.sqrt(2 * parts[0].shape[-1])
+
+    return residual
+
+
+def _prepare(image: Tensor, camera: Camera, size: int, photometric: str, line_integrals: bool):
+    """Line integrals on a ``size x size`` grid and the matching camera (the networks take squares)."""
+    from .xray import preprocess, resample
+
+    image = torch.as_tensor(image)
+    if line_integrals:
+        x, cam = resample(image.float(), camera, size, size)
+        return x, cam, torch.ones_like(x, dtype=torch.bool)
+    return preprocess(image, camera, (size, size), photometric=photometric)
+
+
+class Registrar:
+    """A model and its CT prepared once; :meth:`register` then handles any number of X-rays."""
+
+    def __init__(self, model: ModelBundle, ct: Volume, options: RegisterOptions | None = None,
+                 calibration: dict | None = None):
+        self.model = model
+        self.ct = ct
+        self.options = options or RegisterOptions()
+        self.calibration = calibration
+        self.fine = ct.with_spacing(self.options.refine_spacing_mm)
+        self.fine_mu = hu_to_mu(self.fine.data)[None].float()
+
+    def _check_cancel(self, cancel):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("registration cancelled")
+
+    def register(self, image: Tensor, camera: Camera, init: Tensor | None = None, *,
+                 photometric: str = "MONOCHROME2", line_integrals: bool = False,
+                 progress=None, cancel=None) -> RegistrationResult:
+        """Register ``image`` (rows, cols) seen by ``camera``.
+
+        ``image`` holds detector intensities (air bright; MONOCHROME1 inverted) unless
+        ``line_integrals`` says it already holds -log(I/I0); ``init``
+        (4, 4) skips the regressor. ``progress(stage, fraction)`` is called as work advances;
+        ``cancel`` is anything with ``is_set()``.
+        """
+        opt, model = self.options, self.model
+        report = progress or (lambda stage, fraction: None)
+        start = time.perf_counter()
+        size = model.config.image_size
+        prepare = lambda n: _prepare(image, camera, n, photometric, line_integrals)
+        x_small, cam_small, _ = prepare(size)
+        x_small = x_small.float()[None, None]
+        stages: dict = {}
+
+        with torch.no_grad():
+            zx = model.similarity.embed_xray(x_small)
+            t0 = time.perf_counter()
+            pose = model.regressor(x_small)[0].double() if init is None else torch.as_tensor(init, dtype=torch.float64)
+            stages["initial"] = {"pose": pose.clone(), "seconds": time.perf_counter() - t0, "iterations": 0,
+                                 "source": "regressor" if init is None else "given"}
+        report("initial", 1.0)
+        self._check_cancel(cancel)
+
+        renderer = Renderer(cam_small, model.feature_volume.ijk_to_ras, model.feature_volume.shape,
+                            model.config.n_samples)
+        features = model.feature_volume.data.float()
+
+        def residual_fn(T: Tensor) -> Tensor:
+            return model.similarity.residual(zx, model.similarity.embed_drr(renderer(features, T)))
+
+        bounds = dict(max_rotation=math.radians(opt.max_rotation_deg), max_translation=opt.max_translation_mm)
+        pose0 = pose[None]
+        diverged = False
+        similarity_value = math.nan
+
+        def callback_for(stage, total):
+            def callback(k, entry):
+                report(stage, min(1.0, k / max(1, total)))
+                return cancel is not None and cancel.is_set()
+            return callback
+
+        if opt.optimizer != "none":
+            t0 = time.perf_counter()
+            if opt.optimizer == "lm":
+                res = levenberg_marquardt(residual_fn, pose0, max_iters=opt.iterations,
+                                          callback=callback_for("similarity", opt.iterations), **bounds)
+            else:
+                method = gradient_descent if opt.optimizer == "gd" else adam
+                res = method(least_squares_cost(residual_fn), pose0, iters=opt.gd_iterations, lr_rot=opt.lr_rot,
+                             lr_trans=opt.lr_trans, callback=callback_for("similarity", opt.gd_iterations), **bounds)
+            self._check_cancel(cancel)
+            diverged = bool(res.diverged[0])
+            pose0 = res.pose.detach()
+            similarity_value = float(res.cost[0])
+            stages["similarity"] = {"pose": pose0[0].clone(), "seconds": time.perf_counter() - t0,
+                                    "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
+                                    "poses": [h["pose"][0] for h in res.history], "converged": bool(res.converged[0])}
+
+        x_fine, cam_fine, _ = prepare(opt.refine_image_size)
+        x_fine = x_fine.float()[None, None]
+        fine_renderer = Renderer(cam_fine, self.fine.ijk_to_ras, self.fine.shape)
+        ncc_residual = _line_integral_ncc_residual(opt.refine_patch)
+        if opt.refine and not diverged:
+            t0 = time.perf_counter()
+            res = levenberg_marquardt(lambda T: ncc_residual(x_fine.expand(len(T), -1, -1, -1),
+                                                             fine_renderer(self.fine_mu, T)),
+                                      pose0, max_iters=opt.refine_iterations,
+                                      callback=callback_for("intensity", opt.refine_iterations), **bounds)
+            self._check_cancel(cancel)
+            diverged = diverged or bool(res.diverged[0])
+            pose0 = res.pose.detach()
+            stages["intensity"] = {"pose": pose0[0].clone(), "seconds": time.perf_counter() - t0,
+                                   "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
+                                   "poses": [h["pose"][0] for h in res.history], "converged": bool(res.converged[0])}
+
+        with torch.no_grad():
+            drr = fine_renderer(self.fine_mu, pose0)[0, 0]
+            ncc_final = float((_standardise(drr[None, None], (1, 2, 3)) *
+                               _standardise(x_fine, (1, 2, 3))).mean())
+            if math.isnan(similarity_value):
+                similarity_value = float(0.5 * residual_fn(pose0).pow(2).sum())
+        final = pose0[0]
+        diverged = diverged or not torch.isfinite(final).all() or not self._plausible(final, cam_fine)
+        confidence = self._confidence(ncc_final, similarity_value, diverged)
+        seconds = time.perf_counter() - start
+        iterations = sum(int(s.get("iterations", 0)) for s in stages.values())
+        return RegistrationResult(camera_from_world=final, seconds=seconds, similarity=similarity_value,
+                                  iterations=iterations, confidence=confidence, diverged=diverged, drr=drr,
+                                  xray=x_fine[0, 0], camera=cam_fine,
+                                  stages={**stages, "final": {"ncc": ncc_final}})
+
+    def _plausible(self, pose: Tensor, camera: Camera) -> bool:
+        """The CT centre must lie in front of the source and project onto the detector."""
+        c = transform_points(pose, self.ct.centre[None].to(pose))[0]
+        if not (0 < float(c[2]) < camera.sdd):
+            return False
+        u, v = project(self.ct.centre[None].to(pose), pose, camera)[0].tolist()
+        return -0.5 * camera.cols <= u <= 1.5 * camera.cols and -0.5 * camera.rows <= v <= 1.5 * camera.rows
+
+    def _confidence(self, ncc_final: float, cost: float, diverged: bool) -> float | None:
+        """Platt-scaled probability of a sub-millimetre result, from the model's calibration."""
+        if diverged:
+            return 0.0
+        if not self.calibration:
+            return None
+        from .confidence import predict
+
+        return predict(self.calibration, ncc_final, cost)
+
+
+def calibration_path(model_path) -> Path:
+    """Where the confidence calibration of a model lives: beside it, so calibrating never rewrites the model."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".calibration.json")
+
+
+def load_calibration(model_path) -> dict | None:
+    path = calibration_path(model_path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"is not valid JSON ({e})", "a calibration written by sphericalreg evaluate") from None
+
+
+def save_overlay(path: Path, result: RegistrationResult) -> None:
+    """X-ray, DRR at the result, and their edge overlay side by side (PNG), for a human check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = _standardise(result.xray[None, None].float(), (1, 2, 3))[0, 0]
+    d = _standardise(result.drr[None, None].float(), (1, 2, 3))[0, 0]
+    edges = sobel(d[None, None])[0].norm(dim=0)
+    fig, ax = plt.subplots(1, 3, figsize=(12, 4.4))
+    ax[0].imshow(x, cmap="gray")
+    ax[0].set_title("X-ray (line integrals)")
+    ax[1].imshow(d, cmap="gray")
+    ax[1].set_title("DRR at the result")
+    ax[2].imshow(x, cmap="gray")
+    ax[2].imshow(edges, cmap="autumn", alpha=(edges / edges.max().clamp_min(1e-6)).clamp(0, 1).numpy())
+    conf = "n/a" if result.confidence is None else f"{result.confidence:.2f}"
+    ax[2].set_title(f"DRR edges over X-ray (confidence {conf})")
+    for a in ax:
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, result: RegistrationResult, overwrite: bool = False, overlay: bool = True) -> dict:
+    """result.json, transform.json, the ITK transform for 3D Slicer and the overlay PNG in ``out``."""
+    from .io import write_itk_transform, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"result": out / "result.json", "transform": out / "transform.json",
+             "itk": out / "world_from_camera.tfm", "overlay": out / "overlay.png"}
+    if not overwrite:
+        existing = [str(p) for k, p in paths.items() if p.exists() and (overlay or k != "overlay")]
+        if existing:
+            raise InputError(existing[0], "already exists", "a fresh output folder, or --overwrite")
+    write_json(paths["result"], result.to_json(), overwrite=overwrite)
+    world_from_camera = se3_inverse(result.camera_from_world)
+    write_json(paths["transform"], {
+        "camera_from_world": result.camera_from_world.tolist(),
+        "world_from_camera": world_from_camera.tolist(),
+        "frames": "world = CT RAS mm; camera = source at origin, +z to the detector, +x columns, +y rows",
+    }, overwrite=overwrite)
+    write_itk_transform(paths["itk"], world_from_camera, overwrite=overwrite)
+    if overlay:
+        save_overlay(paths["overlay"], result)
+    return paths
+
+
+def register_case(folder, model_path, *, out=None, use_init: bool = False, options: RegisterOptions | None = None,
+                  overwrite: bool = False, progress=None, cancel=None) -> tuple[RegistrationResult, dict]:
+    """Register a case folder of the conventions and write its outputs (to ``out``, default the folder)."""
+    from .io import read_case
+
+    case = read_case(folder)
+    if use_init and case.init is None:
+        raise InputError(Path(folder) / "init.json", "not found", "an init.json when --init is given")
+    model = load_model(model_path, case.ct)
+    registrar = Registrar(model, case.ct, options, load_calibration(model_path))
+    result = registrar.register(case.xray, case.camera, case.init if use_init else None,
+                                photometric=case.meta.get("photometric", "MONOCHROME2"),
+                                progress=progress, cancel=cancel)
+    paths = write_outputs(Path(out or folder), result, overwrite=overwrite)
+    return result, paths
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("case", help="case folder (ct, xray, geometry.json[, init.json]) as in the conventions")
+    p.add_argument("--model", required=True, help="model file written by 'sphericalreg train'")
+    p.add_argument("--init", action="store_true", help="start from the case's init.json instead of the regressor")
+    p.add_argument("--out", help="output folder (default: the case folder)")
+    p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"])
+    p.add_argument("--iterations", type=int, default=RegisterOptions.iterations)
+    p.add_argument("--no-refine", action="store_true", help="skip the final intensity (NCC) stage")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = RegisterOptions(optimizer=args.optimizer, iterations=args.iterations, refine=not args.no_refine)
+    last = {"stage": None}
+
+    def progress(stage, fraction):
+        if stage != last["stage"]:
+            print(f"[sphericalreg] {stage} ...", flush=True)
+            last["stage"] = stage
+        print(f"PROGRESS {stage} {fraction:.3f}", flush=True)
+
+    result, paths = register_case(args.case, args.model, out=args.out, use_init=args.init, options=options,
+                                  overwrite=args.overwrite, progress=progress)
+    conf = "n/a (uncalibrated model)" if result.confidence is None else f"{result.confidence:.2f}"
+    print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
+          + (" - DIVERGED, do not use this pose" if result.diverged else ""))
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 3 if result.diverged else 0
