@@ -1,0 +1,133 @@
+"""Differentiable DRRs by ray marching: line integrals (value x mm) of scalar or feature volumes.
+
+Each ray runs from the source to a pixel centre. It is clipped to the volume's box (voxel edges,
+index -0.5 to n - 0.5, slab method), sampled at ``n_samples`` midpoints of equal sub-segments
+and the volume is read there by trilinear interpolation (``grid_sample``, edge voxels extended
+over their outer half). The sum times the step in mm is the line integral. Every step is a
+smooth function of the pose, so the image can be differentiated twice with respect to it (the
+similarity training needs d(loss)/d(pose) with ``create_graph=True``) and once or more with
+respect to the volume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .camera import Camera
+from .errors import InputError
+from .geometry import se3_inverse
+
+__all__ = ["Renderer", "render", "default_n_samples"]
+
+
+def default_n_samples(shape) -> int:
+    """One sample per voxel along the longest possible chord (the grid's diagonal in voxels)."""
+    return int(math.ceil(math.sqrt(sum(float(n) ** 2 for n in shape))))
+
+
+def _grid_from_ijk(shape) -> Tensor:
+    """Voxel index (i, j, k) -> grid_sample's (x, y, z) = (k, j, i) in [-1, 1], align_corners=True."""
+    G = torch.zeros(4, 4, dtype=torch.float64)
+    for row, axis in enumerate((2, 1, 0)):
+        G[row, axis] = 2.0 / (shape[axis] - 1)
+        G[row, 3] = -1.0
+    G[3, 3] = 1.0
+    return G
+
+
+class Renderer(nn.Module):
+    """DRRs of volumes on one voxel grid seen by one camera, at batches of poses.
+
+    camera: the detector; ijk_to_ras: (4, 4) the volume's voxel-to-world map (mm); shape: (I, J, K);
+    n_samples: samples per ray (default :func:`default_n_samples`); max_points: rays are processed
+    in chunks of at most this many samples per pose to bound memory.
+    """
+
+    def __init__(self, camera: Camera, ijk_to_ras: Tensor, shape, n_samples: int | None = None,
+                 max_points: int = 1 << 24):
+        super().__init__()
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 3 or min(shape) < 2:
+            raise InputError("volume", f"has grid shape {shape}", "an [i, j, k] grid at least 2 voxels a side")
+        self.camera = camera
+        self.shape = shape
+        self.n_samples = default_n_samples(shape) if n_samples is None else int(n_samples)
+        if self.n_samples < 1:
+            raise InputError("n_samples", f"is {self.n_samples}", "a positive number of samples per ray")
+        self.max_points = int(max_points)
+        A = torch.as_tensor(ijk_to_ras, dtype=torch.float64)
+        self.register_buffer("grid_from_ras", _grid_from_ijk(shape) @ torch.linalg.inv(A), persistent=False)
+        pixels = camera.detector_points(torch.float64).reshape(-1, 3)
+        self.register_buffer("pixels", pixels.float(), persistent=False)
+        self.register_buffer("ray_mm", pixels.norm(dim=-1).float(), persistent=False)
+        # the box of voxel edges in grid units: index -0.5 .. n - 0.5 along (k, j, i)
+        half = torch.tensor([1.0 / (shape[a] - 1) for a in (2, 1, 0)])
+        self.register_buffer("box_lo", -1.0 - half, persistent=False)
+        self.register_buffer("box_hi", 1.0 + half, persistent=False)
+        frac = (torch.arange(self.n_samples, dtype=torch.float32) + 0.5) / self.n_samples
+        self.register_buffer("frac", frac, persistent=False)
+
+    def forward(self, volume: Tensor, camera_from_world: Tensor) -> Tensor:
+        """``(C, I, J, K)`` or ``(B, C, I, J, K)`` volume, ``(B, 4, 4)`` poses -> ``(B, C, rows, cols)``.
+
+        A ``(I, J, K)`` volume renders as one channel.
+        """
+        T = camera_from_world if camera_from_world.dim() == 3 else camera_from_world[None]
+        if T.shape[-2:] != (4, 4):
+            raise InputError("camera_from_world", f"has shape {tuple(camera_from_world.shape)}", "(B, 4, 4) poses")
+        vol = volume[None] if volume.dim() == 3 else volume
+        if tuple(vol.shape[-3:]) != self.shape or vol.dim() not in (4, 5):
+            raise InputError("volume", f"has shape {tuple(volume.shape)}",
+                             f"(C, {', '.join(map(str, self.shape))}) or (B, C, ...) as the renderer was built for")
+        batched = vol.dim() == 5
+        if batched and vol.shape[0] != T.shape[0]:
+            raise InputError("volume", f"batch of {vol.shape[0]} volumes for {T.shape[0]} poses", "one per pose")
+        dtype = vol.dtype if vol.is_floating_point() else torch.float32
+        vol = vol.to(dtype)
+
+        # source and ray directions in grid units (x, y, z) = (k, j, i) scaled to [-1, 1]
+        M = (self.grid_from_ras.to(T.dtype) @ se3_inverse(T)).to(dtype)  # (B, 4, 4)
+        source = M[:, :3, 3]  # (B, 3)
+        B, N = T.shape[0], self.pixels.shape[0]
+        rows, cols = self.camera.image_size
+        chunk = max(1, self.max_points // self.n_samples)
+        out = []
+        for start in range(0, N, chunk):
+            pixels = self.pixels[start:start + chunk].to(dtype)
+            direction = pixels @ M[:, :3, :3].transpose(1, 2)  # (B, n, 3), source -> pixel
+            out.append(self._march(vol, batched, source, direction, self.ray_mm[start:start + chunk].to(dtype)))
+        img = torch.cat(out, dim=-1)  # (B, C, N)
+        return img.reshape(B, -1, rows, cols)
+
+    def _march(self, vol: Tensor, batched: bool, source: Tensor, direction: Tensor, ray_mm: Tensor) -> Tensor:
+        tiny = torch.finfo(direction.dtype).tiny ** 0.5
+        safe = torch.where(direction.abs() < tiny, torch.full_like(direction, tiny), direction)
+        ta = (self.box_lo.to(safe) - source[:, None]) / safe
+        tb = (self.box_hi.to(safe) - source[:, None]) / safe
+        t0 = torch.minimum(ta, tb).amax(-1).clamp(0.0, 1.0)  # (B, n) along source -> pixel
+        t1 = torch.maximum(ta, tb).amin(-1).clamp(0.0, 1.0)
+        span = (t1 - t0).clamp_min(0.0)
+        t = t0[..., None] + span[..., None] * self.frac.to(span)  # (B, n, S)
+        points = source[:, None, None] + t[..., None] * direction[:, :, None]  # (B, n, S, 3)
+        if batched:
+            values = F.grid_sample(vol, points[:, None], mode="bilinear", padding_mode="border",
+                                   align_corners=True)[:, :, 0]  # (B, C, n, S)
+        else:
+            values = F.grid_sample(vol[None], points[None], mode="bilinear", padding_mode="border",
+                                   align_corners=True)[0].transpose(0, 1)  # (B, C, n, S)
+        step_mm = span * ray_mm / self.n_samples  # (B, n)
+        return values.sum(-1) * step_mm[:, None]
+
+
+def render(volume: Tensor, ijk_to_ras: Tensor, camera_from_world: Tensor, camera: Camera,
+           n_samples: int | None = None) -> Tensor:
+    """Line integrals (value x mm) of ``volume`` ``(C, I, J, K)`` or ``(B, C, I, J, K)`` at poses
+    ``(B, 4, 4)`` seen by ``camera``: ``-> (B, C, rows, cols)``. Builds a :class:`Renderer`; keep one
+    to render many times with the same camera and grid.
+    """
+    renderer = Renderer(camera, ijk_to_ras, volume.shape[-3:], n_samples).to(volume.device)
+    return renderer(volume, camera_from_world)
