@@ -1,0 +1,216 @@
+"""Simulated X-ray cases of a CT with ground truth (``sphericalreg simulate``).
+
+The frames are detector intensities from more physics than the DRRs methods register with:
+exact Siddon line integrals of attenuation at full CT resolution (DiffDRR), Beer-Lambert,
+scatter (a broad blur of the primary), Poisson photon noise, detector gain and offset, and
+16-bit quantisation. A method that merely re-renders its own DRR model cannot match them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .camera import Camera
+from .errors import InputError
+from .io import read_ct, truth_path, write_json
+from .poses import evaluation_poses
+from .volume import Volume, hu_to_mu
+
+__all__ = ["simulate_case", "default_camera", "sample_landmarks", "write_cases", "add_arguments", "main",
+           "PHOTONS", "SCATTER_FRACTION", "SCATTER_SIGMA_MM"]
+
+PHOTONS = 10_000.0
+"""Mean photons per pixel in unattenuated air: a fluoroscopy-like dose at a binned pixel."""
+SCATTER_FRACTION = 0.05
+"""Scatter-to-primary ratio of the (blurred) scatter added to the primary image."""
+SCATTER_SIGMA_MM = 40.0
+"""Width (standard deviation, detector mm) of the scatter kernel: scatter is smooth."""
+GAIN, OFFSET = 5.0, 100.0
+"""Detector counts per photon and dark offset in counts: air lands near 52,600 of 65,535."""
+
+
+def _gaussian_blur(image: Tensor, sigma_px: tuple[float, float]) -> Tensor:
+    """Separable Gaussian blur of ``(rows, cols)`` with reflecting edges."""
+    x = image[None, None]
+    for dim, sigma in ((2, sigma_px[1]), (3, sigma_px[0])):  # rows use dv, columns du
+        if sigma < 0.3:
+            continue
+        radius = max(1, min(int(3 * sigma), x.shape[dim] - 1))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = k / k.sum()
+        pad = [0, 0, 0, 0]
+        pad[0 if dim == 3 else 2] = pad[1 if dim == 3 else 3] = radius
+        x = F.pad(x, pad, mode="reflect")
+        kernel = k.view(1, 1, -1, 1) if dim == 2 else k.view(1, 1, 1, -1)
+        x = F.conv2d(x, kernel)
+    return x[0, 0]
+
+
+def simulate_case(ct: Volume, camera_from_world: Tensor, camera: Camera, generator: torch.Generator,
+                  photons: float = PHOTONS, scatter_fraction: float = SCATTER_FRACTION,
+                  scatter_sigma_mm: float = SCATTER_SIGMA_MM, gain: float = GAIN, offset: float = OFFSET,
+                  bone_scale: float = 1.0, drr=None) -> Tensor:
+    """One simulated detector frame ``(rows, cols)`` float64 holding 16-bit counts (air bright).
+
+    ``ct`` in HU; ``camera_from_world`` (4, 4). ``I = gain * Poisson(photons * (exp(-L) + s * blur(exp(-L)))) + offset``
+    with L the Siddon line integral of :func:`hu_to_mu`; rounded and clipped to 0..65535.
+    ``drr`` (``diffdrr_bridge.make_diffdrr`` of the attenuation volume) may be passed to reuse it.
+    """
+    from .diffdrr_bridge import siddon_line_integrals
+
+    mu = Volume(hu_to_mu(ct.data.float(), bone_scale), ct.ijk_to_ras)
+    T = torch.as_tensor(camera_from_world, dtype=torch.float64).reshape(-1, 4, 4)[:1]
+    with torch.no_grad():
+        L = siddon_line_integrals(mu, T, camera, drr=drr)[0].to(torch.float64)
+    primary = torch.exp(-L.clamp_min(0))
+    du, dv = camera.pixel_spacing
+    scatter = scatter_fraction * _gaussian_blur(primary, (scatter_sigma_mm / du, scatter_sigma_mm / dv))
+    expected = photons * (primary + scatter)
+    counts = torch.poisson(expected, generator=generator)
+    return (gain * counts + offset).round().clamp(0, 65535)
+
+
+def default_camera(ct: Volume, sdd: float, size: int = 256, pixel_spacing: float | None = None) -> Camera:
+    """A square detector on which the CT's central region fills most of the field at the canonical view.
+
+    The canonical AP view looks along A-P, so the field spans R-L and S-I. Its side at the
+    isocentre (0.8 sdd from the source) is 85% of the CT's smaller R/S extent; the detector is
+    that magnified by sdd / (0.8 sdd).
+    """
+    corners = ct.corners()
+    extent = corners.max(0).values - corners.min(0).values + ct.spacing.max()
+    if pixel_spacing is None:
+        field_at_isocentre = 0.85 * float(min(extent[0], extent[2]))
+        pixel_spacing = field_at_isocentre / 0.8 / size
+    return Camera(sdd, (pixel_spacing, pixel_spacing), ((size - 1) / 2, (size - 1) / 2), (size, size)).validate(
+        "--sdd/--size/--pixel-spacing")
+
+
+def sample_landmarks(ct: Volume, n: int, generator: torch.Generator, bone_hu: float = 300.0) -> Tensor:
+    """``n`` world points (mm) at centres of voxels above ``bone_hu``, drawn without replacement.
+
+    Falls back to soft tissue (> -200 HU) for a CT without bone.
+    """
+    data = ct.data if ct.data.dim() == 3 else ct.data[0]
+    for threshold in (bone_hu, -200.0):
+        index = (data > threshold).flatten().nonzero()[:, 0]
+        if index.numel() >= n:
+            break
+    else:
+        raise InputError("--ct", "has too few voxels above -200 HU for landmarks", "a CT containing anatomy")
+    pick = index[torch.randperm(index.numel(), generator=generator)[:n]]
+    I, J, K = data.shape
+    ijk = torch.stack([pick // (J * K), (pick // K) % J, pick % K], dim=-1).to(torch.float64)
+    return ijk @ ct.ijk_to_ras[:3, :3].T + ct.ijk_to_ras[:3, 3]
+
+
+def _copy_ct(source: Path, folder: Path, overwrite: bool) -> Path:
+    """The CT into the case folder in its own format where that is one of the case format's."""
+    name = source.name.lower()
+    for suffix in (".nii.gz", ".nrrd", ".mha"):
+        if name.endswith(suffix) and source.is_file():
+            target = folder / f"ct{suffix}"
+            if target.exists() and not overwrite:
+                raise InputError(target, "already exists", "an empty output folder or --overwrite")
+            shutil.copyfile(source, target)
+            return target
+    # a DICOM folder, .nii, .mhd + raw, ...: rewrite losslessly as NIfTI
+    target = folder / "ct.nii.gz"
+    if target.exists() and not overwrite:
+        raise InputError(target, "already exists", "an empty output folder or --overwrite")
+    if source.is_dir():
+        reader = sitk.ImageSeriesReader()
+        ids = reader.GetGDCMSeriesIDs(str(source))
+        reader.SetFileNames(max((reader.GetGDCMSeriesFileNames(str(source), i) for i in ids), key=len))
+        image = reader.Execute()
+    else:
+        image = sitk.ReadImage(str(source))
+    sitk.WriteImage(image, str(target), True)
+    return target
+
+
+def _write_xray(path: Path, counts: Tensor) -> None:
+    if path.suffix == ".npy":
+        np.save(path, counts.cpu().numpy().astype(np.uint16))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(counts.cpu().numpy().astype(np.uint16)), str(path))
+
+
+def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: int = 256, sdd: float = 1020.0,
+                pixel_spacing: float | None = None, n_landmarks: int = 16, photons: float = PHOTONS,
+                xray_format: str = "png", overwrite: bool = False, log=print) -> list[Path]:
+    """Write ``n`` case folders ``out/case_000 ...`` and their ``case_XXX.truth.json``; return the folders."""
+    ct_path, out = Path(ct_path), Path(out)
+    if n < 1:
+        raise InputError("--n", f"is {n}", "at least one case")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "is a file", "an output folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(out, "is not empty", "an empty or new output folder, or --overwrite to write into it")
+    if xray_format not in ("png", "npy"):
+        raise InputError("--format", f"is {xray_format!r}", "png or npy")
+    ct = read_ct(ct_path)
+    camera = default_camera(ct, sdd, size, pixel_spacing)
+    truth, start = evaluation_poses(ct.centre, camera.sdd, n, seed)
+    generator = torch.Generator().manual_seed(int(seed))
+    out.mkdir(parents=True, exist_ok=True)
+
+    from .diffdrr_bridge import make_diffdrr
+
+    # Siddon in chunks of 4096 rays: memory stays bounded on a full-resolution CT
+    patch = 64 if camera.rows * camera.cols > 64 * 64 else None
+    drr = make_diffdrr(Volume(hu_to_mu(ct.data.float()), ct.ijk_to_ras), camera, patch_size=patch)
+    write_json(out / "simulation.json", {
+        "ct": str(ct_path.resolve()), "n": n, "seed": int(seed), "camera": camera.to_json(),
+        "photons_per_pixel_in_air": photons, "scatter_to_primary": SCATTER_FRACTION,
+        "scatter_sigma_mm": SCATTER_SIGMA_MM, "gain_counts_per_photon": GAIN, "offset_counts": OFFSET,
+        "poses": "poses.evaluation_poses(ct.centre, sdd, n, seed)", "renderer": "DiffDRR Siddon, full CT resolution",
+    }, overwrite=True)
+    folders = []
+    for i in range(n):
+        tic = time.perf_counter()
+        folder = out / f"case_{i:03d}"
+        folder.mkdir(exist_ok=True)
+        counts = simulate_case(ct, truth[i], camera, generator, photons=photons, drr=drr)
+        _write_xray(folder / f"xray.{xray_format}", counts)
+        write_json(folder / "geometry.json", camera.to_json(), overwrite)
+        write_json(folder / "init.json", {"camera_from_world": start[i]}, overwrite)
+        _copy_ct(ct_path, folder, overwrite)
+        landmarks = sample_landmarks(ct, n_landmarks, generator)
+        write_json(truth_path(folder), {"camera_from_world": truth[i], "landmarks_world": landmarks}, overwrite)
+        folders.append(folder)
+        log(f"case {i + 1}/{n}: {folder} ({time.perf_counter() - tic:.1f} s)")
+    return folders
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--ct", required=True, help="CT file (.nii.gz, .nrrd, .mha) or DICOM folder, in HU")
+    parser.add_argument("--n", type=int, required=True, help="number of cases")
+    parser.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    parser.add_argument("--seed", type=int, required=True, help="seed of poses, landmarks and noise")
+    parser.add_argument("--size", type=int, default=256, help="detector rows = cols (default 256)")
+    parser.add_argument("--sdd", type=float, default=1020.0, help="source-to-detector distance in mm (default 1020)")
+    parser.add_argument("--pixel-spacing", type=float, default=None,
+                        help="detector pixel spacing in mm (default: the CT's central region fills the field)")
+    parser.add_argument("--photons", type=float, default=PHOTONS, help=f"photons per pixel in air (default {PHOTONS:g})")
+    parser.add_argument("--landmarks", type=int, default=16, help="landmarks per case, in bone (default 16)")
+    parser.add_argument("--format", choices=("png", "npy"), default="png", help="X-ray file: 16-bit png or npy")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+
+
+def main(args) -> int:
+    if not (math.isfinite(args.photons) and args.photons > 0):
+        raise InputError("--photons", f"is {args.photons}", "a positive number of photons per pixel")
+    write_cases(args.ct, args.out, args.n, args.seed, args.size, args.sdd, args.pixel_spacing, args.landmarks,
+                args.photons, args.format, args.overwrite)
+    return 0
