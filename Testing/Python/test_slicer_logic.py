@@ -1,0 +1,369 @@
+"""The 3D Slicer module's logic on a real MRML scene (slicer-core: MRML without Qt or the app)."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (MRML for Python) is not installed")
+vtk = pytest.importorskip("vtk")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "SphericalReg"))
+import SphericalRegLogic as L  # noqa: E402
+
+from SphericalRegLib.camera import Camera, canonical_ap_pose, project  # noqa: E402
+from SphericalRegLib.errors import InputError  # noqa: E402
+from SphericalRegLib.geometry import make_pose, se3_exp  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+def _rotation(rotvec) -> np.ndarray:
+    return se3_exp(torch.tensor([*rotvec, 0.0, 0.0, 0.0], dtype=torch.float64))[:3, :3].numpy()
+
+
+def _oblique_ijk_to_ras() -> np.ndarray:
+    A = np.eye(4)
+    A[:3, :3] = _rotation([0.3, -0.2, 0.5]) @ np.diag([0.7, 1.3, 2.5])
+    A[:3, 3] = [-40.0, 12.5, 300.0]
+    return A
+
+
+def _volume_node(scene, array_kji, ijk_to_ras, name="ct"):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, array_kji)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    return node
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+def _to_world(node) -> np.ndarray:
+    """IJK -> world of a node, through its parent transforms."""
+    m = vtk.vtkMatrix4x4()
+    tnode = node.GetParentTransformNode()
+    if tnode is not None:
+        tnode.GetMatrixTransformToWorld(m)
+    return slicer.util.arrayFromVTKMatrix(m) @ _ijk_to_ras(node)
+
+
+CAMERA = Camera(sdd=1020.0, pixel_spacing=(0.8, 1.1), principal_point=(13.5, 7.25), image_size=(20, 24))
+
+
+def _pose() -> torch.Tensor:
+    T = canonical_ap_pose(torch.tensor([-40.0, 12.5, 300.0]), CAMERA.sdd)
+    return se3_exp(torch.tensor([0.1, -0.05, 0.2, 5.0, -3.0, 20.0], dtype=torch.float64)) @ T
+
+
+# ------------------------------------------------------------------ volumes
+
+
+def test_ct_round_trip_is_lossless(scene):
+    rng = np.random.default_rng(0)
+    kji = rng.integers(-1024, 3000, size=(5, 6, 7)).astype(np.int16)
+    A = _oblique_ijk_to_ras()
+    node = _volume_node(scene, kji, A)
+
+    vol = L.volume_from_node(node)
+    assert vol.data.dtype == torch.int16 and vol.shape == (7, 6, 5)
+    assert torch.equal(vol.data, torch.from_numpy(kji.transpose(2, 1, 0).copy()))
+    assert np.allclose(vol.ijk_to_ras.numpy(), A, atol=1e-12)
+    assert np.allclose(vol.spacing.numpy(), [0.7, 1.3, 2.5])
+
+    copy = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "copy")
+    L.update_node_from_volume(copy, vol)
+    out = slicer.util.arrayFromVolume(copy)
+    assert out.dtype == kji.dtype and np.array_equal(out, kji)
+    assert np.array_equal(_ijk_to_ras(copy), _ijk_to_ras(node))
+
+
+def test_ct_written_by_slicer_reads_back_in_the_library_frame(scene, tmp_path):
+    from SphericalRegLib.io import read_ct
+
+    kji = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) * 3 - 200
+    node = _volume_node(scene, kji, _oblique_ijk_to_ras())
+    path = L.write_volume_nrrd(node, tmp_path / "ct.nrrd")
+    lib = read_ct(path)
+    mine = L.volume_from_node(node)
+    assert torch.equal(lib.data, mine.data.float())
+    assert torch.allclose(lib.ijk_to_ras, mine.ijk_to_ras, atol=1e-5)
+
+
+def test_xray_must_be_a_single_slice(scene):
+    node = _volume_node(scene, np.zeros((3, 4, 5), np.float32), np.eye(4), "xray")
+    with pytest.raises(InputError, match="single-slice"):
+        L.xray_image_from_node(node)
+    flat = _volume_node(scene, np.arange(20, dtype=np.float32).reshape(1, 4, 5), np.eye(4), "flat")
+    assert np.array_equal(L.xray_image_from_node(flat), np.arange(20).reshape(4, 5))
+
+
+def test_camera_from_attributes_and_from_geometry_json(scene, tmp_path):
+    node = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "xray")
+    assert L.camera_from_node(node) is None
+    L.set_camera_attributes(node, CAMERA)
+    assert L.camera_from_node(node) == CAMERA
+
+    other = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "other")
+    (tmp_path / "xray.png").write_bytes(b"")
+    CAMERA.save(tmp_path / "geometry.json")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(tmp_path / "xray.png"))
+    other.SetAndObserveStorageNodeID(storage.GetID())
+    assert L.camera_from_node(other) == CAMERA
+
+    small = _volume_node(scene, np.ones((1, 10, 24), np.float32), np.eye(4), "small")
+    small.SetAndObserveStorageNodeID(storage.GetID())
+    with pytest.raises(InputError, match="image_size"):
+        L.camera_from_node(small)
+
+
+def test_camera_from_dicom_tags():
+    cam = L.camera_from_dicom_tags({"0018,1110": "1100", "0018,1164": "0.3\\0.2"}, (40, 60))
+    assert cam.sdd == 1100 and cam.pixel_spacing == (0.2, 0.3) and cam.principal_point == (29.5, 19.5)
+    with pytest.raises(InputError, match="DistanceSourceToDetector"):
+        L.camera_from_dicom_tags({"0018,1164": "0.3\\0.2"}, (40, 60))
+
+
+# ------------------------------------------------------------------ pose and geometry nodes
+
+
+def test_pose_becomes_world_from_camera(scene):
+    iso = torch.tensor([10.0, -20.0, 30.0])
+    T = canonical_ap_pose(iso, 1000.0)
+    node = L.pose_to_transform_node(T, scene=scene)
+    M = slicer.util.arrayFromTransformMatrix(node)
+    # the camera origin is the source, 0.8 sdd anterior of the isocentre; camera +z is posterior
+    assert np.allclose(M[:3, 3], [10.0, 780.0, 30.0])
+    assert np.allclose(M[:3, :3] @ [0, 0, 1], [0, -1, 0])
+    assert np.allclose(M[:3, :3] @ [1, 0, 0], [-1, 0, 0])  # columns run to the patient's left
+    assert np.allclose(M[:3, :3] @ [0, 1, 0], [0, 0, -1])  # rows run inferior
+    assert np.allclose(M, np.linalg.inv(T.numpy()))
+    assert np.allclose(L.pose_from_transform_node(node), T.numpy())
+
+    again = L.pose_to_transform_node(_pose(), node=node)
+    assert again is node and scene.GetNumberOfNodesByClass("vtkMRMLLinearTransformNode") == 1
+    assert np.allclose(L.pose_from_transform_node(node), _pose().numpy())
+
+    with pytest.raises(InputError, match="rigid"):
+        L.pose_to_transform_node(np.diag([2.0, 1, 1, 1]), scene=scene)
+
+
+def test_result_goes_under_the_ct_parent(scene):
+    ct = _volume_node(scene, np.zeros((2, 2, 2), np.int16), np.eye(4))
+    parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration of the CT")
+    ct.SetAndObserveTransformNodeID(parent.GetID())
+    node = L.SphericalRegLogic.store_result(ct, _pose(), metrics={"confidence": 0.8, "iterations": 12})
+    assert node.GetParentTransformNode() is parent
+    assert float(node.GetAttribute("SphericalReg.confidence")) == 0.8
+
+
+def test_detector_plane_sits_where_its_pixels_were_imaged(scene):
+    T = _pose()
+    tnode = L.pose_to_transform_node(T, scene=scene)
+    image = np.arange(20 * 24, dtype=np.float32).reshape(20, 24)
+    plane = L.detector_plane_node(CAMERA, tnode, image)
+    assert plane.GetParentTransformNode() is tnode
+    assert np.array_equal(L.xray_image_from_node(plane), image)
+
+    world_from_ijk = _to_world(plane)
+    (du, dv), (cu, cv) = CAMERA.pixel_spacing, CAMERA.principal_point
+    world_from_camera = np.linalg.inv(T.numpy())
+    for u, v in [(0, 0), (23, 0), (5, 17), (23, 19), (13, 7)]:
+        in_camera = np.array([(u - cu) * du, (v - cv) * dv, CAMERA.sdd, 1.0])
+        world = world_from_ijk @ [u, v, 0, 1]
+        assert np.allclose(world, world_from_camera @ in_camera, atol=1e-9)
+        # and the library's projection of that world point is the pixel itself
+        uv = project(torch.tensor(world[None, :3]), T, CAMERA)[0].numpy()
+        assert np.allclose(uv, [u, v], atol=1e-6)
+
+
+def test_source_and_beam_are_in_the_camera_frame(scene):
+    T = _pose()
+    tnode = L.pose_to_transform_node(T, scene=scene)
+    source = L.source_marker_node(tnode)
+    to_world = vtk.vtkGeneralTransform()
+    tnode.GetTransformToWorld(to_world)
+    world_source = np.array(to_world.TransformPoint(source.GetNthControlPointPosition(0)))
+    assert np.allclose(world_source, np.linalg.inv(T.numpy())[:3, 3])
+
+    beam = L.beam_model_node(CAMERA, tnode)
+    points = slicer.util.arrayFromModelPoints(beam)
+    corner = CAMERA.detector_points(torch.float64)[-1, -1].numpy()
+    assert np.allclose(points[0], 0) and np.allclose(points[3], corner)
+    assert beam.GetPolyData().GetNumberOfLines() == 8
+
+
+# ------------------------------------------------------------------ DRR and overlay
+
+
+def test_drr_node_overlays_the_xray(scene):
+    xray = _volume_node(scene, np.ones((1, 20, 24), np.float32), _oblique_ijk_to_ras(), "xray")
+    parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    xray.SetAndObserveTransformNodeID(parent.GetID())
+    drr = L.create_drr_node(xray, np.full((20, 24), 2.0, np.float32))
+    assert np.array_equal(_ijk_to_ras(drr), _ijk_to_ras(xray))
+    assert drr.GetTransformNodeID() == parent.GetID()
+    with pytest.raises(InputError, match="shape"):
+        L.create_drr_node(xray, np.zeros((24, 20)))
+
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    L.show_overlay(xray, drr, 0.3)  # headless: no slicer.app, must not raise
+    assert composite.GetBackgroundVolumeID() == xray.GetID()
+    assert composite.GetForegroundVolumeID() == drr.GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+
+
+def test_render_drr_images_a_bead_where_the_camera_projects_it(scene):
+    n = 16
+    hu = np.full((n, n, n), -1000, np.int16)
+    hu[9:11, 5:7, 7:9] = 3000  # a bone bead off-centre (k, j, i)
+    A = np.diag([4.0, 4.0, 4.0, 1.0])
+    A[:3, 3] = [-30.0, -30.0, -30.0]
+    ct = _volume_node(scene, hu, A)
+    bead = A @ [7.5, 5.5, 9.5, 1.0]
+    iso = A @ [7.5, 7.5, 7.5, 1.0]
+    camera = Camera(sdd=1000.0, pixel_spacing=(4.0, 4.0), principal_point=(11.5, 9.5), image_size=(20, 24))
+    T = canonical_ap_pose(torch.tensor(iso[:3]), camera.sdd)
+    drr = L.render_drr(ct, camera, T)
+    assert drr.shape == (20, 24) and drr.dtype == np.float32
+    w = np.clip(drr - 0.5 * drr.max(), 0, None)  # the bead's shadow; air integrates to ~0
+    rows, cols = np.mgrid[:20, :24]
+    centroid = np.array([(w * cols).sum(), (w * rows).sum()]) / w.sum()
+    expected = project(torch.tensor(bead[None, :3]), T, camera)[0].numpy()
+    assert np.abs(centroid - expected).max() < 0.3
+
+
+def test_difference_and_edges():
+    drr = np.zeros((8, 8), np.float32)
+    drr[2:6, 2:6] = 1
+    xray = -drr * 5 + 3  # the same anatomy as detector intensities (bone dark)
+    assert np.allclose(L.difference_image(xray, drr), 0, atol=1e-4)
+    edges = L.edge_image(drr)
+    assert edges[4, 4] == 0 and edges[2, 4] > 0
+
+
+# ------------------------------------------------------------------ cases, commands, processes
+
+
+def test_case_written_from_nodes_reads_back_in_the_library(scene, tmp_path):
+    from SphericalRegLib.io import read_case
+
+    kji = (np.arange(4 * 5 * 6).reshape(4, 5, 6) * 7 - 500).astype(np.int16)
+    ct = _volume_node(scene, kji, _oblique_ijk_to_ras())
+    image = np.random.default_rng(1).uniform(100, 4000, (20, 24)).astype(np.float32)
+    xray = _volume_node(scene, image[None], np.eye(4), "xray")
+    folder = L.write_case(ct, xray, CAMERA, tmp_path / "case", _pose())
+    case = read_case(folder)
+    assert torch.equal(case.ct.data, L.volume_from_node(ct).data.float())
+    assert torch.allclose(case.ct.ijk_to_ras, torch.from_numpy(_oblique_ijk_to_ras()), atol=1e-5)
+    assert torch.equal(case.xray, torch.from_numpy(image)) and case.camera == CAMERA
+    assert torch.allclose(case.init, _pose())
+    with pytest.raises(InputError, match="not empty"):
+        L.write_case(ct, xray, CAMERA, folder)
+
+
+def test_commands_parse_with_the_real_cli(tmp_path):
+    from SphericalRegLib.cli import build_parser
+
+    parser = build_parser()
+    cmd = L.register_command(tmp_path / "case", tmp_path / "m.pt", tmp_path / "out", use_init=True,
+                             python="PythonSlicer", extra_args=["--iterations", "7"])
+    assert cmd[:4] == ["PythonSlicer", "-m", "SphericalRegLib.cli", "register"]
+    args = parser.parse_args(cmd[3:])
+    assert (args.command, Path(args.case), Path(args.model), Path(args.out)) == \
+        ("register", tmp_path / "case", tmp_path / "m.pt", tmp_path / "out")
+    assert args.init and args.iterations == 7
+
+    args = parser.parse_args(L.train_command(tmp_path / "ct.nrrd", tmp_path / "m.pt", python="py")[3:])
+    assert (args.command, Path(args.ct), Path(args.out)) == ("train", tmp_path / "ct.nrrd", tmp_path / "m.pt")
+
+
+def test_parse_progress():
+    p = L.parse_progress("PROGRESS similarity 0.250")
+    assert p == L.Progress(0.25, "similarity")
+    p = L.parse_progress(" 15%|#5        | 30/200 [00:03<00:17,  9.8it/s]")
+    assert p.fraction == pytest.approx(0.15)
+    assert L.parse_progress("step 3/4: regressor 2.1 mm").fraction == 0.75
+    assert L.parse_progress("registered in 3.2 s").fraction is None
+    assert L.parse_progress("   ") is None
+
+
+def test_read_result(tmp_path):
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"camera_from_world": _pose().tolist(), "confidence": 0.9, "seconds": 1.0}))
+    result = L.read_result(path)
+    assert np.allclose(result["camera_from_world"], _pose().numpy()) and result["confidence"] == 0.9
+    path.write_text(json.dumps({"camera_from_world": np.eye(3).tolist()}))
+    with pytest.raises(InputError, match="4x4"):
+        L.read_result(path)
+    with pytest.raises(InputError, match="was not written"):
+        L.read_result(tmp_path / "none.json")
+
+
+def _run_to_end(proc, timeout=30.0):
+    lines, start = [], time.time()
+    while proc.running and time.time() - start < timeout:
+        lines += proc.poll()
+        time.sleep(0.02)
+    return lines + proc.poll()
+
+
+def test_background_process_reports_progress_lines():
+    script = ("import sys\n"
+              "print('PROGRESS regressor 0.500', flush=True)\n"
+              "sys.stderr.write('\\r 50%|#####     | 1/2 [00:00<00:00]\\r100%|##########| 2/2 [00:00<00:00]\\n')\n"
+              "print('done', flush=True)\n")
+    proc = L.BackgroundProcess([sys.executable, "-c", script]).start()
+    lines = _run_to_end(proc)
+    assert proc.returncode == 0 and not proc.cancelled
+    fractions = [p.fraction for p in map(L.parse_progress, lines) if p and p.fraction is not None]
+    assert fractions == [0.5, 0.5, 1.0] and lines[-1] == "done"
+
+
+def test_background_process_cancel_kills_the_whole_tree(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    # a launcher that starts the real worker, as PythonSlicer does
+    worker = "import time; time.sleep(60)"
+    launcher = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {worker!r}]);"
+                f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); p.wait()")
+    proc = L.BackgroundProcess([sys.executable, "-c", launcher]).start()
+    start = time.time()
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() - start < 20, "the worker did not start"
+        time.sleep(0.02)
+    child = int(pid_file.read_text())
+    proc.cancel()
+    assert proc.cancelled and proc.wait(5) != 0
+    time.sleep(0.2)
+    if os.name != "nt":
+        stat = Path(f"/proc/{child}/stat")
+        alive = stat.exists() and stat.read_text().split()[2] != "Z"  # a zombie has been killed
+        assert not alive, "the worker outlived the cancel"
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_exported_transform_loads_back_in_slicer_unchanged(scene, tmp_path):
+    node = L.pose_to_transform_node(_pose(), scene=scene)
+    path = L.export_transform(node, tmp_path / "world_from_camera.tfm")
+    loaded = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "loaded")
+    storage = scene.AddNewNodeByClass("vtkMRMLTransformStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(loaded)
+    assert np.allclose(slicer.util.arrayFromTransformMatrix(loaded), slicer.util.arrayFromTransformMatrix(node),
+                       atol=1e-9)
+    with pytest.raises(InputError, match="exists"):
+        L.export_transform(node, path)
