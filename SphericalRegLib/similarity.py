@@ -33,13 +33,21 @@ __all__ = ["SPACES", "SimilarityNet", "token_distance", "exp_map", "standardise"
 
 SPACES = ("sphere", "euclidean", "hyperbolic")
 
-_TINY = 1e-18
 _BALL_EDGE = 1 - 1e-5
 
 
 def _norm(x: Tensor) -> Tensor:
-    """Euclidean norm over the last axis with a zero-safe gradient (0 rather than NaN at 0)."""
-    return (x * x).sum(-1).clamp_min(_TINY).sqrt()
+    """Euclidean norm over the last axis, exactly 0 at 0 with gradient 0 there (not NaN)."""
+    sq = (x * x).sum(-1)
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
+
+
+def _ratio(f, theta: Tensor) -> Tensor:
+    """``f(theta) / theta``, with its limit 1 at 0 (for f = sin, tanh)."""
+    positive = theta > 0
+    safe = torch.where(positive, theta, torch.ones_like(theta))
+    return torch.where(positive, f(safe) / safe, torch.ones_like(theta))
 
 
 def _check_space(space: str) -> None:
@@ -57,8 +65,8 @@ def exp_map(v: Tensor, space: str) -> Tensor:
         return v
     theta = _norm(v)[..., None]
     if space == "sphere":
-        return torch.cat([torch.sin(theta) / theta * v, torch.cos(theta)], dim=-1)
-    return torch.tanh(theta).clamp(max=_BALL_EDGE) / theta * v
+        return torch.cat([_ratio(torch.sin, theta) * v, torch.cos(theta)], dim=-1)
+    return _ratio(lambda t: torch.tanh(t).clamp(max=_BALL_EDGE), theta) * v
 
 
 def token_distance(a: Tensor, b: Tensor, space: str) -> Tensor:
