@@ -230,8 +230,9 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None) -> 
 
     Geometry comes from, in order: ``geometry`` when it is a Camera; a DICOM's own tags
     (DistanceSourceToDetector, ImagerPixelSpacing or PixelSpacing, DetectorActiveOrigin); the
-    ``geometry`` path or ``geometry.json`` beside the X-ray. ``meta["photometric"]`` says how to read
-    the values (MONOCHROME1: inverted); see :func:`SphericalRegLib.xray.to_line_integrals`.
+    ``geometry`` path or ``geometry.json`` beside the X-ray. Values come back as MONOCHROME2
+    (``meta["photometric"]``): a MONOCHROME1 DICOM is inverted by the reader, and its tag is kept
+    in ``meta["stored_photometric"]``; see :func:`SphericalRegLib.xray.to_line_integrals`.
     """
     path = Path(path)
     _exists(path, "a 2D X-ray (.dcm, .png, .tif or .npy)")
@@ -250,8 +251,11 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None) -> 
         raise InputError(path, f"is a constant image (every pixel {image.flat[0]:g})", "an X-ray with contrast")
     rows, cols = image.shape
 
-    meta = {"path": str(path), "dtype": str(arr.dtype),
-            "photometric": tags.get(_PHOTOMETRIC, "MONOCHROME2").upper() or "MONOCHROME2"}
+    # GDCM already inverts MONOCHROME1 pixel data on reading (v -> type max - v): what comes back
+    # is MONOCHROME2 whatever the file stored
+    meta = {"path": str(path), "dtype": str(arr.dtype), "photometric": "MONOCHROME2"}
+    if _PHOTOMETRIC in tags:
+        meta["stored_photometric"] = tags[_PHOTOMETRIC].upper()
     for key, name in ((_PRIMARY_ANGLE, "positioner_primary_angle"), (_SECONDARY_ANGLE, "positioner_secondary_angle")):
         if key in tags:
             try:
