@@ -123,8 +123,9 @@ def collimator_mask(image: Tensor, photometric: str = "MONOCHROME2", low: float 
 def resample(image: Tensor, camera: Camera, rows: int, cols: int) -> tuple[Tensor, Camera]:
     """``image`` (rows, cols) on a ``rows x cols`` grid of the same detector, and its camera.
 
-    Downsampling averages over each new pixel's footprint (antialiased bilinear), so noise and
-    fine detail are integrated as a coarser detector would; upsampling interpolates.
+    Downsampling by whole factors bins pixels (their exact area average), as a binning detector
+    does; other factors use an antialiased bilinear filter centred on each new pixel; upsampling
+    interpolates.
     """
     x = torch.as_tensor(image)
     if tuple(x.shape) != camera.image_size:
@@ -135,10 +136,13 @@ def resample(image: Tensor, camera: Camera, rows: int, cols: int) -> tuple[Tenso
         raise InputError("size", f"is {rows} x {cols}", "at least 2 x 2 pixels")
     if (rows, cols) == camera.image_size:
         return x, camera
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    down = rows < x.shape[0] or cols < x.shape[1]
-    out = F.interpolate(x[None, None].to(dtype), size=(rows, cols), mode="bilinear", align_corners=False,
-                        antialias=down)[0, 0]
+    x = x[None, None].to(x.dtype if x.is_floating_point() else torch.float32)
+    fy, fx = camera.rows / rows, camera.cols / cols
+    if fy == int(fy) and fx == int(fx):  # whole-pixel binning, as the detector itself bins
+        out = F.avg_pool2d(x, (int(fy), int(fx)))[0, 0]
+    else:
+        out = F.interpolate(x, size=(rows, cols), mode="bilinear", align_corners=False,
+                            antialias=fy > 1 or fx > 1)[0, 0]
     return out, camera.resized(rows, cols)
 
 

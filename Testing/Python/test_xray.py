@@ -1,0 +1,119 @@
+"""X-ray preprocessing on synthetic frames whose line integrals, collimator and resampling are known."""
+
+import warnings
+
+import pytest
+import torch
+
+from SphericalRegLib.camera import Camera, canonical_ap_pose, project
+from SphericalRegLib.errors import InputError
+from SphericalRegLib.xray import collimator_mask, looks_like_line_integrals, preprocess, resample, to_line_integrals
+
+ROWS, COLS = 60, 80
+I0 = 3000.0
+
+
+def body_line_integrals():
+    """An elliptic 'body' with a denser 'bone' in it, on air: L up to ~4 in the middle, 0 outside."""
+    v, u = torch.meshgrid(torch.arange(ROWS, dtype=torch.float64), torch.arange(COLS, dtype=torch.float64),
+                          indexing="ij")
+    r2 = ((u - 40) / 28) ** 2 + ((v - 30) / 22) ** 2
+    L = 3.0 * (1 - r2).clamp_min(0).sqrt()
+    return L + 1.0 * (((u - 45) / 4) ** 2 + ((v - 30) / 15) ** 2 < 1)
+
+
+def test_to_line_integrals_recovers_known_line_integrals():
+    L = body_line_integrals()
+    I = I0 * torch.exp(-L)
+    assert torch.allclose(to_line_integrals(I), L, atol=1e-9)  # I0 found as the air level
+    assert torch.allclose(to_line_integrals(I + 50, dark=50), L, atol=1e-9)
+    assert torch.allclose(to_line_integrals(I, air=2 * I0), L + torch.log(torch.tensor(2.0)), atol=1e-9)
+    inverted = I.max() + I.min() - I  # stored as MONOCHROME1
+    assert torch.allclose(to_line_integrals(inverted, "MONOCHROME1"), L, atol=1e-9)
+    mask = torch.zeros(ROWS, COLS, dtype=torch.bool)
+    mask[5:-5, 3:-3] = True
+    out = to_line_integrals(I, mask=mask)
+    assert (out[~mask] == 0).all() and torch.allclose(out[mask], L[mask], atol=1e-9)
+
+
+def test_to_line_integrals_is_robust_to_hot_pixels():
+    L = body_line_integrals()
+    I = I0 * torch.exp(-L)
+    I.view(-1)[torch.randperm(I.numel(), generator=torch.Generator().manual_seed(0))[:10]] = 65535.0
+    out = to_line_integrals(I)
+    good = I < 65535
+    assert torch.allclose(out[good], L[good], atol=1e-9)
+
+
+def test_polarity_check_warns_on_a_line_integral_image():
+    L = body_line_integrals()
+    assert looks_like_line_integrals(L) and not looks_like_line_integrals(I0 * torch.exp(-L))
+    with pytest.warns(UserWarning, match="line-integral"):
+        to_line_integrals(L + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_line_integrals(I0 * torch.exp(-L))
+    with pytest.raises(InputError, match="photometric"):
+        to_line_integrals(L, "RGB")
+
+
+def collimated(top=6, bottom=0, left=9, right=4, level=12.0):
+    I = I0 * torch.exp(-body_line_integrals())
+    noise = torch.rand(ROWS, COLS, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    shadow = level + 3 * noise  # leakage through the blades: low, nearly flat
+    inside = torch.zeros(ROWS, COLS, dtype=torch.bool)
+    inside[top:ROWS - bottom, left:COLS - right] = True
+    return torch.where(inside, I, shadow), inside
+
+
+def test_collimator_mask_finds_straight_blades():
+    image, inside = collimated()
+    assert torch.equal(collimator_mask(image), inside)
+    image, inside = collimated(top=0, bottom=11, left=0, right=0)
+    assert torch.equal(collimator_mask(image), inside)
+    # no collimator: the dark body (never a whole flat row) is not mistaken for one
+    assert collimator_mask(I0 * torch.exp(-body_line_integrals())).all()
+    # MONOCHROME1: the blades are bright in the stored values
+    image, inside = collimated()
+    assert torch.equal(collimator_mask(image.max() + image.min() - image, "MONOCHROME1"), inside)
+
+
+def camera(rows=ROWS, cols=COLS):
+    return Camera(1000.0, (0.3, 0.25), (cols / 2 - 0.5 + 3.0, rows / 2 - 0.5 - 2.0), (rows, cols))
+
+
+def test_resample_area_averages_and_keeps_the_geometry():
+    cam = camera()
+    checker = ((torch.arange(ROWS)[:, None] + torch.arange(COLS)[None, :]) % 2).double()
+    half, cam2 = resample(checker, cam, ROWS // 2, COLS // 2)
+    assert torch.allclose(half, torch.full_like(half, 0.5), atol=1e-6)  # every 2x2 block averaged
+    ramp = torch.arange(COLS, dtype=torch.float64).expand(ROWS, COLS) * 2 + 5
+    small, cam2 = resample(ramp, cam, 15, 20)  # a factor 4: new pixel u' covers old 4u' .. 4u'+3
+    expected = (torch.arange(20, dtype=torch.float64) * 4 + 1.5) * 2 + 5
+    assert torch.allclose(small[:, 2:-2], expected[2:-2].expand(15, 16), atol=1e-6)
+    odd, _ = resample(ramp, cam, 45, 60)  # a factor 4/3: filtered, centred on each new pixel
+    expected = ((torch.arange(60, dtype=torch.float64) + 0.5) * 4 / 3 - 0.5) * 2 + 5
+    assert torch.allclose(odd[:, 3:-3], expected[3:-3].expand(45, 54), atol=1e-4)
+    # a world point lands on the same physical spot of the detector in both cameras
+    T = canonical_ap_pose(torch.zeros(3), cam.sdd)
+    X = torch.randn(20, 3, dtype=torch.float64) * 30
+    uv, uv2 = project(X, T, cam), project(X, T, cam2)
+    assert torch.allclose((uv + 0.5) / torch.tensor([4.0, 4.0], dtype=torch.float64) - 0.5, uv2, atol=1e-9)
+    up, cam3 = resample(ramp, cam, ROWS * 2, COLS * 2)
+    assert up.shape == (ROWS * 2, COLS * 2) and cam3.image_size == (ROWS * 2, COLS * 2)
+    with pytest.raises(InputError, match="camera's image_size"):
+        resample(ramp[:10], cam, 5, 5)
+
+
+def test_preprocess_combines_mask_log_and_resampling():
+    image, inside = collimated()
+    L_true = body_line_integrals()
+    L, cam, mask = preprocess(image, camera(), size=40)
+    assert L.shape == mask.shape == (30, 40) and cam.image_size == (30, 40)
+    assert cam.pixel_spacing == pytest.approx((0.6, 0.5))
+    expected_mask = inside.view(30, 2, 40, 2).all(3).all(1)
+    assert torch.equal(mask, expected_mask)
+    assert (L[~mask] == 0).all()
+    # inside, the line integrals are those of the body, averaged over 2x2 blocks
+    truth = L_true.view(30, 2, 40, 2).mean((1, 3))
+    assert torch.allclose(L[mask].double(), truth[mask], atol=1e-5)
