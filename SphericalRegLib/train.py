@@ -1,0 +1,573 @@
+"""``sphericalreg train``: patient-specific training of the pose regressor and the similarity.
+
+Every step simulates X-rays of the CT at ground-truth poses around the canonical AP view and
+trains two things on them:
+
+* the similarity: at a moving pose ``T`` the network distance ``S`` between the X-ray and the
+  DRR of the CT's feature volume is differentiated along a left twist, ``g = dS/dxi`` at
+  ``exp(xi) T``, with ``create_graph=True``; the loss asks ``g`` to point where the gradient
+  ``g*`` of the squared geodesic distance to the truth points, rotation and translation parts
+  separately (Gao et al.; ``method-notes.md``). Its parameters (encoder and feature CNN) learn
+  through this double backward.
+* the regressor: X-ray -> pose, with its own geodesic pose loss.
+
+The geodesic distances of the target are measured about the isocentre: both poses are written
+as maps from the isocentre-centred world to the isocentre-centred camera frame (see
+:func:`centred`), so that neither the scanner's RAS origin nor the source distance enters the
+metric; ``length`` is the CT's bounding radius (:func:`SphericalRegLib.model.pose_length`).
+
+Distributed: under ``torchrun`` each rank samples its own poses and the gradients are averaged
+with ``torch.distributed.all_reduce`` after each backward. DistributedDataParallel is not used:
+its reducer hooks expect one plain backward per forward and do not support the
+``autograd.grad(create_graph=True)`` pass in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .camera import Camera, canonical_ap_pose
+from .errors import InputError
+from .geometry import geodesic_se3, geodesic_so4, make_pose, perturb_left, rotation_angle
+from .model import (
+    PRESETS,
+    TrainConfig,
+    build_networks,
+    ct_fingerprint,
+    default_camera,
+    pose_length,
+    read_checkpoint,
+    save_checkpoint,
+    working_volume,
+)
+from .poses import camera_frame_offset, sample_offsets
+from .render import Renderer
+from .volume import Volume, hu_to_mu
+
+__all__ = ["centred", "pose_distance", "target_gradient", "direction_loss", "twist_angles",
+           "Trainer", "add_arguments", "main"]
+
+_ISOCENTRE_FRACTION = 0.8
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+def _translation(t: Tensor) -> Tensor:
+    eye = torch.eye(3, dtype=t.dtype, device=t.device).expand(*t.shape[:-1], 3, 3)
+    return make_pose(eye, t)
+
+
+def centred(T: Tensor, isocentre: Tensor, depth: float) -> Tensor:
+    """``(..., 4, 4)`` camera_from_world -> the same pose between the isocentre-centred world and
+    the camera frame moved to the nominal isocentre ``(0, 0, depth)``: its rotation turns about
+    the anatomy and its translation is the isocentre's displacement (zero at the canonical view)."""
+    iso = torch.as_tensor(isocentre, dtype=T.dtype, device=T.device)
+    p = torch.zeros(3, dtype=T.dtype, device=T.device)
+    p[2] = depth
+    return _translation(-p) @ T @ _translation(iso)
+
+
+def pose_distance(T1: Tensor, T2: Tensor, metric: str, length: float, isocentre: Tensor, depth: float) -> Tensor:
+    """Geodesic distance (mm) between poses ``(..., 4, 4)`` about the isocentre, SE(3) or SO(4)."""
+    A, B = centred(T1, isocentre, depth), centred(T2, isocentre, depth)
+    if metric == "se3":
+        return geodesic_se3(A, B, length)
+    if metric == "so4":
+        return geodesic_so4(A, B, length)
+    raise InputError("--metric", f"is {metric!r}", "se3 or so4")
+
+
+def target_gradient(moving: Tensor, truth: Tensor, metric: str, length: float, isocentre: Tensor,
+                    depth: float) -> Tensor:
+    """``g* = d/dxi dist(exp(xi) moving, truth)^2`` at ``xi = 0``: ``(B, 4, 4) x 2 -> (B, 6)`` float64."""
+    with torch.enable_grad():
+        xi = torch.zeros(moving.shape[0], 6, dtype=torch.float64, device=moving.device, requires_grad=True)
+        d = pose_distance(perturb_left(xi, moving.double()), truth.double(), metric, length, isocentre, depth)
+        (g,) = torch.autograd.grad((d**2).sum(), xi)
+    return g.detach()
+
+
+def _unit(v: Tensor) -> Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def direction_loss(g: Tensor, target: Tensor) -> Tensor:
+    """``|g_rot/|g_rot| - g*_rot/|g*_rot||^2 + |g_tr/|g_tr| - g*_tr/|g*_tr||^2`` per sample, ``(B, 6) x 2 -> (B,)``."""
+    target = target.to(g)
+    rot = (_unit(g[:, :3]) - _unit(target[:, :3])).pow(2).sum(-1)
+    tr = (_unit(g[:, 3:]) - _unit(target[:, 3:])).pow(2).sum(-1)
+    return rot + tr
+
+
+def twist_angles(g: Tensor, target: Tensor, length: float) -> dict[str, Tensor]:
+    """Angles (degrees) between gradients ``(B, 6)``: the whole twist with rotation scaled into mm
+    (``g_rot / length``, the gradient in coordinates ``(length * omega, v)``), and each part alone."""
+    def angle(a, b):
+        cos = (_unit(a) * _unit(b)).sum(-1).clamp(-1, 1)
+        return torch.rad2deg(torch.acos(cos))
+
+    g, target = g.double(), target.double()
+    scale = torch.tensor([1 / length] * 3 + [1.0] * 3, dtype=torch.float64, device=g.device)
+    return dict(twist=angle(g * scale, target * scale), rot=angle(g[:, :3], target[:, :3]),
+                tr=angle(g[:, 3:], target[:, 3:]))
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(1)[0])
+
+
+class Trainer:
+    """One rank's training state: the CT at the working resolution, the networks, the optimiser.
+
+    ct: the CT in HU; config: the run; camera: the training camera (default from the CT);
+    rank, world_size: this process in a torch.distributed group (1 alone).
+    """
+
+    def __init__(self, ct: Volume, config: TrainConfig, camera: Camera | None = None, device="cpu",
+                 rank: int = 0, world_size: int = 1, source="CT"):
+        self.config = config
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.camera = camera or default_camera(ct, config)
+        self.fingerprint = ct_fingerprint(ct)
+        self.volume = working_volume(ct, config, self.camera, source)
+        self.hu = self.volume.data.to(self.device)
+        self.spacing = self.volume.spacing
+        self.isocentre = ct.centre
+        self.depth = _ISOCENTRE_FRACTION * self.camera.sdd
+        self.length = pose_length(ct)
+        self.reference = canonical_ap_pose(self.isocentre, self.camera.sdd)
+        self.renderer = Renderer(self.camera, self.volume.ijk_to_ras, self.volume.shape,
+                                 config.n_samples).to(self.device)
+
+        torch.manual_seed(config.seed)
+        self.features, self.similarity, self.regressor = (m.to(self.device) for m in build_networks(
+            config, self.reference, self.isocentre, self.length))
+        self.networks = dict(features=self.features, similarity=self.similarity, regressor=self.regressor)
+        groups = [
+            dict(params=list(self.features.parameters()), lr=config.lr_features, name="features"),
+            dict(params=list(self.similarity.parameters()), lr=config.lr_similarity, name="similarity"),
+            dict(params=list(self.regressor.parameters()), lr=config.lr_regressor, name="regressor"),
+        ]
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        warmup, total = max(1, config.warmup_steps), max(1, config.steps)
+
+        def schedule(step):
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step = 0
+        self.history: dict[str, list] = {}
+        if world_size > 1:
+            self._broadcast_parameters()
+        self._validation = None
+
+    # -- data
+
+    def sample(self, n: int, generator: torch.Generator, augment: bool = True) -> dict[str, Tensor]:
+        """Ground truths, moving poses ``(n, 4, 4)`` float64 and X-rays ``(n, 1, rows, cols)``."""
+        from .augment import random_bone_scale, randomise_xray
+
+        c = self.config
+        truth = sample_offsets(n, c.truth_rot_deg, c.truth_trans_mm, self.depth, generator) @ self.reference
+        lo, hi = c.moving_scale
+        scale = lo + (hi - lo) * torch.rand(n, 1, generator=generator, dtype=torch.float64)
+        rot = torch.deg2rad(torch.tensor(c.moving_rot_deg, dtype=torch.float64))
+        angles = torch.randn(n, 3, generator=generator, dtype=torch.float64) * rot * scale
+        trans = torch.randn(n, 3, generator=generator, dtype=torch.float64) * torch.tensor(c.moving_trans_mm,
+                                                                                           dtype=torch.float64) * scale
+        moving = camera_frame_offset(angles, trans, self.depth) @ truth
+        bone = random_bone_scale(n, generator, *c.bone_scale) if augment else torch.ones(n, dtype=torch.float64)
+        xray = self.simulate(truth, bone)
+        if augment:
+            xray = randomise_xray(xray, generator)
+        return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray)
+
+    @torch.no_grad()
+    def simulate(self, truth: Tensor, bone_scale: Tensor) -> Tensor:
+        """Line integrals of the attenuation at ``truth`` ``(B, 4, 4)``, one bone scale each: ``(B, 1, rows, cols)``."""
+        mu = hu_to_mu(self.hu, bone_scale.to(self.device, torch.float32).reshape(-1, 1, 1, 1, 1))
+        mu = mu.expand(truth.shape[0], 1, *self.hu.shape) if mu.dim() == 3 else mu
+        return self.renderer(mu, truth.to(self.device))
+
+    # -- objective
+
+    def feature_volume(self) -> Tensor:
+        """``(C, I, J, K)`` features of the CT at bone scale 1, in the autograd graph of the feature net."""
+        return self.features(hu_to_mu(self.hu)[None], self.spacing)
+
+    def similarity_gradient(self, feats: Tensor, xray: Tensor, moving: Tensor, create_graph: bool):
+        """``S`` ``(B,)`` and ``g = dS/dxi`` ``(B, 6)`` at ``exp(xi) moving``, xi = 0."""
+        xi = torch.zeros(moving.shape[0], 6, dtype=torch.float64, device=self.device, requires_grad=True)
+        drr = self.renderer(feats, perturb_left(xi, moving))
+        residual = self.similarity.residual(self.similarity.embed_xray(xray), self.similarity.embed_drr(drr))
+        S = 0.5 * residual.pow(2).sum(-1)
+        (g,) = torch.autograd.grad(S.sum(), xi, create_graph=create_graph)
+        return S, g
+
+    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The training losses of one batch (each a scalar tensor)."""
+        from .regressor import pose_loss
+
+        c = self.config
+        target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
+        S, g = self.similarity_gradient(self.feature_volume(), batch["xray"], batch["moving"], create_graph=True)
+        direction = direction_loss(g, target).mean()
+        predicted = self.regressor(batch["xray"])
+        pose = pose_loss(predicted, batch["truth"].to(predicted.dtype), **self._pose_loss_kwargs()).mean()
+        total = direction + c.regressor_weight * pose
+        return dict(loss=total, direction=direction, pose=pose, similarity=S.mean().detach())
+
+    def _pose_loss_kwargs(self) -> dict:
+        return dict(length=self.length)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step on a freshly sampled batch (the same batch each time with ``fixed_batch``)."""
+        c = self.config
+        seed = _step_seed(c.seed, self.rank, 0 if c.fixed_batch else self.step)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        for m in self.networks.values():
+            m.train()
+        batch = self.sample(c.batch_size, generator)
+        losses = self.losses(batch)
+        self.optimizer.zero_grad(set_to_none=False)
+        losses["loss"].backward()
+        if self.world_size > 1:
+            self._all_reduce_gradients()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["grad_norm"] = float(grad_norm)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    # -- validation
+
+    def validation_set(self) -> dict[str, Tensor]:
+        """The held-out poses and clean X-rays (bone scale 1, no augmentation), from ``val_seed`` only."""
+        if self._validation is None:
+            generator = torch.Generator().manual_seed(self.config.val_seed)
+            self._validation = self.sample(self.config.val_size, generator, augment=False)
+        return self._validation
+
+    def validate(self) -> dict[str, float]:
+        """Regressor errors and the share of similarity gradients pointing within 30 degrees of g*."""
+        c, val = self.config, self.validation_set()
+        for m in self.networks.values():
+            m.eval()
+        angles = dict(twist=[], rot=[], tr=[])
+        errors = dict(geodesic=[], rot=[], iso=[])
+        with torch.no_grad():
+            feats = self.feature_volume()
+        for start in range(0, c.val_size, c.batch_size):
+            sl = slice(start, start + c.batch_size)
+            xray, truth, moving = val["xray"][sl], val["truth"][sl], val["moving"][sl]
+            _, g = self.similarity_gradient(feats, xray, moving, create_graph=False)
+            target = target_gradient(moving, truth, c.metric, self.length, self.isocentre, self.depth)
+            for k, v in twist_angles(g.detach(), target, self.length).items():
+                angles[k].append(v)
+            with torch.no_grad():
+                est = self.regressor(xray).double()
+            errors["geodesic"].append(pose_distance(est, truth, "se3", self.length, self.isocentre, self.depth))
+            errors["rot"].append(torch.rad2deg(rotation_angle(est[:, :3, :3], truth[:, :3, :3])))
+            errors["iso"].append((centred(est, self.isocentre, self.depth)[:, :3, 3]
+                                  - centred(truth, self.isocentre, self.depth)[:, :3, 3]).norm(dim=-1))
+        a = {k: torch.cat(v) for k, v in angles.items()}
+        e = {k: torch.cat(v) for k, v in errors.items()}
+        return dict(
+            reg_geodesic_mm=float(e["geodesic"].mean()), reg_rot_deg=float(e["rot"].mean()),
+            reg_iso_mm=float(e["iso"].mean()),
+            grad_within30=float((a["twist"] < 30).double().mean()),
+            rot_within30=float((a["rot"] < 30).double().mean()),
+            tr_within30=float((a["tr"] < 30).double().mean()),
+            grad_angle_median_deg=float(a["twist"].median()),
+        )
+
+    # -- distributed
+
+    def _parameters(self):
+        return [p for m in self.networks.values() for p in m.parameters()]
+
+    def _broadcast_parameters(self):
+        import torch.distributed as dist
+
+        for p in self._parameters():
+            dist.broadcast(p.data, src=0)
+
+    def _all_reduce_gradients(self):
+        import torch.distributed as dist
+
+        params = self._parameters()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p))
+            offset += n
+
+    # -- checkpoints
+
+    def record(self, entries: dict[str, float], prefix: str = "") -> None:
+        self.history.setdefault(prefix + "step", []).append(self.step)
+        for k, v in entries.items():
+            self.history.setdefault(prefix + k, []).append(v)
+
+    def rng_state(self) -> dict:
+        state = dict(torch=torch.get_rng_state(), step_seed=[self.config.seed, self.rank, self.step])
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self, path) -> None:
+        save_checkpoint(path, config=self.config, camera=self.camera, fingerprint=self.fingerprint,
+                        networks=self.networks, step=self.step, optimizer=self.optimizer,
+                        scheduler=self.scheduler, history=self.history, rng=self.rng_state(),
+                        world_size=self.world_size)
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint dictionary (from :func:`read_checkpoint`)."""
+        for name, module in self.networks.items():
+            module.load_state_dict(state["networks"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = state.get("history", {})
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+
+
+# ----------------------------------------------------------------------------- plotting
+
+
+def plot_history(history: dict, path) -> None:
+    """Training and validation curves as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    if history.get("step"):
+        steps = np.asarray(history["step"])
+        for key in ("loss", "direction", "pose"):
+            values = np.asarray(history[key], dtype=float)
+            w = max(1, len(values) // 50)
+            smooth = np.convolve(values, np.ones(w) / w, mode="valid")
+            axes[0].plot(steps[w - 1:], smooth, label=key)
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("step")
+        axes[0].set_title("training losses (running mean)")
+        axes[0].legend()
+    if history.get("val_step"):
+        vs = history["val_step"]
+        axes[1].plot(vs, history["val_reg_geodesic_mm"], label="geodesic (mm)")
+        axes[1].plot(vs, history["val_reg_iso_mm"], label="isocentre (mm)")
+        axes[1].plot(vs, history["val_reg_rot_deg"], label="rotation (deg)")
+        axes[1].set_title("regressor, held-out poses")
+        axes[1].set_xlabel("step")
+        axes[1].legend()
+        for key, label in (("grad_within30", "6D twist"), ("rot_within30", "rotation"),
+                           ("tr_within30", "translation")):
+            axes[2].plot(vs, history["val_" + key], label=label)
+        axes[2].set_ylim(0, 1)
+        axes[2].set_title("similarity gradients within 30 deg of g*")
+        axes[2].set_xlabel("step")
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".curves.png")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, help="the CT (NIfTI, NRRD, MHA or a DICOM folder), in HU")
+    parser.add_argument("--out", required=True, help="the model file to write (.pt)")
+    parser.add_argument("--config", default="small",
+                        help="preset (small: two CPU cores, under 45 min; full: one GPU) or a JSON file of "
+                             'TrainConfig fields, optionally with "base": preset (default small)')
+    parser.add_argument("--steps", type=int, help="training steps (default from the config)")
+    parser.add_argument("--batch-size", type=int, help="poses per step and rank")
+    parser.add_argument("--metric", choices=("so4", "se3"), help="geodesic of the gradient target (default so4)")
+    parser.add_argument("--space", choices=("sphere", "euclidean", "hyperbolic"),
+                        help="embedding space of the similarity (default sphere)")
+    parser.add_argument("--features", choices=("equivariant", "plain"), help="CT feature volume (default equivariant)")
+    parser.add_argument("--geometry", help="geometry.json of the C-arm to train for (default: sdd 1020 mm, a "
+                                           "square detector covering ~300 mm of anatomy at the isocentre)")
+    parser.add_argument("--sdd", type=float, help="source-to-detector distance of the default camera (mm)")
+    parser.add_argument("--image-size", type=int, help="training image rows = cols")
+    parser.add_argument("--spacing", type=float, help="working voxel size of the CT (mm)")
+    parser.add_argument("--seed", type=int, help="seed of all sampling (default 0)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+def _config_from_args(args) -> TrainConfig:
+    overrides = dict(steps=args.steps, batch_size=args.batch_size, metric=args.metric, space=args.space,
+                     features=args.features, sdd=args.sdd, image_size=args.image_size,
+                     spacing_mm=args.spacing, seed=args.seed)
+    if args.geometry:
+        overrides["camera"] = Camera.load(args.geometry).to_json()
+    if args.config in PRESETS:
+        return TrainConfig.preset_named(args.config, **overrides)
+    path = Path(args.config)
+    if not path.is_file():
+        raise InputError("--config", f"{args.config!r} is neither a preset nor a file",
+                         f"{' or '.join(PRESETS)}, or a JSON file of TrainConfig fields")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise InputError(path, "is not a JSON object", "{field: value, ...}")
+    base = d.pop("base", "small")
+    if base not in PRESETS:
+        raise InputError(path, f'"base" is {base!r}', " or ".join(PRESETS))
+    try:
+        config = replace(PRESETS[base], **d)
+    except TypeError as e:
+        raise InputError(path, f"has a field TrainConfig does not know ({e})") from None
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _device(name: str | None, local_rank: int) -> torch.device:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device", f"is {name} but no CUDA device is available", "cpu")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name != "cpu":
+        raise InputError("--device", f"is {name!r}", "cpu or cuda")
+    return torch.device("cpu")
+
+
+def main(args) -> int:
+    from .io import read_ct
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _device(args.device, local_rank)
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise InputError("--resume/--overwrite", "both given", "one of them")
+    if out.exists() and not (args.resume or args.overwrite):
+        raise InputError(out, "already exists", "a new file name, --resume to continue it, or --overwrite")
+    if args.resume and not out.exists():
+        raise InputError(out, "does not exist, nothing to resume", "the model file of an interrupted run")
+
+    ct = read_ct(args.ct)
+    state = None
+    if args.resume:
+        state = read_checkpoint(out, ct, map_location=device)
+        config = TrainConfig.from_dict(state["config"], out)
+        if args.steps is not None:
+            config = replace(config, steps=args.steps)
+        camera = Camera.from_json(state["camera"], out)
+        if int(state.get("world_size", 1)) != world_size and rank == 0:
+            print(f"note: resuming a {state.get('world_size', 1)}-process run with {world_size} processes; "
+                  "the sampling continues differently", file=sys.stderr)
+    else:
+        config = _config_from_args(args)
+        camera = None
+
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        trainer = Trainer(ct, config, camera, device, rank, world_size, source=args.ct)
+        if state is not None:
+            trainer.restore(state)
+        run(trainer, out, main_process=rank == 0)
+    finally:
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def run(trainer: Trainer, out: Path, main_process: bool = True) -> None:
+    """Train ``trainer`` to ``config.steps``, validating, plotting and checkpointing to ``out``.
+
+    Ctrl-C saves a checkpoint of the last finished step before the interrupt goes on.
+    """
+    from tqdm import tqdm
+
+    c = trainer.config
+    if main_process:
+        print(f"training {c.preset}: {c.steps} steps, batch {c.batch_size} x {trainer.world_size} process(es), "
+              f"CT at {tuple(trainer.volume.shape)} voxels of {float(trainer.volume.spacing.max()):.2f} mm, "
+              f"{trainer.camera.rows}x{trainer.camera.cols} images, features {c.features}, space {c.space}, "
+              f"metric {c.metric} (length {trainer.length:.0f} mm), device {trainer.device}", file=sys.stderr)
+    bar = tqdm(total=c.steps, initial=trainer.step, disable=not main_process, dynamic_ncols=True,
+               desc="train", mininterval=1.0)
+    saved_at = trainer.step
+    try:
+        while trainer.step < c.steps:
+            t0 = time.perf_counter()
+            entries = trainer.train_step()
+            entries["seconds"] = time.perf_counter() - t0
+            trainer.record(entries)
+            bar.update(1)
+            bar.set_postfix(loss=f"{entries['loss']:.3f}", dir=f"{entries['direction']:.3f}",
+                            pose=f"{entries['pose']:.3f}", refresh=False)
+            last = trainer.step == c.steps
+            if trainer.step % c.val_every == 0 or last:
+                val = trainer.validate()
+                trainer.record(val, prefix="val_")
+                if main_process:
+                    bar.write(f"step {trainer.step}: regressor {val['reg_geodesic_mm']:.1f} mm geodesic, "
+                              f"{val['reg_rot_deg']:.2f} deg, isocentre {val['reg_iso_mm']:.1f} mm; "
+                              f"similarity gradients within 30 deg: {val['grad_within30']:.0%} "
+                              f"(rotation {val['rot_within30']:.0%}, translation {val['tr_within30']:.0%})")
+            if main_process and (trainer.step % c.checkpoint_every == 0 or last):
+                trainer.save(out)
+                plot_history(trainer.history, curves_path(out))
+                saved_at = trainer.step
+    except KeyboardInterrupt:
+        if main_process and trainer.step > saved_at:
+            trainer.save(out)
+            plot_history(trainer.history, curves_path(out))
+            bar.write(f"interrupted: saved step {trainer.step} to {out}; continue with --resume")
+        raise
+    finally:
+        bar.close()
