@@ -1,0 +1,159 @@
+"""Levenberg-Marquardt, gradient descent and Adam on SE(3) (SphericalRegLib.optimize)."""
+
+import math
+
+import pytest
+import torch
+
+from SphericalRegLib.geometry import perturb_left, rotation_angle, se3_exp, transform_points
+from SphericalRegLib.optimize import (
+    adam,
+    gradient_descent,
+    least_squares_cost,
+    levenberg_marquardt,
+    twist_jacobian,
+)
+
+DT = torch.float64
+
+
+def point_problem(B=1, noise=0.0, seed=0):
+    """Points about an isocentre 800 mm in front of the camera; Y = T_true X (+ noise)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(B, 30, 3, generator=g, dtype=DT) * 50
+    xi_true = torch.randn(B, 6, generator=g, dtype=DT) * torch.tensor([0.2, 0.2, 0.2, 20, 20, 20], dtype=DT)
+    xi_true[:, 5] += 800
+    T_true = se3_exp(xi_true)
+    Y = transform_points(T_true, X) + noise * torch.randn(B, 30, 3, generator=g, dtype=DT)
+    # start 20 degrees (about a random axis) and 50 mm away
+    axis = torch.nn.functional.normalize(torch.randn(B, 3, generator=g, dtype=DT), dim=-1)
+    direction = torch.nn.functional.normalize(torch.randn(B, 3, generator=g, dtype=DT), dim=-1)
+    T0 = perturb_left(torch.cat([axis * math.radians(20), direction * 50], -1), T_true)
+    residual = lambda T: (transform_points(T, X) - Y).flatten(1)  # noqa: E731
+    return residual, T0, T_true
+
+
+def relative_error(T, T_true):
+    return ((T - T_true).flatten(1).norm(dim=-1) / T_true.flatten(1).norm(dim=-1))
+
+
+def test_lm_reaches_the_known_minimum_faster_than_gradient_descent():
+    residual, T0, T_true = point_problem()
+    out = levenberg_marquardt(residual, T0, step_tol=(1e-12, 1e-10))
+    assert out.converged.all() and not out.diverged.any()
+    assert out.iterations.item() < 10
+    assert relative_error(out.pose, T_true).item() < 1e-6
+    cost = out.stacked("cost")[:, 0]
+    assert (cost[1:] <= cost[:-1]).all()  # rejected steps keep the cost, accepted ones lower it
+    assert out.stacked("accepted")[1:].any()
+
+    # Gradient descent with the largest stable uniform rate, 1 / lambda_max(J^T J) at the minimum.
+    _, J = twist_jacobian(residual, T_true)
+    lr = 1 / torch.linalg.eigvalsh(J.transpose(-1, -2) @ J).max().item()
+    gd = gradient_descent(least_squares_cost(residual), T0, iters=300, lr_rot=lr, lr_trans=lr)
+    gd_cost = gd.stacked("cost")[:, 0]
+    assert gd_cost[-1] < gd_cost[0]  # it does descend ...
+    target = 1e-6 * cost[0]
+    reached = (gd_cost <= target).nonzero()
+    gd_iterations = reached[0].item() if len(reached) else math.inf
+    lm_iterations = (cost <= target).nonzero()[0].item()
+    assert lm_iterations < gd_iterations  # ... but the ill-conditioned problem needs LM
+    assert len(gd.history) == 301 and set(gd.history[0]) == set(out.history[0])
+
+
+def test_lm_with_noise_finds_the_least_squares_fit():
+    residual, T0, T_true = point_problem(noise=1.0, seed=1)
+    out = levenberg_marquardt(residual, T0)
+    assert out.converged.all()
+    assert out.cost.item() <= least_squares_cost(residual)(T_true).item()
+    r, J = twist_jacobian(residual, out.pose)
+    gradient = (J.transpose(-1, -2) @ r[..., None])[..., 0]
+    assert gradient.abs().max().item() < 1e-6 * (J.abs().max() * r.abs().max()).item()
+    assert math.degrees(rotation_angle(out.pose[:, :3, :3], T_true[:, :3, :3]).item()) < 0.5
+    assert (out.pose[:, :3, 3] - T_true[:, :3, 3]).norm().item() < 2.0
+
+
+def test_scalar_residual_has_rank_one_normal_matrix_vector_residual_rank_six():
+    residual, T0, _ = point_problem()
+    scalar = lambda T: residual(T).norm(dim=-1, keepdim=True)  # noqa: E731
+    for fn, rank in ((scalar, 1), (residual, 6)):
+        _, J = twist_jacobian(fn, T0)
+        eig = torch.linalg.eigvalsh(J.transpose(-1, -2) @ J)[0]
+        assert int((eig > 1e-10 * eig.max()).sum()) == rank
+
+
+@pytest.mark.parametrize("method", ["forward", "reverse"])
+def test_twist_jacobian_matches_central_differences(method):
+    residual, T0, _ = point_problem(B=2)
+    curved = lambda T: torch.cat([residual(T), torch.sin(residual(T) / 30)], -1)  # noqa: E731
+    r, J = twist_jacobian(curved, T0, method=method)
+    assert J.shape == (2, 180, 6) and torch.equal(r, curved(T0))
+    h = 1e-6
+    for j in range(6):
+        e = torch.zeros(6, dtype=DT)
+        e[j] = h
+        fd = (curved(perturb_left(e, T0)) - curved(perturb_left(-e, T0))) / (2 * h)
+        assert torch.allclose(J[..., j], fd, rtol=1e-6, atol=1e-6 * fd.abs().max().item())
+
+
+@pytest.mark.parametrize("method", ["forward", "reverse"])
+def test_unrolled_lm_backpropagates_into_residual_parameters(method):
+    residual, T0, _ = point_problem()
+    scale = torch.tensor(1.0, dtype=DT, requires_grad=True)
+    # four points (M = 12) keep the reverse-mode double backward small
+    learnable = lambda T: residual(T)[:, :12] - (scale - 1) * 100  # noqa: E731
+    out = levenberg_marquardt(learnable, T0, max_iters=3, differentiable=True, jacobian=method)
+    assert out.pose.requires_grad
+    out.pose[:, :3, 3].sum().backward()
+    assert scale.grad is not None and torch.isfinite(scale.grad) and scale.grad.abs() > 1e-6
+    # without differentiable the result carries no graph
+    assert not levenberg_marquardt(learnable, T0, max_iters=3).pose.requires_grad
+
+
+def test_non_finite_residual_is_flagged_diverged():
+    residual, T0, T_true = point_problem()
+    # the minimum lies beyond a wall the residual cannot be evaluated through
+    wall = (T0[:, 2, 3] + T_true[:, 2, 3]) / 2
+    side = torch.sign(T0[:, 2, 3] - wall)
+
+    def walled(T):
+        r = residual(T)
+        return torch.where((side * (T[:, 2, 3] - wall) > 0)[:, None], r, torch.full_like(r, math.nan))
+
+    out = levenberg_marquardt(walled, T0)
+    assert out.diverged.all() and not out.converged.any()
+    assert torch.isfinite(out.pose).all() and torch.isfinite(out.cost).all()
+    assert (side * (out.pose[:, 2, 3] - wall) > 0).all()  # the last good pose, on the start's side
+
+    start_bad = levenberg_marquardt(walled, T_true)
+    assert start_bad.diverged.all() and start_bad.iterations.item() == 0
+
+    fenced = levenberg_marquardt(residual, T0, max_translation=10.0)
+    assert fenced.diverged.all() and not fenced.converged.any()
+
+    gd = adam(least_squares_cost(walled), T0, iters=500, lr_rot=1e-2, lr_trans=5.0)
+    assert gd.diverged.all() and torch.isfinite(gd.pose).all()
+
+
+def test_batch_elements_converge_independently():
+    residual, T0, T_true = point_problem(B=3, seed=2)
+    T0 = T0.clone()
+    T0[1] = T_true[1]  # already at its minimum: stops at once while the others run
+    out = levenberg_marquardt(residual, T0, step_tol=(1e-12, 1e-10))
+    assert out.converged.all() and not out.diverged.any()
+    assert (relative_error(out.pose, T_true) < 1e-6).all()
+    assert out.iterations[1] < out.iterations[0] and out.iterations[1] < out.iterations[2]
+    for b in (0, 2):
+        alone = levenberg_marquardt(lambda T: residual(T.expand(3, 4, 4))[b : b + 1], T0[b : b + 1],
+                                    step_tol=(1e-12, 1e-10))
+        assert alone.iterations.item() == out.iterations[b].item()
+        assert torch.allclose(alone.pose[0], out.pose[b], atol=1e-9)
+
+
+def test_adam_descends_with_the_shared_history():
+    residual, T0, T_true = point_problem()
+    out = adam(least_squares_cost(residual), T0, iters=200, lr_rot=1e-2, lr_trans=2.0)
+    cost = out.stacked("cost")[:, 0]
+    assert cost[-1] < 1e-2 * cost[0]
+    assert out.stacked("pose").shape == (201, 1, 4, 4) and out.iterations.item() == 200
+    assert not out.converged.any() and not out.diverged.any()
