@@ -1,5 +1,8 @@
 """MRML nodes in, arrays and matrices to SphericalRegLib, nodes out.
 
+A package rather than SphericalRegLogic.py: Slicer tries to load every .py file beside a
+scripted module as a module of its own, but never looks inside folders.
+
 Everything here runs without Qt, so it works in the Slicer application, in ``PythonSlicer`` and
 with the ``slicer-core`` package (a real MRML scene and no GUI). torch and SphericalRegLib are
 imported inside the functions that need them: the module must load in a Slicer that has not

@@ -1,0 +1,75 @@
+"""The Slicer panel's .ui against the Python that drives it (no Qt needed: XML and source text)."""
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "SphericalReg"
+UI = MODULE / "Resources" / "UI" / "SphericalReg.ui"
+SOURCE = (MODULE / "SphericalReg.py").read_text()
+
+
+def _widgets() -> dict:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def _string_property(widget, name):
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop.findtext("string")
+    return None
+
+
+def _parameter_fields() -> dict:
+    """Annotated fields of each class in SphericalReg.py (the parameter node and its packs)."""
+    tree = ast.parse(SOURCE)
+    return {node.name: {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+            for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def test_ui_is_well_formed_with_unique_names():
+    root = ET.parse(UI).getroot()
+    assert root.tag == "ui" and root.find("widget").get("class") == "qMRMLWidget"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate objectName in the .ui"
+
+
+def test_every_widget_the_module_uses_exists():
+    used = set(re.findall(r"self\.ui\.(\w+)", SOURCE))
+    assert {"registerButton", "cancelButton", "trainButton", "progressBar", "opacitySlider"} <= used
+    missing = used - set(_widgets())
+    assert not missing, f"SphericalReg.py uses widgets the .ui lacks: {sorted(missing)}"
+
+
+def test_bound_widgets_name_real_parameters():
+    fields = _parameter_fields()
+    node = fields["SphericalRegParameterNode"]
+    bound = {name: _string_property(w, "SlicerParameterName") for name, w in _widgets().items()}
+    bound = {k: v for k, v in bound.items() if v}
+    assert set(bound.values()) >= {"ctVolume", "xrayVolume", "outputTransform", "modelPath", "geometry.sdd"}
+    for widget, parameter in bound.items():
+        head, _, member = parameter.partition(".")
+        assert head in node, f"{widget} binds to unknown parameter {parameter}"
+        if member:
+            assert member in fields[node[head]], f"{widget} binds to unknown pack member {parameter}"
+
+
+def test_custom_widgets_are_declared_and_mrml_widgets_get_the_scene():
+    root = ET.parse(UI).getroot()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    qt_classes = {c for c in used if c.startswith("Q")}
+    assert used - qt_classes <= declared
+    combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    wired = {c.findtext("receiver") for c in root.iter("connection")
+             if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    assert combos and combos <= wired
+
+
+def test_cmake_lists_every_file_it_installs():
+    text = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SphericalReg")
+    for listed in re.findall(r"^\s+((?:Resources/|SphericalReg)\S+)$", text, re.MULTILINE):
+        assert (MODULE / listed).is_file(), f"CMakeLists.txt lists {listed}, which does not exist"
+    assert "SphericalRegLogic/__init__.py" in text and "SOURCE_DIR ${_repo_root}" in text
