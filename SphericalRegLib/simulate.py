@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .camera import Camera
 from .errors import InputError
-from .io import read_ct, truth_path, write_json
+from .io import _read_dicom_series, read_ct, truth_path, write_json
 from .poses import evaluation_poses
 from .volume import Volume, hu_to_mu
 
@@ -128,13 +128,7 @@ def _copy_ct(source: Path, folder: Path, overwrite: bool) -> Path:
     target = folder / "ct.nii.gz"
     if target.exists() and not overwrite:
         raise InputError(target, "already exists", "an empty output folder or --overwrite")
-    if source.is_dir():
-        reader = sitk.ImageSeriesReader()
-        ids = reader.GetGDCMSeriesIDs(str(source))
-        reader.SetFileNames(max((reader.GetGDCMSeriesFileNames(str(source), i) for i in ids), key=len))
-        image = reader.Execute()
-    else:
-        image = sitk.ReadImage(str(source))
+    image = _read_dicom_series(source) if source.is_dir() else sitk.ReadImage(str(source))
     sitk.WriteImage(image, str(target), True)
     return target
 
@@ -190,6 +184,9 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
         write_json(truth_path(folder), {"camera_from_world": truth[i], "landmarks_world": landmarks}, overwrite)
         folders.append(folder)
         log(f"case {i + 1}/{n}: {folder} ({time.perf_counter() - tic:.1f} s)")
+    stale = sorted(p.name for p in out.glob("case_[0-9][0-9][0-9]") if p.is_dir() and int(p.name[5:]) >= n)
+    if stale:
+        log(f"note: {out} still holds {len(stale)} older case folders ({stale[0]} ...) not written by this run")
     return folders
 
 
