@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import qt
 import vtk
 
@@ -226,6 +225,11 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
             p = self._parameterNode
             camera = self._camera()
+            if camera_from_node(p.xrayVolume) is None and not slicer.util.confirmOkCancelDisplay(
+                f"{p.xrayVolume.GetName()} has no stored, geometry.json or DICOM geometry. Register with the "
+                f"geometry in the panel (sdd {camera.sdd:g} mm, pixel spacing {camera.pixel_spacing} mm, "
+                f"principal point {camera.principal_point} px)?", "SphericalReg: X-ray geometry"):
+                return
             set_camera_attributes(p.xrayVolume, camera)  # the edited geometry travels with the scene
             init = None
             if p.useInitialPose and p.outputTransform:

@@ -18,7 +18,7 @@ import SphericalRegLogic as L  # noqa: E402
 
 from SphericalRegLib.camera import Camera, canonical_ap_pose, project  # noqa: E402
 from SphericalRegLib.errors import InputError  # noqa: E402
-from SphericalRegLib.geometry import make_pose, se3_exp  # noqa: E402
+from SphericalRegLib.geometry import se3_exp  # noqa: E402
 
 
 @pytest.fixture
