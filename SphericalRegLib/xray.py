@@ -94,27 +94,32 @@ def collimator_mask(image: Tensor, photometric: str = "MONOCHROME2", low: float 
 
     A collimator blade shadows whole rows or columns with a low, near-constant signal. From each
     edge, rows (columns) are masked while their median is within ``low`` of the dynamic range above
-    the darkest level and their 10-90% spread below ``flat`` of it, up to ``max_fraction`` of the image.
-    Blades not aligned with the pixel grid are not detected.
+    the darkest level and their 10-90% spread below ``flat`` of it, up to ``max_fraction`` of the image,
+    and only where the signal then steps up sharply (by twice ``low`` of the range within 2 lines), as it
+    does at a blade's edge and not where dark anatomy fades out. Blades not aligned with the pixel
+    grid are not detected.
     """
     x = _as_intensity(image, photometric)
     lo, hi = torch.quantile(x.flatten()[:1 << 24], torch.tensor([0.001, 0.999], dtype=x.dtype))
     span = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
 
-    def shadowed(lines: Tensor) -> Tensor:  # (n, length) -> (n,) bool
+    def shadowed(lines: Tensor) -> tuple[Tensor, Tensor]:  # (n, length) -> (n,) bool, (n,) medians
         q = torch.quantile(lines, torch.tensor([0.1, 0.5, 0.9], dtype=x.dtype), dim=1)
-        return (q[1] - lo < low * span) & (q[2] - q[0] < flat * span)
+        return (q[1] - lo < low * span) & (q[2] - q[0] < flat * span), q[1]
 
-    def depth(flags: Tensor) -> int:
+    def depth(flags: Tensor, medians: Tensor) -> int:
         limit = int(max_fraction * flags.numel())
         n = 0
         while n < limit and flags[n]:
             n += 1
+        # a blade's shadow ends in a sharp step up; dark anatomy thins out gradually
+        if 0 < n < flags.numel() and medians[n:n + 2].mean() - medians[:n].median() < 2 * low * span:
+            return 0
         return n
 
-    rows_dark, cols_dark = shadowed(x), shadowed(x.T)
-    top, bottom = depth(rows_dark), depth(rows_dark.flip(0))
-    left, right = depth(cols_dark), depth(cols_dark.flip(0))
+    rows, cols = shadowed(x), shadowed(x.T)
+    top, bottom = depth(*rows), depth(rows[0].flip(0), rows[1].flip(0))
+    left, right = depth(*cols), depth(cols[0].flip(0), cols[1].flip(0))
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[top:x.shape[0] - bottom, left:x.shape[1] - right] = True
     return mask

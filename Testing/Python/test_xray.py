@@ -73,6 +73,11 @@ def test_collimator_mask_finds_straight_blades():
     assert torch.equal(collimator_mask(image), inside)
     # no collimator: the dark body (never a whole flat row) is not mistaken for one
     assert collimator_mask(I0 * torch.exp(-body_line_integrals())).all()
+    # dark anatomy that fades out towards the bottom edge, flat across each row, is no blade
+    I = I0 * torch.exp(-body_line_integrals())
+    fade = torch.linspace(1.0, 0.0, 15, dtype=torch.float64)[:, None] * I[44] + 12.0
+    I[45:] = fade.mean(1, keepdim=True).expand(15, COLS)
+    assert collimator_mask(I).all()
     # MONOCHROME1: the blades are bright in the stored values
     image, inside = collimated()
     assert torch.equal(collimator_mask(image.max() + image.min() - image, "MONOCHROME1"), inside)
