@@ -25,8 +25,13 @@ __all__ = ["Renderer", "render", "default_n_samples"]
 
 
 def default_n_samples(shape) -> int:
-    """One sample per voxel along the longest possible chord (the grid's diagonal in voxels)."""
-    return int(math.ceil(math.sqrt(sum(float(n) ** 2 for n in shape))))
+    """Samples per ray: the grid's diagonal in voxels over sqrt(2).
+
+    Steps are at most 1.41 voxels, on the longest chord. On the example CT at 2 mm this sampling
+    is within 0.06% of 1200 samples per ray, where 100 samples cost 0.4%
+    (see docs/benchmarks.md).
+    """
+    return int(math.ceil(math.sqrt(sum(float(n) ** 2 for n in shape) / 2)))
 
 
 def _grid_from_ijk(shape) -> Tensor:
@@ -111,8 +116,9 @@ class Renderer(nn.Module):
         t0 = torch.minimum(ta, tb).amax(-1).clamp(0.0, 1.0)  # (B, n) along source -> pixel
         t1 = torch.maximum(ta, tb).amin(-1).clamp(0.0, 1.0)
         span = (t1 - t0).clamp_min(0.0)
-        t = t0[..., None] + span[..., None] * self.frac.to(span)  # (B, n, S)
-        points = source[:, None, None] + t[..., None] * direction[:, :, None]  # (B, n, S, 3)
+        entry = source[:, None] + t0[..., None] * direction  # (B, n, 3)
+        chord = span[..., None] * direction
+        points = torch.addcmul(entry[:, :, None], self.frac.to(chord)[:, None], chord[:, :, None])  # (B, n, S, 3)
         if batched:
             values = F.grid_sample(vol, points[:, None], mode="bilinear", padding_mode="border",
                                    align_corners=True)[:, :, 0]  # (B, C, n, S)
