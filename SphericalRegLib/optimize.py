@@ -77,7 +77,8 @@ def twist_jacobian(
     for a few residuals (16 token distances) through an encoder whose forward-mode derivatives
     are slow (``grid_sample``'s is a composite of elementwise ops in this torch).
     ``create_graph`` keeps ``r`` and ``J`` differentiable with respect to whatever
-    ``residual_fn`` and ``pose`` depend on.
+    ``residual_fn`` and ``pose`` depend on. Both come back in the pose's dtype, whatever the
+    residual's (a float32 renderer under float64 poses).
     """
     differentiable = create_graph and torch.is_grad_enabled()
     if method == "forward":
@@ -89,7 +90,7 @@ def twist_jacobian(
 
         with torch.set_grad_enabled(differentiable):
             J, r = torch.func.jacfwd(f, has_aux=True)(xi)
-        return r, J
+        return r.to(pose.dtype), J.to(pose.dtype)
     if method == "reverse":
         with torch.enable_grad():
             xi = torch.zeros(*pose.shape[:-2], 6, dtype=pose.dtype, device=pose.device)
@@ -99,7 +100,7 @@ def twist_jacobian(
                 torch.autograd.grad(r[:, m].sum(), xi, retain_graph=True, create_graph=differentiable)[0]
                 for m in range(r.shape[1])
             ]
-        J = torch.stack(rows, 1)
+        r, J = r.to(pose.dtype), torch.stack(rows, 1)
         return (r, J) if differentiable else (r.detach(), J.detach())
     raise ValueError(f"method must be 'forward' or 'reverse', got {method!r}")
 
@@ -115,7 +116,7 @@ def twist_gradient(
     with torch.enable_grad():
         xi = torch.zeros(*pose.shape[:-2], 6, dtype=pose.dtype, device=pose.device)
         xi.requires_grad_(True)
-        cost = cost_fn(perturb_left(xi, pose))
+        cost = cost_fn(perturb_left(xi, pose)).to(pose.dtype)
         (g,) = torch.autograd.grad(cost.sum(), xi, create_graph=create_graph)
     return cost, g
 
@@ -236,7 +237,7 @@ def levenberg_marquardt(
             predicted = 0.5 * (delta * (lam[:, None] * D * delta - g)).sum(-1)
 
             trial = perturb_left(delta, pose)
-            r_trial = residual_fn(trial)
+            r_trial = residual_fn(trial).to(pose.dtype)
             cost_trial = 0.5 * r_trial.pow(2).sum(-1)
             ok = torch.isfinite(cost_trial) & _inside(
                 trial, pose0, bounds, max_rotation, max_translation

@@ -157,3 +157,37 @@ def test_adam_descends_with_the_shared_history():
     assert cost[-1] < 1e-2 * cost[0]
     assert out.stacked("pose").shape == (201, 1, 4, 4) and out.iterations.item() == 200
     assert not out.converged.any() and not out.diverged.any()
+
+
+def test_lm_registers_a_drr_with_a_pixel_residual():
+    from SphericalRegLib.camera import Camera, canonical_ap_pose
+    from SphericalRegLib.geometry import make_pose
+    from SphericalRegLib.render import Renderer
+
+    n, spacing = 32, 4.0
+    ijk_to_ras = torch.diag(torch.tensor([spacing, spacing, spacing, 1.0], dtype=DT))
+    ijk_to_ras[:3, 3] = -spacing * (n - 1) / 2
+    ijk = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)] * 3, indexing="ij"), -1)
+    blobs = [((10, 12, 16), 3.0), ((20, 18, 10), 4.0), ((16, 22, 22), 2.5), ((22, 8, 20), 2.0)]
+    volume = sum(torch.exp(-(ijk - torch.tensor(c)).pow(2).sum(-1) / (2 * s * s)) for c, s in blobs)[None]
+    camera = Camera(sdd=1000.0, pixel_spacing=(2.0, 2.0), principal_point=(23.5, 23.5), image_size=(48, 48))
+    renderer = Renderer(camera, ijk_to_ras, (n, n, n), n_samples=32)
+    T_true = canonical_ap_pose(torch.zeros(3, dtype=DT), camera.sdd)[None]
+    xray = renderer(volume, T_true)
+    residual = lambda T: (renderer(volume, T) - xray).flatten(1)  # noqa: E731, float32 under float64 poses
+
+    # start 2 degrees about each camera axis through the isocentre and 3-5 mm away
+    p = T_true[0, :3, 3]
+    R = se3_exp(torch.cat([torch.tensor([2.0, -1.5, 2.0], dtype=DT).deg2rad(), torch.zeros(3, dtype=DT)]))[:3, :3]
+    T0 = make_pose(R, p - R @ p + torch.tensor([3.0, -2.0, 5.0], dtype=DT))[None] @ T_true
+
+    _, J = twist_jacobian(residual, T0)
+    A = J.transpose(-1, -2) @ J
+    d = A.diagonal(dim1=-2, dim2=-1).rsqrt()
+    correlation = d[..., :, None] * A * d[..., None, :]  # LM's own scaling; radians vs mm drop out
+    assert torch.linalg.eigvalsh(correlation).min() > 1e-5  # rank 6
+
+    out = levenberg_marquardt(residual, T0)
+    assert out.converged.all() and not out.diverged.any() and out.iterations.item() < 15
+    assert math.degrees(rotation_angle(out.pose[:, :3, :3], T_true[:, :3, :3]).item()) < 0.01
+    assert (out.pose[:, :3, 3] - T_true[:, :3, 3]).norm().item() < 0.05
