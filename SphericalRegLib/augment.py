@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = ["randomise_xray", "random_bone_scale"]
 
 
@@ -80,7 +82,7 @@ def _border_mask(img: Tensor, g: torch.Generator, max_band: float) -> Tensor:
 def randomise_xray(img: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
     """Randomly degraded copies ``(B, C, H, W) -> (B, C, H, W)`` (C = 1 for an X-ray); the input is left unchanged."""
     if img.dim() != 4:
-        raise ValueError(f"img must be (B, C, H, W), got shape {tuple(img.shape)}")
+        raise InputError("img", f"has shape {tuple(img.shape)}", "(B, C, H, W) images")
     g, B, x = generator, img.shape[0], img
 
     def maybe(out: Tensor) -> Tensor:

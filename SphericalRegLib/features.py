@@ -21,6 +21,7 @@ from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import Gate
 from torch import Tensor, nn
 
+from .errors import InputError
 from .volume import MU_WATER
 
 __all__ = ["VoxelConvolution", "EquivariantFeatures", "PlainFeatures"]
@@ -32,13 +33,13 @@ def _as_batch(mu: Tensor) -> tuple[Tensor, bool]:
         return mu[None], False
     if mu.dim() == 5:
         return mu, True
-    raise ValueError(f"mu must be (1, I, J, K) or (B, 1, I, J, K), got shape {tuple(mu.shape)}")
+    raise InputError("mu", f"has shape {tuple(mu.shape)}", "(1, I, J, K) or (B, 1, I, J, K)")
 
 
 def _steps(spacing) -> tuple[float, float, float]:
     steps = tuple(float(s) for s in torch.as_tensor(spacing).reshape(-1).tolist())
-    if len(steps) != 3 or min(steps) <= 0:
-        raise ValueError(f"spacing must be three positive voxel sizes in mm, got {steps}")
+    if len(steps) != 3 or not min(steps) > 0:
+        raise InputError("spacing", f"is {steps}", "three positive voxel sizes in mm")
     return steps
 
 
@@ -110,8 +111,8 @@ class EquivariantFeatures(nn.Module):
                  lmax: int = 2, num_radial_basis: int = 3, radius_voxels: float = 1.8):
         super().__init__()
         if channels < 2:
-            raise ValueError("EquivariantFeatures needs channels >= 2 (mu plus at least one learnt); "
-                             "use PlainFeatures for mu alone")
+            raise InputError("channels", f"is {channels}",
+                             "at least 2 (mu plus learnt channels); PlainFeatures gives mu alone")
         self.channels = channels
         conv = dict(lmax=lmax, num_radial_basis=num_radial_basis, radius_voxels=radius_voxels)
         self.gate1 = _gated_irreps(scalars, vectors, tensors)

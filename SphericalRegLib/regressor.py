@@ -15,6 +15,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError
 from .geometry import geodesic_se3, make_pose, transform_points
 
 __all__ = ["PoseRegressor", "pose_loss"]
@@ -31,6 +32,12 @@ class PoseRegressor(nn.Module):
         super().__init__()
         reference_pose = torch.as_tensor(reference_pose, dtype=torch.float64)
         isocentre = torch.as_tensor(isocentre, dtype=torch.float64)
+        if reference_pose.shape != (4, 4):
+            raise InputError("reference_pose", f"has shape {tuple(reference_pose.shape)}", "a (4, 4) camera_from_world")
+        if isocentre.shape != (3,):
+            raise InputError("isocentre", f"has shape {tuple(isocentre.shape)}", "a (3,) world point in mm")
+        if not length > 0:
+            raise InputError("length", f"is {length}", "a positive length in mm")
         self.register_buffer("reference_pose", reference_pose)
         self.register_buffer("pivot", transform_points(reference_pose, isocentre[None])[0])
         self.length = float(length)
@@ -42,6 +49,9 @@ class PoseRegressor(nn.Module):
 
     def offset(self, x: Tensor) -> Tensor:
         """The predicted camera-frame offset ``D (B, 4, 4)`` float64."""
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise InputError("xray", f"has shape {tuple(x.shape)}", "(B, 1, H, W) line integrals")
+        x = x.to(self.head.weight.dtype)
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), keepdim=True)
         out = self.head(self.backbone((x - mean) / (std + 1e-6))).double()

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InputError
+
 __all__ = ["SPACES", "SimilarityNet", "token_distance", "exp_map", "standardise"]
 
 SPACES = ("sphere", "euclidean", "hyperbolic")
@@ -52,7 +54,7 @@ def _ratio(f, theta: Tensor) -> Tensor:
 
 def _check_space(space: str) -> None:
     if space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        raise InputError("space", f"is {space!r}", f"one of {', '.join(SPACES)}")
 
 
 def exp_map(v: Tensor, space: str) -> Tensor:
@@ -109,7 +111,7 @@ class SimilarityNet(nn.Module):
         _check_space(space)
         side = math.isqrt(tokens)
         if side * side != tokens:
-            raise ValueError(f"tokens must be a square number, got {tokens}")
+            raise InputError("tokens", f"is {tokens}", "a square number (4, 9, 16, ...)")
         self.drr_channels = drr_channels
         self.space = space
         self.embed_dim = embed_dim
@@ -131,7 +133,8 @@ class SimilarityNet(nn.Module):
 
     def _prepare(self, img: Tensor, channels: int, name: str) -> Tensor:
         if img.dim() != 4 or img.shape[1] != channels:
-            raise ValueError(f"{name} must be (B, {channels}, H, W), got shape {tuple(img.shape)}")
+            raise InputError(name, f"has shape {tuple(img.shape)}", f"(B, {channels}, H, W)")
+        img = img.to(self.project.weight.dtype)
         if img.shape[-2:] != (self.image_size, self.image_size):
             img = F.interpolate(img, size=(self.image_size, self.image_size), mode="bilinear",
                                 align_corners=False)
