@@ -28,7 +28,7 @@ def default_n_samples(shape) -> int:
     """Samples per ray: the grid's diagonal in voxels over sqrt(2).
 
     Steps are at most 1.41 voxels, on the longest chord. On the example CT at 2 mm this sampling
-    is within 0.06% of 1200 samples per ray, where 100 samples cost 0.4%
+    is within 0.07% of 1200 samples per ray, where 100 samples cost 0.4%
     (see docs/benchmarks.md).
     """
     return int(math.ceil(math.sqrt(sum(float(n) ** 2 for n in shape) / 2)))
