@@ -159,7 +159,11 @@ class SimilarityNet(nn.Module):
         return token_distance(zx, zd, self.space)
 
     def forward(self, x: Tensor, d: Tensor) -> Tensor:
-        """``x (B, 1, H, W)``, ``d (B, C, H, W)`` -> residual ``(B, N)``; one trunk pass for both."""
+        """``x (B, 1, H, W)``, ``d (B, C, H, W)`` -> residual ``(B, N)``; one trunk pass for both.
+
+        An X-ray batch of one is compared with every DRR. Equals
+        ``residual(embed_xray(x), embed_drr(d))``; the optimiser embeds the X-ray once that way.
+        """
         sx = self.stem_xray(self._prepare(x, 1, "xray"))
         sd = self.stem_drr(self._prepare(d, self.drr_channels, "drr"))
         zx, zd = self._embed(torch.cat([sx, sd])).split([len(sx), len(sd)])

@@ -9,6 +9,7 @@ import torch
 
 from SphericalRegLib.augment import random_bone_scale, randomise_xray
 from SphericalRegLib.camera import Camera, canonical_ap_pose
+from SphericalRegLib.errors import InputError
 from SphericalRegLib.features import EquivariantFeatures, PlainFeatures
 from SphericalRegLib.geometry import perturb_left, se3_exp
 from SphericalRegLib.regressor import PoseRegressor, pose_loss
@@ -80,6 +81,16 @@ def test_equivariant_features_batch_anisotropic_spacing_and_gradient():
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_features_reject_bad_input():
+    net = EquivariantFeatures(channels=2)
+    with pytest.raises(InputError, match="mu"):
+        net(torch.rand(4, 5, 6), (1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="spacing"):
+        net(torch.rand(1, 4, 5, 6), (1.0, 1.0))
+    with pytest.raises(InputError, match="channels"):
+        EquivariantFeatures(channels=1)
 
 
 def test_plain_features_is_mu():
@@ -186,6 +197,10 @@ def test_similarity_spaces_differ_and_identical_inputs_are_close():
     # standardised inputs: the absolute scale of the line integrals does not matter
     net = SimilarityNet(3, image_size=64)
     torch.testing.assert_close(net(x, d), net(100 * x + 3, 0.01 * d), rtol=1e-4, atol=1e-5)
+    # one X-ray against a batch of DRRs, and the two-call form the optimiser uses, agree with forward
+    both = net(x[:1], d)
+    torch.testing.assert_close(both, net.residual(net.embed_xray(x[:1]), net.embed_drr(d)))
+    torch.testing.assert_close(both[0], net(x[:1], d[:1])[0])
 
 
 def test_similarity_rejects_wrong_channels():
