@@ -7,6 +7,16 @@ over their outer half). The sum times the step in mm is the line integral. Every
 smooth function of the pose, so the image can be differentiated twice with respect to it (the
 similarity training needs d(loss)/d(pose) with ``create_graph=True``) and once or more with
 respect to the volume.
+
+Pose derivatives (``pose_derivatives="linear"``, the default): the volume is read at the sample
+points with the pose detached, plus a first-order term ``slope . (q - q.detach())`` whose slopes
+are the exact derivatives of the trilinear interpolant (``grid_sample`` of forward differences).
+The image is unchanged, first derivatives with respect to the pose and the mixed pose-volume
+derivatives that similarity training needs are exact, and forward-mode derivatives (the
+Levenberg-Marquardt Jacobian) cost a few ``grid_sample`` calls instead of PyTorch's slow
+forward-mode rule for it (measured 0.36 s against 5 s for one Jacobian-vector product of a
+64x64 DRR of a 120x120x111 volume). Only pure second derivatives with respect to the pose lose
+the trilinear cross terms; ``"exact"`` differentiates ``grid_sample`` itself for those.
 """
 
 from __future__ import annotations
@@ -53,8 +63,11 @@ class Renderer(nn.Module):
     """
 
     def __init__(self, camera: Camera, ijk_to_ras: Tensor, shape, n_samples: int | None = None,
-                 max_points: int = 1 << 24):
+                 max_points: int = 1 << 24, pose_derivatives: str = "linear"):
         super().__init__()
+        if pose_derivatives not in ("linear", "exact"):
+            raise InputError("pose_derivatives", f"is {pose_derivatives!r}", "'linear' or 'exact'")
+        self.pose_derivatives = pose_derivatives
         shape = tuple(int(n) for n in shape)
         if len(shape) != 3 or min(shape) < 2:
             raise InputError("volume", f"has grid shape {shape}", "an [i, j, k] grid at least 2 voxels a side")
@@ -75,6 +88,8 @@ class Renderer(nn.Module):
         self.register_buffer("box_hi", 1.0 + half, persistent=False)
         frac = (torch.arange(self.n_samples, dtype=torch.float32) + 0.5) / self.n_samples
         self.register_buffer("frac", frac, persistent=False)
+        # grid intervals along (x, y, z) = (k, j, i): grid -> continuous index is (g + 1) * n / 2
+        self.register_buffer("intervals", torch.tensor([shape[a] - 1.0 for a in (2, 1, 0)]), persistent=False)
 
     def forward(self, volume: Tensor, camera_from_world: Tensor) -> Tensor:
         """``(C, I, J, K)`` or ``(B, C, I, J, K)`` volume, ``(B, 4, 4)`` poses -> ``(B, C, rows, cols)``.
@@ -100,15 +115,18 @@ class Renderer(nn.Module):
         B, N = T.shape[0], self.pixels.shape[0]
         rows, cols = self.camera.image_size
         chunk = max(1, self.max_points // self.n_samples)
+        slopes = _forward_differences(vol) if self.pose_derivatives == "linear" and _tracks_derivatives(T) else None
         out = []
         for start in range(0, N, chunk):
             pixels = self.pixels[start:start + chunk].to(dtype)
             direction = pixels @ M[:, :3, :3].transpose(1, 2)  # (B, n, 3), source -> pixel
-            out.append(self._march(vol, batched, source, direction, self.ray_mm[start:start + chunk].to(dtype)))
+            out.append(self._march(vol, batched, source, direction, self.ray_mm[start:start + chunk].to(dtype),
+                                   slopes))
         img = torch.cat(out, dim=-1)  # (B, C, N)
         return img.reshape(B, -1, rows, cols)
 
-    def _march(self, vol: Tensor, batched: bool, source: Tensor, direction: Tensor, ray_mm: Tensor) -> Tensor:
+    def _march(self, vol: Tensor, batched: bool, source: Tensor, direction: Tensor, ray_mm: Tensor,
+               slopes: list[Tensor] | None) -> Tensor:
         tiny = torch.finfo(direction.dtype).tiny ** 0.5
         safe = torch.where(direction.abs() < tiny, torch.full_like(direction, tiny), direction)
         ta = (self.box_lo.to(safe) - source[:, None]) / safe
@@ -119,14 +137,48 @@ class Renderer(nn.Module):
         entry = source[:, None] + t0[..., None] * direction  # (B, n, 3)
         chord = span[..., None] * direction
         points = torch.addcmul(entry[:, :, None], self.frac.to(chord)[:, None], chord[:, :, None])  # (B, n, S, 3)
-        if batched:
-            values = F.grid_sample(vol, points[:, None], mode="bilinear", padding_mode="border",
-                                   align_corners=True)[:, :, 0]  # (B, C, n, S)
+        if slopes is None:
+            values = _read(vol, batched, points)
         else:
-            values = F.grid_sample(vol[None], points[None], mode="bilinear", padding_mode="border",
-                                   align_corners=True)[0].transpose(0, 1)  # (B, C, n, S)
+            fixed = points.detach()
+            values = _read(vol, batched, fixed)
+            index = (fixed + 1) * (self.intervals.to(fixed) / 2)
+            for axis, slope_volume in enumerate(slopes):
+                cell = index[..., axis].floor()
+                inside = (index[..., axis] >= 0) & (index[..., axis] <= self.intervals[axis])
+                at_cell = fixed.clone()
+                at_cell[..., axis] = cell.clamp(0, float(self.intervals[axis])) * (2 / self.intervals[axis]) - 1
+                slope = _read(slope_volume, batched, at_cell) * inside[:, None]
+                shift = (points[..., axis] - fixed[..., axis]) * (self.intervals[axis] / 2)
+                values = values + slope * shift[:, None]
         step_mm = span * ray_mm / self.n_samples  # (B, n)
         return values.sum(-1) * step_mm[:, None]
+
+
+def _read(vol: Tensor, batched: bool, points: Tensor) -> Tensor:
+    """Trilinear reads at grid points ``(B, n, S, 3)`` -> ``(B, C, n, S)``."""
+    if batched:
+        return F.grid_sample(vol, points[:, None], mode="bilinear", padding_mode="border",
+                             align_corners=True)[:, :, 0]
+    return F.grid_sample(vol[None], points[None], mode="bilinear", padding_mode="border",
+                         align_corners=True)[0].transpose(0, 1)
+
+
+def _forward_differences(vol: Tensor) -> list[Tensor]:
+    """Differences to the next voxel along x, y, z = k, j, i, zero past the last voxel (border padding):
+    read at the cell's lower corner along that axis, they are the trilinear interpolant's slopes."""
+    return [F.pad(torch.diff(vol, dim=-1), (0, 1)), F.pad(torch.diff(vol, dim=-2), (0, 0, 0, 1)),
+            F.pad(torch.diff(vol, dim=-3), (0, 0, 0, 0, 0, 1))]
+
+
+def _tracks_derivatives(x: Tensor) -> bool:
+    """Whether anything (autograd, forward-mode dual numbers, torch.func transforms) differentiates ``x``."""
+    if x.requires_grad or torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+        return True
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+    except AttributeError:  # a torch without functorch: be safe
+        return True
 
 
 def render(volume: Tensor, ijk_to_ras: Tensor, camera_from_world: Tensor, camera: Camera,

@@ -231,18 +231,43 @@ def test_double_backward_through_the_pose():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_gradients_match_finite_differences():
+def small_differentiable_scene(pose_derivatives):
     volume, camera, T = tiny_scene()
     camera = Camera(1000.0, (3.0, 2.5), (1.6, 1.2), (3, 4))
     vol = volume.data[:, 1:5, 1:5, 1:4].clone().requires_grad_()  # few voxels keep the numerical Jacobians cheap
     crop = volume.ijk_to_ras.clone()
     crop[:3, 3] += crop[:3, :3].sum(1)
-    renderer = Renderer(camera, crop, vol.shape[-3:], n_samples=8)
+    renderer = Renderer(camera, crop, vol.shape[-3:], n_samples=8, pose_derivatives=pose_derivatives)
     xi = (torch.randn(1, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 0.01).requires_grad_()
     f = lambda xi, vol: renderer(vol, perturb_left(xi, T))  # noqa: E731
+    return f, xi, vol
+
+
+@pytest.mark.parametrize("mode", ["linear", "exact"])
+def test_gradients_match_finite_differences(mode):
+    f, xi, vol = small_differentiable_scene(mode)
     assert (f(xi, vol) > 0).sum() >= 8  # rays through the volume, not an empty image
     assert torch.autograd.gradcheck(f, (xi, vol), eps=1e-8, atol=1e-4, rtol=1e-4)
-    assert torch.autograd.gradgradcheck(f, (xi, vol), eps=1e-7, atol=1e-1, rtol=1e-3)  # Hessian entries reach 1e5
+    if mode == "exact":  # every second derivative, the pose-pose ones included
+        assert torch.autograd.gradgradcheck(f, (xi, vol), eps=1e-7, atol=1e-1, rtol=1e-3)  # Hessian entries reach 1e5
+
+
+def test_linear_pose_derivatives_equal_exact_ones_where_training_and_lm_need_them():
+    """Same image, same first derivatives, same pose-volume mixed derivatives (the training's double
+    backward) and a forward-mode Jacobian equal to reverse mode (the LM's Jacobian)."""
+    (f_lin, xi, vol), (f_exact, _, _) = small_differentiable_scene("linear"), small_differentiable_scene("exact")
+    w = torch.randn_like(f_lin(xi, vol))
+    results = []
+    for f in (f_lin, f_exact):
+        img = f(xi, vol)
+        (g_xi,) = torch.autograd.grad((img * w).sum(), xi, create_graph=True)
+        (mixed,) = torch.autograd.grad((g_xi * torch.arange(1.0, 7.0, dtype=g_xi.dtype)).sum(), vol)
+        results.append((img, g_xi, mixed))
+    for a, b in zip(*results):
+        assert (a - b).norm() <= 1e-7 * b.norm()
+    jac_fwd = torch.func.jacfwd(lambda x: f_lin(x, vol.detach()))(xi.detach())
+    jac_rev = torch.autograd.functional.jacobian(lambda x: f_exact(x, vol.detach()), xi.detach())
+    assert (jac_fwd - jac_rev).norm() <= 1e-7 * jac_rev.norm()
 
 
 def test_channels_render_independently():
