@@ -65,10 +65,12 @@ def _write_ct(ct: Volume, path: Path) -> None:
 
 
 def test_loss_falls_on_a_fixed_batch(ct):
-    trainer = Trainer(ct, TrainConfig(**{**TINY, "fixed_batch": True, "lr_similarity": 1e-3, "lr_regressor": 1e-3}))
-    losses = [trainer.train_step() for _ in range(6)]
+    config = TrainConfig(**{**TINY, "fixed_batch": True, "lr_similarity": 3e-4, "lr_features": 3e-4,
+                            "lr_regressor": 1e-3})
+    trainer = Trainer(ct, config)
+    losses = [trainer.train_step() for _ in range(5)]  # each step reports the loss before its update
     first, last = losses[0], losses[-1]
-    assert last["loss"] < 0.8 * first["loss"], [round(x["loss"], 3) for x in losses]
+    assert last["loss"] < 0.5 * first["loss"], [round(x["loss"], 3) for x in losses]
     assert last["direction"] < first["direction"], [round(x["direction"], 3) for x in losses]
     assert last["pose"] < first["pose"]
 
@@ -233,3 +235,19 @@ def test_torchrun_two_processes_on_gloo(ct, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = read_checkpoint(out)
     assert state["world_size"] == 2 and state["step"] == 2
+
+
+def test_an_interrupt_saves_the_finished_steps(ct, tmp_path):
+    from SphericalRegLib.train import run
+
+    class InterruptedAtStepTwo(Trainer):
+        def train_step(self):
+            if self.step == 1:
+                raise KeyboardInterrupt  # as Ctrl-C arriving during the second step
+            return super().train_step()
+
+    out = tmp_path / "model.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(InterruptedAtStepTwo(ct, TrainConfig(**TINY)), out)
+    state = read_checkpoint(out, ct)
+    assert state["step"] == 1 and len(state["history"]["loss"]) == 1
