@@ -125,6 +125,7 @@ class EquivariantFeatures(nn.Module):
         """``mu (1, I, J, K)`` or ``(B, 1, I, J, K)`` in 1/mm, ``spacing (3,)`` mm along i, j, k
         -> ``(C, I, J, K)`` or ``(B, C, I, J, K)``."""
         x, batched = _as_batch(mu)
+        x = x.to(self.conv1.weight.dtype)
         steps = _steps(spacing)
         h = x / MU_WATER
         h = self.gate1(self.conv1(h, steps).movedim(1, -1)).movedim(-1, 1)
