@@ -157,6 +157,17 @@ def test_token_distance_is_a_symmetric_nonnegative_distance(space):
         torch.testing.assert_close(d, torch.acosh(arg))
 
 
+@pytest.mark.parametrize("space, factor", [("sphere", 1.0), ("euclidean", 1.0), ("hyperbolic", 2.0)])
+def test_exp_map_is_the_riemannian_exponential(space, factor):
+    """The distance from the base point to exp(v) is the metric length of v: |v| on the sphere
+    (for |v| < pi) and in R^D, 2|v| on the Poincare ball (its metric is 2/(1-|x|^2) times R^D's)."""
+    from SphericalRegLib.similarity import exp_map
+    v = torch.randn(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm(dim=-1, keepdim=True) * torch.linspace(0.0, 3.0, 50, dtype=torch.float64)[:, None]
+    base = exp_map(torch.zeros_like(v), space)
+    torch.testing.assert_close(token_distance(base, exp_map(v, space), space), factor * v.norm(dim=-1))
+
+
 def test_token_distance_rejects_unknown_space():
     with pytest.raises(ValueError, match="space"):
         token_distance(torch.zeros(1, 2), torch.zeros(1, 2), "torus")
@@ -308,6 +319,8 @@ def test_randomise_xray_is_seeded_pure_and_finite():
     assert changed.all()  # nine transforms at p = 0.5: all skipped has odds 1/512 per image
     assert not torch.equal(randomise_xray(img, torch.Generator().manual_seed(1), p=0.0), a)
     torch.testing.assert_close(randomise_xray(img, torch.Generator().manual_seed(1), p=0.0), img)
+    every = randomise_xray(img, torch.Generator().manual_seed(1), p=1.0)
+    assert torch.isfinite(every).all() and (every.std(dim=(1, 2, 3)) > 0).all()
 
 
 def test_random_bone_scale():
