@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Spinning OpenMP workers cost far more than they save on the small, shared CPUs this often runs
+# on; must be set before torch is first imported. An explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import InputError
 
