@@ -93,6 +93,7 @@ class TrainConfig:
     moving_trans_mm: tuple = INIT_TRANS_MM
     moving_scale: tuple = (0.1, 2.5)
     bone_scale: tuple = (0.7, 1.5)
+    augment_p: float = 0.5  # probability of each X-ray randomisation (method notes: 0.5)
     # optimisation
     steps: int = 2000
     batch_size: int = 4
@@ -148,7 +149,7 @@ PRESETS = {
     # shared with other jobs: 2000 steps at 1.2 s plus validation and checkpoints fit in 45 minutes.
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
                          batch_size=4, steps=2000, warmup_steps=100, val_every=100, checkpoint_every=200,
-                         memory_budget_gib=4.0),
+                         memory_budget_gib=4.0, augment_p=0.3),
     # One GPU.
     "full": TrainConfig(preset="full", spacing_mm=2.0, max_size=128, image_size=128, batch_size=16,
                         steps=20000, memory_budget_gib=24.0, val_every=500, val_size=64,

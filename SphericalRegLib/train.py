@@ -198,7 +198,7 @@ class Trainer:
         bone = random_bone_scale(n, generator, *c.bone_scale) if augment else torch.ones(n, dtype=torch.float64)
         xray = self.simulate(truth, bone)
         if augment:
-            xray = randomise_xray(xray, generator)
+            xray = randomise_xray(xray, generator, p=c.augment_p)
         return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray)
 
     @torch.no_grad()
@@ -232,7 +232,10 @@ class Trainer:
         S, g = self.similarity_gradient(self.feature_volume(), batch["xray"], batch["moving"], create_graph=True)
         direction = direction_loss(g, target).mean()
         predicted = self.regressor(batch["xray"])
-        pose = pose_loss(predicted, batch["truth"].to(predicted.dtype), **self._pose_loss_kwargs()).mean()
+        # about the CT centre, like the similarity's targets: the scanner's RAS origin must not matter
+        pose = pose_loss(centred(predicted, self.isocentre, self.depth),
+                         centred(batch["truth"].to(predicted.dtype), self.isocentre, self.depth),
+                         **self._pose_loss_kwargs()).mean()
         total = direction + c.regressor_weight * pose
         return dict(loss=total, direction=direction, pose=pose, similarity=S.mean().detach())
 
