@@ -26,7 +26,7 @@ from .volume import Volume
 
 __all__ = [
     "Case", "read_ct", "read_xray", "read_case", "read_truth", "read_pose",
-    "write_json", "write_result", "write_itk_transform", "read_itk_transform",
+    "write_json", "write_result", "write_itk_transform", "read_itk_transform", "atomic_write",
     "CT_NAMES", "XRAY_NAMES", "LPS_TO_RAS",
 ]
 
@@ -388,14 +388,24 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise InputError(path, "already exists", "a new path, or overwrite=True (--overwrite) to replace it")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+def atomic_write(path: str | Path, write) -> None:
+    """``write(temporary_path)`` then rename over ``path``: never a half-written file, whatever interrupts.
+
+    The temporary file sits in the same folder (same file system) and gets the permissions any new
+    file of the user would get, not mkstemp's 0600.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -419,7 +429,7 @@ def write_json(path: str | Path, obj, overwrite: bool = False) -> Path:
     path = Path(path)
     _refuse_existing(path, overwrite)
     text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
@@ -456,7 +466,7 @@ def write_itk_transform(path: str | Path, matrix_ras, overwrite: bool = False) -
     tx = sitk.AffineTransform(3)
     tx.SetMatrix(L[:3, :3].ravel().tolist())
     tx.SetTranslation(L[:3, 3].tolist())
-    _atomic_write(path, lambda tmp: sitk.WriteTransform(tx, tmp))
+    atomic_write(path, lambda tmp: sitk.WriteTransform(tx, tmp))
     return path
 
 

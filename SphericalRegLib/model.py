@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from .camera import Camera
 from .errors import InputError
+from .io import atomic_write
 from .poses import EVAL_ROT_DEG, EVAL_TRANS_MM, INIT_ROT_DEG, INIT_TRANS_MM
 from .volume import Volume, hu_to_mu
 
@@ -316,20 +316,7 @@ def save_checkpoint(path, *, config: TrainConfig, camera: Camera, fingerprint: d
         world_size=int(world_size),
         **(extra or {}),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from other users
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def read_checkpoint(path, ct: Volume | None = None, map_location="cpu") -> dict:
