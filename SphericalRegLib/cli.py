@@ -23,6 +23,7 @@ COMMANDS = {
     "train": ("SphericalRegLib.train", "train a patient-specific model (regressor + similarity) from a CT"),
     "register": ("SphericalRegLib.register", "register the X-ray of a case folder to its CT"),
     "evaluate": ("SphericalRegLib.evaluate", "run several methods on simulated cases and tabulate"),
+    "export": ("SphericalRegLib.model", "write a deployable model (weights only, float16) from a checkpoint"),
 }
 
 

@@ -394,3 +394,35 @@ def load_model(path, ct: Volume, device="cpu") -> ModelBundle:
 def pose_length(ct: Volume) -> float:
     """The characteristic length (mm) of the pose metrics: the CT's bounding radius."""
     return float(ct.radius)
+
+
+def export_model(source, target, *, half: bool = True, overwrite: bool = False) -> Path:
+    """A deployable copy of a training checkpoint: networks, configuration, camera, CT fingerprint
+    and curves, without optimiser, scheduler and RNG state; floating weights in float16 unless
+    ``half`` is False (loading casts them back to float32). Returns ``target``."""
+    from .io import atomic_write
+
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise InputError(target, "already exists", "a new path, or --overwrite")
+    state = read_checkpoint(source)
+    cast = (lambda t: t.half() if t.is_floating_point() else t) if half else (lambda t: t)
+    state["networks"] = {name: {k: cast(v) for k, v in sd.items()} for name, sd in state["networks"].items()}
+    for key in ("optimizer", "scheduler", "rng"):
+        state[key] = None
+    state["exported_from"] = {"path": str(source), "half": half}
+    atomic_write(target, lambda tmp: torch.save(state, tmp))
+    return target
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="checkpoint written by 'sphericalreg train'")
+    p.add_argument("out", help="the deployable model file to write")
+    p.add_argument("--float32", action="store_true", help="keep float32 weights (default: float16, half the size)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def main(args) -> int:
+    out = export_model(args.model, args.out, half=not args.float32, overwrite=args.overwrite)
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
+    return 0
