@@ -86,6 +86,9 @@ class TrainConfig:
     # objective
     metric: str = "so4"
     regressor_weight: float = 1.0
+    # value term: the RMS token distance should read the geodesic pose distance in units of value_scale_mm
+    value_weight: float = 0.5
+    value_scale_mm: float = 30.0
     # pose sampling (must cover poses.EVAL_* and the starting offsets INIT_*)
     truth_rot_deg: tuple = _scaled(EVAL_ROT_DEG, 1.5)
     truth_trans_mm: tuple = _scaled(EVAL_TRANS_MM, 1.5)
@@ -149,7 +152,7 @@ PRESETS = {
     # shared with other jobs: 2000 steps at 1.2 s plus validation and checkpoints fit in 45 minutes.
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
                          batch_size=4, steps=2000, warmup_steps=100, val_every=100, checkpoint_every=200,
-                         memory_budget_gib=4.0, augment_p=0.3),
+                         memory_budget_gib=4.0, augment_p=0.3, lr_similarity=5e-4),
     # One GPU.
     "full": TrainConfig(preset="full", spacing_mm=2.0, max_size=128, image_size=128, batch_size=16,
                         steps=20000, memory_budget_gib=24.0, val_every=500, val_size=64,

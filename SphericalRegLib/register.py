@@ -2,8 +2,8 @@
 
 Stages: X-ray preprocessing (line integrals at the model's image size), an initial pose from the
 regressor (or a given one), Levenberg-Marquardt on the learnt spherical similarity, and an
-optional intensity stage (Levenberg-Marquardt on per-patch NCC and gradient NCC of line-integral
-DRRs at a finer resolution). ``Registrar`` does the one-time per-CT preparation so that many
+optional intensity stage: Levenberg-Marquardt on patch and global NCC of intensities and edges of
+line-integral DRRs, coarse to fine. ``Registrar`` does the one-time per-CT preparation so that many
 X-rays of the same CT register without repeating it.
 """
 
@@ -36,6 +36,18 @@ class Cancelled(RuntimeError):
     """Raised when the caller's cancel flag is set between iterations."""
 
 
+@dataclass(frozen=True)
+class IntensityLevel:
+    """One level of the intensity stage: CT voxels (mm), image size (px), NCC patch (px), the
+    residual form of :func:`ncc_residual` and LM's iteration cap."""
+
+    spacing_mm: float
+    image_size: int
+    patch: int
+    form: str
+    iterations: int
+
+
 @dataclass
 class RegisterOptions:
     """How to register. ``optimizer`` picks the learnt-similarity stage's method (the ablation of
@@ -47,16 +59,18 @@ class RegisterOptions:
     lr_rot: float = 1e-2
     lr_trans: float = 5.0
     refine: bool = True
-    refine_iterations: int = 15
-    refine_spacing_mm: float = 1.5
-    refine_image_size: int = 128
-    refine_patch: int = 16
+    refine_levels: tuple = (
+        IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
+        IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=12),
+    )
     max_rotation_deg: float = 45.0
     max_translation_mm: float = 200.0
 
     def __post_init__(self):
         if self.optimizer not in ("lm", "gd", "adam", "none"):
             raise InputError("--optimizer", f"is {self.optimizer!r}", "lm, gd, adam or none")
+        if not self.refine_levels:
+            raise InputError("refine_levels", "is empty", "at least one intensity level (it also renders the result)")
 
 
 @dataclass
@@ -88,25 +102,39 @@ class RegistrationResult:
         }
 
 
-def _line_integral_ncc_residual(patch: int):
-    """Per-patch (1 - NCC) of intensities and of edges, as a vector residual for LM."""
+def ncc_residual(patch: int, form: str = "difference"):
+    """The LM residual of patch NCC on intensities and on edges (Sobel), ``(B, 1, H, W) x 2 -> (B, M)``.
+
+    ``0.5 ||r||^2`` is the mean of four costs either way: ``1 - NCC`` over patches and over the whole
+    image, of intensities and of edges. ``form="difference"``: the entries are differences of
+    standardised pixels; they vanish linearly at a perfect match, as Gauss-Newton's model assumes,
+    so LM converges fast near the optimum, but its linear model has a small capture range.
+    ``form="ncc"``: one entry ``sqrt(2 (1 - NCC))`` per patch; a few smooth entries that carry LM
+    far from the optimum, but quadratic at it, where LM stalls. Coarse levels use the second, fine
+    levels the first.
+    """
+    if form not in ("difference", "ncc"):
+        raise ValueError(f"form must be 'difference' or 'ncc', not {form!r}")
+
+    def tiles(x: Tensor, h: int, w: int) -> Tensor:
+        B, c = x.shape[:2]
+        x = x[..., :h, :w].reshape(B, c, h // patch, patch, w // patch, patch)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(B, -1, c * patch * patch)
 
     def residual(a: Tensor, b: Tensor) -> Tensor:
-        B, C, H, W = a.shape
+        H, W = a.shape[-2:]
         h, w = (H // patch) * patch, (W // patch) * patch
-
-        def tiles(x):
-            c = x.shape[1]
-            x = x[..., :h, :w].reshape(B, c, h // patch, patch, w // patch, patch)
-            return x.permute(0, 2, 4, 1, 3, 5).reshape(B, -1, c * patch * patch)
-
         parts = []
         for fa, fb in ((a, b), (sobel(a), sobel(b))):
-            za, zb = _standardise(tiles(fa), -1), _standardise(tiles(fb), -1)
-            parts.append(1 - (za * zb).mean(-1))
-            ga, gb = _standardise(fa, (1, 2, 3)), _standardise(fb, (1, 2, 3))
-            parts.append((1 - (ga * gb).mean((1, 2, 3)))[:, None] * math.sqrt(parts[-1].shape[-1]))
-        return torch.cat(parts, dim=-1) / math.sqrt(2 * parts[0].shape[-1])
+            ta, tb = tiles(fa, h, w), tiles(fb, h, w)
+            n_tiles, n = ta.shape[1], ta.shape[2]
+            local = (_standardise(ta, -1) - _standardise(tb, -1)) / math.sqrt(n * n_tiles)
+            whole = (_standardise(fa, (1, 2, 3)) - _standardise(fb, (1, 2, 3))) / math.sqrt(fa[0].numel())
+            if form == "ncc":  # the norm of each group of differences: sqrt(2 (1 - NCC)) per patch
+                local = local.pow(2).sum(-1).clamp_min(1e-12).sqrt()
+                whole = whole.flatten(1).pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
+            parts += [local.flatten(1), whole.flatten(1)]
+        return torch.cat(parts, dim=-1) / 2
 
     return residual
 
@@ -131,8 +159,11 @@ class Registrar:
         self.ct = ct
         self.options = options or RegisterOptions()
         self.calibration = calibration
-        self.fine = ct.with_spacing(self.options.refine_spacing_mm)
-        self.fine_mu = hu_to_mu(self.fine.data)[None].float()
+        self.levels = {}
+        for level in self.options.refine_levels:
+            if level.spacing_mm not in self.levels:
+                coarse = ct.with_spacing(level.spacing_mm)
+                self.levels[level.spacing_mm] = Volume(hu_to_mu(coarse.data)[None].float(), coarse.ijk_to_ras)
 
     def _check_cancel(self, cancel):
         if cancel is not None and cancel.is_set():
@@ -201,25 +232,39 @@ class Registrar:
                                     "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
                                     "poses": [h["pose"][0] for h in res.history], "converged": bool(res.converged[0])}
 
-        x_fine, cam_fine, _ = prepare(opt.refine_image_size)
-        x_fine = x_fine.float()[None, None]
-        fine_renderer = Renderer(cam_fine, self.fine.ijk_to_ras, self.fine.shape)
-        ncc_residual = _line_integral_ncc_residual(opt.refine_patch)
         if opt.refine and not diverged:
             t0 = time.perf_counter()
-            res = levenberg_marquardt(lambda T: ncc_residual(x_fine.expand(len(T), -1, -1, -1),
-                                                             fine_renderer(self.fine_mu, T)),
-                                      pose0, max_iters=opt.refine_iterations,
-                                      callback=callback_for("intensity", opt.refine_iterations), **bounds)
-            self._check_cancel(cancel)
-            diverged = diverged or bool(res.diverged[0])
-            pose0 = res.pose.detach()
+            history, iterations, converged = [], 0, False
+            for k, level in enumerate(opt.refine_levels):
+                x, cam, _ = prepare(level.image_size)
+                mu = self.levels[level.spacing_mm]
+                renderer = Renderer(cam, mu.ijk_to_ras, mu.shape)
+                residual = ncc_residual(level.patch, level.form)
+                x = x.float()[None, None]
+                res = levenberg_marquardt(
+                    lambda T: residual(x.expand(len(T), -1, -1, -1), renderer(mu.data, T)), pose0,
+                    max_iters=level.iterations, callback=callback_for(f"intensity {k + 1}", level.iterations),
+                    **bounds)
+                self._check_cancel(cancel)
+                diverged = diverged or bool(res.diverged[0])
+                pose0 = res.pose.detach()
+                history += res.history if not history else res.history[1:]
+                iterations += int(res.iterations[0])
+                converged = bool(res.converged[0])
+                if diverged:
+                    break
             stages["intensity"] = {"pose": pose0[0].clone(), "seconds": time.perf_counter() - t0,
-                                   "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
-                                   "poses": [h["pose"][0] for h in res.history], "converged": bool(res.converged[0])}
+                                   "iterations": iterations, "cost": [float(h["cost"][0]) for h in history],
+                                   "poses": [h["pose"][0] for h in history], "converged": converged}
 
+        # the last level's images show the result and give the confidence its NCC, refined or not
+        final_level = opt.refine_levels[-1]
+        x_fine, cam_fine, _ = prepare(final_level.image_size)
+        x_fine = x_fine.float()[None, None]
+        fine = self.levels[final_level.spacing_mm]
+        fine_renderer = Renderer(cam_fine, fine.ijk_to_ras, fine.shape)
         with torch.no_grad():
-            drr = fine_renderer(self.fine_mu, pose0)[0, 0]
+            drr = fine_renderer(fine.data, pose0)[0, 0]
             ncc_final = float((_standardise(drr[None, None], (1, 2, 3)) *
                                _standardise(x_fine, (1, 2, 3))).mean())
             if math.isnan(similarity_value):

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .camera import Camera, canonical_ap_pose
@@ -231,13 +232,16 @@ class Trainer:
         target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
         S, g = self.similarity_gradient(self.feature_volume(), batch["xray"], batch["moving"], create_graph=True)
         direction = direction_loss(g, target).mean()
+        distance = pose_distance(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
+        rms = (2 * S / self.similarity.tokens).clamp_min(1e-12).sqrt()  # RMS token distance
+        value = F.smooth_l1_loss(rms, (distance / c.value_scale_mm).to(rms.dtype))
         predicted = self.regressor(batch["xray"])
         # about the CT centre, like the similarity's targets: the scanner's RAS origin must not matter
         pose = pose_loss(centred(predicted, self.isocentre, self.depth),
                          centred(batch["truth"].to(predicted.dtype), self.isocentre, self.depth),
                          **self._pose_loss_kwargs()).mean()
-        total = direction + c.regressor_weight * pose
-        return dict(loss=total, direction=direction, pose=pose, similarity=S.mean().detach())
+        total = direction + c.value_weight * value + c.regressor_weight * pose
+        return dict(loss=total, direction=direction, value=value, pose=pose, similarity=S.mean().detach())
 
     def _pose_loss_kwargs(self) -> dict:
         return dict(length=self.length)
@@ -256,8 +260,9 @@ class Trainer:
         losses["loss"].backward()
         if self.world_size > 1:
             self._all_reduce_gradients()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.clip_grad)
+        # per network: the double-backward gradient of the similarity must not shrink the regressor's
+        grad_norm = max(float(torch.nn.utils.clip_grad_norm_(group["params"], c.clip_grad))
+                        for group in self.optimizer.param_groups)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -380,7 +385,9 @@ def plot_history(history: dict, path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if history.get("step"):
         steps = np.asarray(history["step"])
-        for key in ("loss", "direction", "pose"):
+        for key in ("loss", "direction", "value", "pose"):
+            if key not in history:
+                continue
             values = np.asarray(history[key], dtype=float)
             w = max(1, len(values) // 50)
             smooth = np.convolve(values, np.ones(w) / w, mode="valid")
