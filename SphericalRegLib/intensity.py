@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ncc", "patch_ncc", "multiscale_ncc", "gradient_ncc", "sobel"]
+__all__ = ["ncc", "patch_ncc", "multiscale_ncc", "gradient_ncc", "sobel", "standardise"]
 
 _EPS = 1e-8
 
 
-def _standardise(x: Tensor, dims, mask: Tensor | None = None) -> Tensor:
+def standardise(x: Tensor, dims, mask: Tensor | None = None) -> Tensor:
     if mask is None:
         mu = x.mean(dims, keepdim=True)
         sd = x.var(dims, keepdim=True, unbiased=False).add(_EPS).sqrt()
@@ -30,7 +30,7 @@ def _standardise(x: Tensor, dims, mask: Tensor | None = None) -> Tensor:
 def ncc(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
     """Global normalised cross-correlation ``(B, C, H, W) x 2 -> (B,)``; ``mask`` (B|1, 1, H, W) excludes pixels."""
     dims = (1, 2, 3)
-    za, zb = _standardise(a, dims, mask), _standardise(b, dims, mask)
+    za, zb = standardise(a, dims, mask), standardise(b, dims, mask)
     if mask is None:
         return (za * zb).mean(dims)
     n = mask.to(a.dtype).expand_as(a).sum(dims).clamp_min(1)
@@ -47,7 +47,7 @@ def patch_ncc(a: Tensor, b: Tensor, patch: int) -> Tensor:
         return x.permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * patch * patch)
 
     ta, tb = tiles(a), tiles(b)
-    za, zb = _standardise(ta, -1), _standardise(tb, -1)
+    za, zb = standardise(ta, -1), standardise(tb, -1)
     return (za * zb).mean(-1).mean(-1)
 
 

@@ -279,7 +279,7 @@ def levenberg_marquardt(
 
 def _first_order(
     cost_fn, pose0, *, iters, lr_rot, lr_trans, direction_fn, cost_tol, patience, step_tol,
-    bounds, max_rotation, max_translation, callback, differentiable,
+    bounds, max_rotation, max_translation, callback, differentiable, lr_decay=1.0,
 ) -> OptimizeResult:
     """Shared loop of :func:`gradient_descent` and :func:`adam`: ``T <- exp(-step^) T``."""
     _check_pose(pose0)
@@ -303,7 +303,7 @@ def _first_order(
         if not bool(active.any()):
             break
         was_active = active.clone()
-        step = lr * direction_fn(torch.where(active[:, None], g, torch.zeros_like(g)), k, state)
+        step = lr * lr_decay ** (k - 1) * direction_fn(torch.where(active[:, None], g, torch.zeros_like(g)), k, state)
         trial = perturb_left(-step, pose)
         ok = _inside(trial, pose0, bounds, max_rotation, max_translation)
         cost_new, g_new = twist_gradient(cost_fn, trial, create_graph=differentiable)
@@ -348,6 +348,7 @@ def gradient_descent(
     max_translation: float | None = None,
     callback: Callable[[int, dict[str, Tensor]], bool | None] | None = None,
     differentiable: bool = False,
+    lr_decay: float = 1.0,
 ) -> OptimizeResult:
     """Plain gradient descent on the left twist: ``T <- exp(-(lr * grad)^) T``.
 
@@ -355,14 +356,15 @@ def gradient_descent(
     unit gradient) scale the rotational and translational parts separately, because radians and
     millimetres differ by the size of the anatomy. Runs ``iters`` iterations unless a step falls
     below ``step_tol`` or, with ``cost_tol``, ``patience`` steps in a row change the cost by
-    less than ``cost_tol`` relative; stopping, divergence and history as in
+    less than ``cost_tol`` relative; the rates shrink by ``lr_decay`` per iteration (DiffPose-style
+    schedules); stopping, divergence and history as in
     :func:`levenberg_marquardt` (``damping`` is NaN, ``accepted`` means the pose moved).
     """
     return _first_order(
         cost_fn, pose0, iters=iters, lr_rot=lr_rot, lr_trans=lr_trans,
         direction_fn=lambda g, k, state: g, cost_tol=cost_tol, patience=patience,
         step_tol=step_tol, bounds=bounds, max_rotation=max_rotation,
-        max_translation=max_translation, callback=callback, differentiable=differentiable,
+        max_translation=max_translation, callback=callback, differentiable=differentiable, lr_decay=lr_decay,
     )
 
 
@@ -383,6 +385,7 @@ def adam(
     max_translation: float | None = None,
     callback: Callable[[int, dict[str, Tensor]], bool | None] | None = None,
     differentiable: bool = False,
+    lr_decay: float = 1.0,
 ) -> OptimizeResult:
     """Adam on the left twist, DiffPose's optimiser (its rates are the defaults).
 
@@ -402,5 +405,5 @@ def adam(
         cost_fn, pose0, iters=iters, lr_rot=lr_rot, lr_trans=lr_trans,
         direction_fn=direction, cost_tol=cost_tol, patience=patience, step_tol=step_tol,
         bounds=bounds, max_rotation=max_rotation, max_translation=max_translation,
-        callback=callback, differentiable=differentiable,
+        callback=callback, differentiable=differentiable, lr_decay=lr_decay,
     )

@@ -13,17 +13,16 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .camera import Camera, project
 from .errors import InputError
 from .geometry import se3_inverse, transform_points
-from .intensity import _standardise, sobel
+from .intensity import sobel, standardise
 from .model import ModelBundle, load_model
 from .optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
 from .render import Renderer
@@ -128,8 +127,8 @@ def ncc_residual(patch: int, form: str = "difference"):
         for fa, fb in ((a, b), (sobel(a), sobel(b))):
             ta, tb = tiles(fa, h, w), tiles(fb, h, w)
             n_tiles, n = ta.shape[1], ta.shape[2]
-            local = (_standardise(ta, -1) - _standardise(tb, -1)) / math.sqrt(n * n_tiles)
-            whole = (_standardise(fa, (1, 2, 3)) - _standardise(fb, (1, 2, 3))) / math.sqrt(fa[0].numel())
+            local = (standardise(ta, -1) - standardise(tb, -1)) / math.sqrt(n * n_tiles)
+            whole = (standardise(fa, (1, 2, 3)) - standardise(fb, (1, 2, 3))) / math.sqrt(fa[0].numel())
             if form == "ncc":  # the norm of each group of differences: sqrt(2 (1 - NCC)) per patch
                 local = local.pow(2).sum(-1).clamp_min(1e-12).sqrt()
                 whole = whole.flatten(1).pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
@@ -265,8 +264,8 @@ class Registrar:
         fine_renderer = Renderer(cam_fine, fine.ijk_to_ras, fine.shape)
         with torch.no_grad():
             drr = fine_renderer(fine.data, pose0)[0, 0]
-            ncc_final = float((_standardise(drr[None, None], (1, 2, 3)) *
-                               _standardise(x_fine, (1, 2, 3))).mean())
+            ncc_final = float((standardise(drr[None, None], (1, 2, 3)) *
+                               standardise(x_fine, (1, 2, 3))).mean())
             if math.isnan(similarity_value):
                 similarity_value = float(0.5 * residual_fn(pose0).pow(2).sum())
         final = pose0[0]
@@ -321,8 +320,8 @@ def save_overlay(path: Path, result: RegistrationResult) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = _standardise(result.xray[None, None].float(), (1, 2, 3))[0, 0]
-    d = _standardise(result.drr[None, None].float(), (1, 2, 3))[0, 0]
+    x = standardise(result.xray[None, None].float(), (1, 2, 3))[0, 0]
+    d = standardise(result.drr[None, None].float(), (1, 2, 3))[0, 0]
     edges = sobel(d[None, None])[0].norm(dim=0)
     fig, ax = plt.subplots(1, 3, figsize=(12, 4.4))
     ax[0].imshow(x, cmap="gray")

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
+from .intensity import standardise
 
-__all__ = ["SPACES", "SimilarityNet", "token_distance", "exp_map", "standardise"]
+__all__ = ["SPACES", "SimilarityNet", "token_distance", "exp_map"]
 
 SPACES = ("sphere", "euclidean", "hyperbolic")
 
@@ -84,13 +85,6 @@ def token_distance(a: Tensor, b: Tensor, space: str) -> Tensor:
     return 2 * torch.asinh(diff / ((1 - a2) * (1 - b2)).sqrt())
 
 
-def standardise(img: Tensor, eps: float = 1e-8) -> Tensor:
-    """Zero mean, unit variance per image and channel: ``(B, C, H, W) -> (B, C, H, W)``."""
-    mean = img.mean(dim=(-2, -1), keepdim=True)
-    var = img.var(dim=(-2, -1), keepdim=True, unbiased=False)
-    return (img - mean) / (var + eps).sqrt()
-
-
 def _stem(in_chans: int, out_chans: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_chans, out_chans, 3, padding=1), nn.GroupNorm(1, out_chans), nn.SiLU())
 
@@ -100,8 +94,11 @@ class SimilarityNet(nn.Module):
 
     ``drr_channels``: C, the feature channels rendered into the DRR. ``space``: one of
     :data:`SPACES`. ``embed_dim``: D, the tangent dimension (E = D + 1 on the sphere).
-    ``tokens``: N, a square number (an adaptive ``sqrt(N) x sqrt(N)`` grid over the trunk's last
-    feature map). Inputs of another size than ``image_size`` are resized to it.
+    ``tokens``: N, a square number: an adaptive grid of cells over the trunk's last feature map,
+    at most as fine as that map, times ``N / cells`` heads per cell, each head its own point in the
+    space. Pooling a 2 x 2 map (64 px through MobileViT's stride 32) onto 4 x 4 cells would only
+    repeat each distance four times, and LM would see a Jacobian of rank 4 at most; heads keep
+    the N residuals distinct. Inputs of another size than ``image_size`` are resized to it.
     """
 
     def __init__(self, drr_channels: int, space: str = "sphere", embed_dim: int = 32,
@@ -125,8 +122,15 @@ class SimilarityNet(nn.Module):
             if hasattr(module, "fused_attn"):
                 module.fused_attn = False
         width = self.trunk.num_features
+        with torch.no_grad():
+            fmap_side = self.trunk.forward_features(torch.zeros(1, stem_channels, image_size, image_size)).shape[-1]
+        self.grid = min(side, fmap_side)
+        self.heads = tokens // (self.grid * self.grid)
+        if self.heads * self.grid * self.grid != tokens:
+            raise InputError("tokens", f"is {tokens} on a {self.grid} x {self.grid} feature map",
+                             f"a multiple of {self.grid * self.grid}")
         self.token_norm = nn.LayerNorm(width)
-        self.project = nn.Linear(width, embed_dim)
+        self.project = nn.Linear(width, self.heads * embed_dim)
         # |v| ~ 1 at initialisation: inside the sphere's injectivity radius and away from the ball's edge.
         nn.init.normal_(self.project.weight, std=1 / math.sqrt(width * embed_dim))
         nn.init.zeros_(self.project.bias)
@@ -138,13 +142,12 @@ class SimilarityNet(nn.Module):
         if img.shape[-2:] != (self.image_size, self.image_size):
             img = F.interpolate(img, size=(self.image_size, self.image_size), mode="bilinear",
                                 align_corners=False)
-        return standardise(img)
+        return standardise(img, (-2, -1))  # per image and channel
 
     def _embed(self, stemmed: Tensor) -> Tensor:
-        side = math.isqrt(self.tokens)
-        fmap = F.adaptive_avg_pool2d(self.trunk.forward_features(stemmed), side)
-        v = self.project(self.token_norm(fmap.flatten(2).transpose(1, 2)))
-        return exp_map(v, self.space)
+        fmap = F.adaptive_avg_pool2d(self.trunk.forward_features(stemmed), self.grid)
+        v = self.project(self.token_norm(fmap.flatten(2).transpose(1, 2)))  # (B, cells, heads * D)
+        return exp_map(v.reshape(len(v), self.tokens, self.embed_dim), self.space)
 
     def embed_xray(self, x: Tensor) -> Tensor:
         """X-ray line integrals ``(B, 1, H, W) -> (B, N, E)``."""

@@ -3,7 +3,7 @@ import math
 import torch
 
 from SphericalRegLib.camera import Camera, canonical_ap_pose
-from SphericalRegLib.geometry import make_pose, se3_exp
+from SphericalRegLib.geometry import make_pose
 from SphericalRegLib.metrics import centroid_errors, default_landmarks, mpe, mtre, summarise
 from SphericalRegLib.volume import Volume
 

@@ -237,7 +237,8 @@ def test_similarity_spaces_differ_and_identical_inputs_are_close():
     assert not torch.allclose(grads["sphere"], grads["hyperbolic"])
     # standardised inputs: the absolute scale of the line integrals does not matter
     net = SimilarityNet(3, image_size=64)
-    torch.testing.assert_close(net(x, d), net(100 * x + 3, 0.01 * d), rtol=1e-4, atol=1e-5)
+    # rtol: the 1e-8 variance floor is 0.1% of the variance of 0.01 d
+    torch.testing.assert_close(net(x, d), net(100 * x + 3, 0.01 * d), rtol=1e-3, atol=1e-4)
     # one X-ray against a batch of DRRs, and the two-call form the optimiser uses, agree with forward
     both = net(x[:1], d)
     torch.testing.assert_close(both, net.residual(net.embed_xray(x[:1]), net.embed_drr(d)))
