@@ -107,11 +107,11 @@ def evaluate(cases_dir, models: dict, methods, out, *, limit=None, overwrite=Fal
         raise InputError(cases_dir, "holds no case folders with a <case>.truth.json beside them",
                          "the output of 'sphericalreg simulate'")
     cases = cases[:limit] if limit else cases
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in DERIVED]
     if unknown:
-        raise InputError("--methods", f"unknown {unknown}", ", ".join(METHODS))
+        raise InputError("--methods", f"unknown {unknown}", ", ".join([*METHODS, *DERIVED]))
     runnable, skipped = [], {}
-    for m in methods:
+    for m in (m for m in methods if m in METHODS):
         need = METHODS[m].model
         if need is not None and need not in models:
             skipped[m] = f"no model given for '{need}' (--ablation {need}=MODEL.pt)"

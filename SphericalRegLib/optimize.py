@@ -177,6 +177,7 @@ def levenberg_marquardt(
     callback: Callable[[int, dict[str, Tensor]], bool | None] | None = None,
     differentiable: bool = False,
     jacobian: str = "forward",
+    max_damping: float = 1e10,
 ) -> OptimizeResult:
     """Minimise ``0.5 ||r(T)||^2`` per batch element by Levenberg-Marquardt on SE(3).
 
@@ -184,14 +185,17 @@ def levenberg_marquardt(
     solves ``(J^T J + lambda diag(J^T J)) delta = -J^T r`` (Marquardt's scaling, the diagonal
     floored at ``1e-9`` of its largest entry) and tries ``T <- exp(delta^) T``. The gain ratio
     ``rho`` (actual over predicted reduction) decides: ``rho > 0`` accepts and divides lambda
-    by 3, otherwise the pose is kept and lambda doubles (the simple rule, not Nielsen's).
+    by 3, otherwise the pose is kept and lambda doubles (the simple rule, not Nielsen's); a trial
+    with a non-finite residual or outside the trust region multiplies lambda by 10. Stopping on a
+    small step within 5 iterations of such a trial counts as diverged (blocked), not converged.
 
     An element stops as *converged* when a proposed step is below ``step_tol`` = (rotation
     rad, translation mm), when ``patience`` accepted steps in a row lower the cost by less
     than ``cost_tol`` relative, or when its cost is exactly zero. It stops as *diverged* when
-    its residual is non-finite or a trial pose leaves the trust region (``bounds(T) -> (B,)``
-    bool, or ``max_rotation`` rad / ``max_translation`` mm of left displacement from
-    ``pose0``); it then keeps its last good pose. Otherwise it runs ``max_iters`` iterations.
+    no damping up to ``max_damping`` finds a trial pose with a finite residual inside the trust
+    region (``bounds(T) -> (B,)`` bool, or ``max_rotation`` rad / ``max_translation`` mm of left
+    displacement from ``pose0``), or its Jacobian is non-finite; it then keeps its last good pose.
+    Otherwise it runs ``max_iters`` iterations.
     ``callback(k, history[k])`` returning True stops every element.
 
     ``differentiable=True`` keeps the graph through the Jacobians, the solves and the
@@ -219,6 +223,7 @@ def levenberg_marquardt(
         history = [_entry(cost, pose, false, lam, active)]
         rot_tol, trans_tol = step_tol
         eye6 = torch.eye(6, dtype=pose0.dtype, device=device)
+        since_barrier = torch.full((B,), max_iters + 1, dtype=torch.long, device=device)
 
         for k in range(1, max_iters + 1):
             if not bool(active.any()):
@@ -245,7 +250,10 @@ def levenberg_marquardt(
             rho = (cost - cost_trial) / predicted.clamp_min(torch.finfo(A.dtype).tiny)
             accept = active & ok & (rho > 0)
 
-            newly_diverged = active & ~ok
+            # A trial outside the trust region or with a non-finite residual is rejected like any
+            # other, with stronger damping; only when no damping finds an admissible step is the
+            # element given up as diverged.
+            newly_diverged = active & ~ok & (lam * 10 > max_damping)
             rot, trans = _step_sizes(delta)
             small = (rot <= rot_tol) & (trans <= trans_tol)
             rel_decrease = (cost - cost_trial) / cost.clamp_min(torch.finfo(A.dtype).tiny)
@@ -254,11 +262,15 @@ def levenberg_marquardt(
             pose = torch.where(accept[:, None, None], trial, pose)
             cost = torch.where(accept, cost_trial, cost)
             r = torch.where(accept[:, None], r_trial, r)
-            lam = torch.where(accept, lam / 3, torch.where(active & ok, lam * 2, lam))
+            lam = torch.where(accept, lam / 3, torch.where(active & ok, lam * 2, torch.where(active, lam * 10, lam)))
             iterations = iterations + active.long()
-            diverged = diverged | newly_diverged
+            # Stopping right after a trial was inadmissible means pressing against the trust region or
+            # a non-finite region: that is not a minimum, whatever the step size says.
+            since_barrier = torch.where(active & ~ok, 0, since_barrier + 1)
             done = active & ok & (small | (stall >= patience) | (cost == 0))
-            converged = converged | done
+            blocked = done & (since_barrier <= 5) & (cost > 0)
+            diverged = diverged | newly_diverged | blocked
+            converged = converged | (done & ~blocked)
             active = active & ~newly_diverged & ~done
 
             if bool(active.any()) and (differentiable or bool(accept.any())):
@@ -274,6 +286,7 @@ def levenberg_marquardt(
             if callback is not None and callback(k, history[-1]):
                 break
 
+        diverged = diverged | (active & (since_barrier <= 5))  # out of iterations against a barrier
     return OptimizeResult(pose, cost, iterations, converged, diverged, history)
 
 

@@ -323,13 +323,15 @@ def save_overlay(path: Path, result: RegistrationResult) -> None:
     x = standardise(result.xray[None, None].float(), (1, 2, 3))[0, 0]
     d = standardise(result.drr[None, None].float(), (1, 2, 3))[0, 0]
     edges = sobel(d[None, None])[0].norm(dim=0)
+    alpha = (edges / edges.max().clamp_min(1e-6)).clamp(0, 1).numpy()
+    x, d, edges = x.numpy(), d.numpy(), edges.numpy()
     fig, ax = plt.subplots(1, 3, figsize=(12, 4.4))
     ax[0].imshow(x, cmap="gray")
     ax[0].set_title("X-ray (line integrals)")
     ax[1].imshow(d, cmap="gray")
     ax[1].set_title("DRR at the result")
     ax[2].imshow(x, cmap="gray")
-    ax[2].imshow(edges, cmap="autumn", alpha=(edges / edges.max().clamp_min(1e-6)).clamp(0, 1).numpy())
+    ax[2].imshow(edges, cmap="autumn", alpha=alpha)
     conf = "n/a" if result.confidence is None else f"{result.confidence:.2f}"
     ax[2].set_title(f"DRR edges over X-ray (confidence {conf})")
     for a in ax:

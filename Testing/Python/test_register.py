@@ -25,8 +25,8 @@ from tiny import TINY, tiny_ct, write_ct
 
 f64 = torch.float64
 # The tiny CT has 6 mm voxels: one intensity level at its own resolution.
-TINY_LEVELS = (IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="ncc", iterations=10),
-               IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="difference", iterations=10))
+TINY_LEVELS = (IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="ncc", iterations=25),
+               IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="difference", iterations=25))
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +83,11 @@ def test_learnt_similarity_residual_has_a_full_rank_jacobian(ct, model_file):
     r, J = twist_jacobian(residual, T)
     assert r.shape[-1] >= 6 and torch.isfinite(J).all()
     JtJ = J[0].T @ J[0]
-    scale = JtJ.diagonal().sqrt()
-    eig = torch.linalg.eigvalsh(JtJ / scale[:, None] / scale[None, :])
-    assert float(eig.min()) > 1e-6 * float(eig.max()), eig
-    scalar = 0.5 * r.pow(2).sum(-1, keepdim=True)
-    Js = (r[..., None] * J).sum(1, keepdim=True)  # d scalar / d xi
-    assert torch.linalg.matrix_rank((Js[0].T @ Js[0]) / scale[:, None] / scale[None, :]) == 1
-    assert scalar.shape == (1, 1)
+    scale = JtJ.diagonal().sqrt()  # radians and millimetres differ by the anatomy's size
+    tol = 1e-10  # relative; float64 round-off is 1e-16, depth along the ray is weak but real
+    assert torch.linalg.matrix_rank(JtJ / scale[:, None] / scale[None, :], rtol=tol) == 6
+    Js = (r[..., None] * J).sum(1, keepdim=True)  # d(0.5 |r|^2)/d xi: a scalar similarity's Jacobian
+    assert torch.linalg.matrix_rank((Js[0].T @ Js[0]) / scale[:, None] / scale[None, :], rtol=tol) == 1
 
 
 def test_intensity_stage_registers_a_simulated_xray(ct, model_file, cases):
@@ -102,7 +100,7 @@ def test_intensity_stage_registers_a_simulated_xray(ct, model_file, cases):
     options = RegisterOptions(optimizer="none", refine_levels=TINY_LEVELS)
     result = Registrar(load_model(model_file, case.ct), case.ct, options).register(case.xray, case.camera, case.init)
     before, after = float(mtre(case.init, truth, landmarks)), float(mtre(result.camera_from_world, truth, landmarks))
-    assert after < 0.25 * before and after < 3.0, (before, after)  # voxels are 6 mm
+    assert after < 0.25 * before and after < 3.0, (before, after, result.stages["intensity"]["cost"], result.diverged)  # voxels are 6 mm
     assert not result.diverged and result.stages["intensity"]["iterations"] > 0
 
 
