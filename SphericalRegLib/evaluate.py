@@ -277,8 +277,8 @@ def fit_confidence(rows, method: str = "ours") -> dict:
 
 def add_arguments(p) -> None:
     p.add_argument("cases", help="folder of case folders and their <case>.truth.json (sphericalreg simulate)")
-    p.add_argument("--model", required=True, help="the main model (its metric, similarity space and features "
-                   "as trained)")
+    p.add_argument("--model", help="the main model (its metric, similarity space and features as trained); "
+                   "needed by every method but diffpose-ncc")
     p.add_argument("--ablation", action="append", default=[], metavar="KEY=MODEL",
                    help="models for ablations: se3=, euclidean=, hyperbolic=, plain= (repeatable)")
     p.add_argument("--methods", default="ours,ours-init,ours-gd,regressor,ours-no-intensity,diffpose-ncc",
@@ -297,7 +297,7 @@ def main(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {"main": Path(args.model)}
+    models = {"main": Path(args.model)} if args.model else {}
     for item in args.ablation:
         key, _, path = item.partition("=")
         if not path:
@@ -313,6 +313,8 @@ def main(args) -> int:
                       baseline_kwargs={"iterations": args.baseline_iterations})
     print((Path(args.out) / "results.md").read_text())
     if args.calibrate:
+        if "main" not in models:
+            raise InputError("--calibrate", "needs --model", "the model whose confidence to calibrate")
         target = calibration_path(models["main"])
         if target.exists() and not args.overwrite:
             raise InputError(target, "already exists", "--overwrite to replace the calibration")
