@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .camera import Camera, project
 from .errors import InputError
-from .geometry import se3_inverse, transform_points
+from .geometry import perturb_left, se3_inverse, transform_points
 from .intensity import sobel, standardise
 from .model import ModelBundle, load_model
 from .optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
@@ -64,6 +64,10 @@ class RegisterOptions:
     )
     max_rotation_deg: float = 45.0
     max_translation_mm: float = 200.0
+    # coarse search over camera-frame translations before the intensity levels (0 switches it off)
+    search_step_mm: float = 15.0
+    search_steps: tuple = (4, 4, 2)  # grid half-widths along camera x, y, z, in steps
+    search_level: IntensityLevel = IntensityLevel(spacing_mm=6.0, image_size=32, patch=8, form="ncc", iterations=0)
 
     def __post_init__(self):
         if self.optimizer not in ("lm", "gd", "adam", "none"):
@@ -159,7 +163,7 @@ class Registrar:
         self.options = options or RegisterOptions()
         self.calibration = calibration
         self.levels = {}
-        for level in self.options.refine_levels:
+        for level in (self.options.search_level, *self.options.refine_levels):
             if level.spacing_mm not in self.levels:
                 coarse = ct.with_spacing(level.spacing_mm)
                 self.levels[level.spacing_mm] = Volume(hu_to_mu(coarse.data)[None].float(), coarse.ijk_to_ras)
@@ -196,12 +200,12 @@ class Registrar:
         report("initial", 1.0)
         self._check_cancel(cancel)
 
-        renderer = Renderer(cam_small, model.feature_volume.ijk_to_ras, model.feature_volume.shape,
-                            model.config.n_samples)
+        feature_renderer = Renderer(cam_small, model.feature_volume.ijk_to_ras, model.feature_volume.shape,
+                                    model.config.n_samples)
         features = model.feature_volume.data.float()
 
         def residual_fn(T: Tensor) -> Tensor:
-            return model.similarity.residual(zx, model.similarity.embed_drr(renderer(features, T)))
+            return model.similarity.residual(zx, model.similarity.embed_drr(feature_renderer(features, T)))
 
         bounds = dict(max_rotation=math.radians(opt.max_rotation_deg), max_translation=opt.max_translation_mm)
         pose0 = pose[None]
@@ -231,17 +235,24 @@ class Registrar:
                                     "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
                                     "poses": [h["pose"][0] for h in res.history], "converged": bool(res.converged[0])}
 
+        if opt.refine and not diverged and opt.search_step_mm > 0:
+            t0 = time.perf_counter()
+            x, cam, _ = prepare(opt.search_level.image_size)
+            pose0 = self._search_translation(pose0, x.float()[None, None], cam)
+            stages["search"] = {"pose": pose0[0].clone(), "seconds": time.perf_counter() - t0, "iterations": 0}
+            report("search", 1.0)
+
         if opt.refine and not diverged:
             t0 = time.perf_counter()
             history, iterations, converged = [], 0, False
             for k, level in enumerate(opt.refine_levels):
                 x, cam, _ = prepare(level.image_size)
                 mu = self.levels[level.spacing_mm]
-                renderer = Renderer(cam, mu.ijk_to_ras, mu.shape)
+                level_renderer = Renderer(cam, mu.ijk_to_ras, mu.shape)
                 residual = ncc_residual(level.patch, level.form)
                 x = x.float()[None, None]
                 res = levenberg_marquardt(
-                    lambda T: residual(x.expand(len(T), -1, -1, -1), renderer(mu.data, T)), pose0,
+                    lambda T: residual(x.expand(len(T), -1, -1, -1), level_renderer(mu.data, T)), pose0,
                     max_iters=level.iterations, callback=callback_for(f"intensity {k + 1}", level.iterations),
                     **bounds)
                 self._check_cancel(cancel)
@@ -277,6 +288,28 @@ class Registrar:
                                   iterations=iterations, confidence=confidence, diverged=diverged, drr=drr,
                                   xray=x_fine[0, 0], camera=cam_fine,
                                   stages={**stages, "final": {"ncc": ncc_final}})
+
+    @torch.no_grad()
+    def _search_translation(self, pose: Tensor, x: Tensor, camera: Camera, chunk: int = 64) -> Tensor:
+        """The best of a grid of camera-frame translations of ``pose`` (1, 4, 4) by coarse NCC.
+
+        A regressor's largest errors are translations, and a Gauss-Newton stage cannot recover
+        shifts of many pixels; a brute-force look at a few hundred tiny DRRs can, in well under a second.
+        """
+        opt = self.options
+        level = opt.search_level
+        mu = self.levels[level.spacing_mm]
+        renderer = Renderer(camera, mu.ijk_to_ras, mu.shape)
+        axes = [torch.arange(-n, n + 1, dtype=pose.dtype) * opt.search_step_mm for n in opt.search_steps]
+        shifts = torch.cartesian_prod(*axes)
+        xi = torch.cat([torch.zeros_like(shifts), shifts], dim=-1)
+        residual = ncc_residual(level.patch, "ncc")
+        costs = []
+        for part in xi.split(chunk):
+            poses = perturb_left(part, pose.expand(len(part), 4, 4))
+            costs.append(0.5 * residual(x.expand(len(part), -1, -1, -1), renderer(mu.data, poses)).pow(2).sum(-1))
+        best = int(torch.cat(costs).argmin())
+        return perturb_left(xi[best:best + 1], pose)
 
     def _plausible(self, pose: Tensor, camera: Camera) -> bool:
         """The CT centre must lie in front of the source and project onto the detector."""
