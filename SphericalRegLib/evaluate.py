@@ -96,9 +96,12 @@ def _errors(pose, truth, landmarks, camera) -> dict:
             "depth": float(depth), "inplane": float(inplane)}
 
 
-def evaluate(cases_dir, models: dict, methods, out, *, limit=None, overwrite=False, baseline_kwargs=None,
-             log=print) -> dict:
-    """Run ``methods`` on every case folder under ``cases_dir``; write tables and plots to ``out``."""
+def evaluate(cases_dir, models: dict, methods, out, *, limit=None, shard=(0, 1), overwrite=False,
+             baseline_kwargs=None, log=print) -> dict:
+    """Run ``methods`` on every case folder under ``cases_dir``; write tables and plots to ``out``.
+
+    ``shard=(k, n)`` takes every n-th case from the k-th, so n processes share the work; :func:`merge`
+    puts their outputs back into one table."""
     from .io import read_case, read_truth, write_json
 
     cases_dir, out = Path(cases_dir), Path(out)
@@ -107,6 +110,7 @@ def evaluate(cases_dir, models: dict, methods, out, *, limit=None, overwrite=Fal
         raise InputError(cases_dir, "holds no case folders with a <case>.truth.json beside them",
                          "the output of 'sphericalreg simulate'")
     cases = cases[:limit] if limit else cases
+    cases = cases[shard[0]::shard[1]]
     unknown = [m for m in methods if m not in METHODS and m not in DERIVED]
     if unknown:
         raise InputError("--methods", f"unknown {unknown}", ", ".join([*METHODS, *DERIVED]))
@@ -162,19 +166,56 @@ def evaluate(cases_dir, models: dict, methods, out, *, limit=None, overwrite=Fal
             log(f"[{i + 1}/{len(cases)}] {folder.name} {name}: mTRE {row['mTRE']:.2f} mm, {seconds:.1f} s"
                 + (f", confidence {conf:.2f}" if conf is not None else ""))
     names = [m for m in methods if m in runnable or m in DERIVED]
+    info = {"cases_dir": str(cases_dir), "cases": len(cases), "models": {k: str(v) for k, v in models.items()},
+            "hardware": _hardware(), "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
+            "methods": names}
+    return _report(out, rows, curves, info)
+
+
+def _report(out: Path, rows, curves, info) -> dict:
     summary = []
-    for name in names:
+    for name in info["methods"]:
         rs = [r for r in rows if r["method"] == name]
         if rs:
             summary.append(summarise(name, [r["mTRE"] for r in rs], [r["mPE"] for r in rs], [r["depth"] for r in rs],
                                      [r["inplane"] for r in rs], [r["seconds"] for r in rs],
-                                     failures=sum(bool(r["diverged"]) for r in rs)))
-    info = {"cases_dir": str(cases_dir), "cases": len(cases), "models": {k: str(v) for k, v in models.items()},
-            "hardware": _hardware(), "skipped": skipped, "wall_seconds": time.perf_counter() - t_start}
+                                     failures=sum(_truthy(r["diverged"]) for r in rs)))
     _write_tables(out, rows, summary, info)
-    _plot_cdf(out / "cdf.png", rows, names)
+    (out / "curves.json").write_text(json.dumps(curves))
+    _plot_cdf(out / "cdf.png", rows, info["methods"])
     _plot_convergence(out / "convergence.png", curves)
     return {"rows": rows, "summary": summary, "info": info}
+
+
+def _truthy(value) -> bool:
+    return value in (True, "True", "true", "1", 1)
+
+
+def merge(inputs, out, overwrite=False) -> dict:
+    """One table from several evaluation folders (shards or method groups) of the same cases."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(out, "is not empty", "a new output folder, or --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    rows, curves, infos = [], {}, []
+    for folder in map(Path, inputs):
+        if not (folder / "cases.csv").exists():
+            raise InputError(folder, "holds no cases.csv", "an output folder of 'sphericalreg evaluate'")
+        with open(folder / "cases.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                for key in ("mTRE", "mPE", "depth", "inplane", "seconds"):
+                    r[key] = float(r[key])
+                rows.append(r)
+        for name, runs in json.loads((folder / "curves.json").read_text()).items():
+            curves.setdefault(name, []).extend(runs)
+        infos.append(json.loads((folder / "info.json").read_text()))
+    methods = list(dict.fromkeys(m for i in infos for m in i["methods"]))
+    info = {"cases_dir": " + ".join(sorted({i["cases_dir"] for i in infos})),
+            "cases": len({r["case"] for r in rows}), "models": {k: v for i in infos for k, v in i["models"].items()},
+            "hardware": infos[0]["hardware"], "skipped": {k: v for i in infos for k, v in i["skipped"].items()},
+            "wall_seconds": sum(i["wall_seconds"] for i in infos), "methods": methods,
+            "merged_from": [str(p) for p in inputs]}
+    return _report(out, rows, curves, info)
 
 
 def _fmt(v, pct=False):
@@ -265,18 +306,20 @@ def _plot_convergence(path: Path, curves: dict) -> None:
     plt.close(fig)
 
 
-def fit_confidence(rows, method: str = "ours") -> dict:
+def fit_confidence(rows, methods=("ours", "ours-init")) -> dict:
+    """Platt scaling on every run of the main model: the signals describe the final pose, whatever its start."""
     from .confidence import fit
 
-    rs = [r for r in rows if r["method"] == method and r["final_ncc"] is not None and r["cost"] is not None]
+    rs = [r for r in rows if r["method"] in methods and r["final_ncc"] is not None and r["cost"] is not None]
     if len(rs) < 5 or len({r["mTRE"] < 1 for r in rs}) < 2:
-        raise InputError("--calibrate", f"{len(rs)} cases of '{method}' with {sum(r['mTRE'] < 1 for r in rs)} "
-                         "sub-millimetre", "at least 5 cases with both successes and failures")
+        raise InputError("--calibrate", f"{len(rs)} runs of {'/'.join(methods)} with "
+                         f"{sum(r['mTRE'] < 1 for r in rs)} sub-millimetre",
+                         "at least 5 runs with both successes and failures")
     return fit([r["final_ncc"] for r in rs], [r["cost"] for r in rs], [r["mTRE"] < 1 for r in rs])
 
 
 def add_arguments(p) -> None:
-    p.add_argument("cases", help="folder of case folders and their <case>.truth.json (sphericalreg simulate)")
+    p.add_argument("cases", nargs="?", help="folder of case folders and their <case>.truth.json (sphericalreg simulate)")
     p.add_argument("--model", help="the main model (its metric, similarity space and features as trained); "
                    "needed by every method but diffpose-ncc")
     p.add_argument("--ablation", action="append", default=[], metavar="KEY=MODEL",
@@ -285,6 +328,8 @@ def add_arguments(p) -> None:
                    help=f"comma-separated, from: {', '.join(list(METHODS) + list(DERIVED))}")
     p.add_argument("--out", required=True, help="output folder for tables, plots and per-case results")
     p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("--shard", default="0/1", metavar="K/N", help="every N-th case from the K-th (parallel runs)")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="instead of running: merge these evaluation folders")
     p.add_argument("--baseline-iterations", type=int, default=150)
     p.add_argument("--calibrate", action="store_true",
                    help="fit the confidence on these (held-out!) cases and write MODEL.calibration.json")
@@ -297,6 +342,17 @@ def main(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.merge:
+        merge(args.merge, args.out, overwrite=args.overwrite)
+        print((Path(args.out) / "results.md").read_text())
+        return 0
+    if not args.cases:
+        raise InputError("cases", "missing", "a folder of simulated cases (or --merge DIR ...)")
+    try:
+        k, n = (int(v) for v in args.shard.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise InputError("--shard", f"is {args.shard!r}", "K/N with 0 <= K < N") from None
     models = {"main": Path(args.model)} if args.model else {}
     for item in args.ablation:
         key, _, path = item.partition("=")
@@ -309,8 +365,8 @@ def main(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if any(m in DERIVED for m in methods) and "ours" not in methods:
         methods.insert(0, "ours")
-    result = evaluate(args.cases, models, methods, args.out, limit=args.limit, overwrite=args.overwrite,
-                      baseline_kwargs={"iterations": args.baseline_iterations})
+    result = evaluate(args.cases, models, methods, args.out, limit=args.limit, shard=(k, n),
+                      overwrite=args.overwrite, baseline_kwargs={"iterations": args.baseline_iterations})
     print((Path(args.out) / "results.md").read_text())
     if args.calibrate:
         if "main" not in models:

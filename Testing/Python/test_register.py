@@ -157,3 +157,15 @@ def test_evaluate_command_tabulates_methods_and_plots(model_file, cases, tmp_pat
     # two cases cannot calibrate a confidence: a clear refusal, not a meaningless fit
     assert cli.main(["evaluate", str(cases), "--model", str(model_file), "--out", str(tmp_path / "e2"),
                      "--methods", "ours", "--calibrate"]) == 2
+
+
+def test_evaluate_shards_merge_into_one_table(cases, tmp_path):
+    common = ["evaluate", str(cases), "--methods", "diffpose-ncc", "--baseline-iterations", "2"]
+    for k in (0, 1):
+        assert cli.main(common + ["--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}")]) == 0
+    assert cli.main(["evaluate", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                     "--out", str(tmp_path / "all")]) == 0
+    rows = (tmp_path / "all" / "cases.csv").read_text().splitlines()
+    assert len(rows) == 3 and {r.split(",")[1] for r in rows[1:]} == {"case_000", "case_001"}
+    assert "| diffpose-ncc | 2 |" in (tmp_path / "all" / "results.md").read_text()
+    assert cli.main(common + ["--shard", "2/2", "--out", str(tmp_path / "bad")]) == 2
