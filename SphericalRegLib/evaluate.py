@@ -49,7 +49,7 @@ DERIVED = {"regressor": ("ours", "initial"), "ours-no-intensity": ("ours", "simi
 
 def _hardware() -> str:
     try:
-        model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = subprocess.run(["lscpu"], capture_output=True, encoding="utf-8", errors="replace").stdout
         name = next((l.split(":", 1)[1].strip() for l in model.splitlines() if l.startswith("Model name")), "")
     except OSError:
         name = platform.processor()

@@ -198,7 +198,7 @@ def test_torchrun_two_processes_on_gloo(ct, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "SphericalRegLib.cli", "train", "--ct", str(ct_path), "--out", str(out),
            "--config", str(config), "--steps", "2", "--device", "cpu"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     state = read_checkpoint(out)
     assert state["world_size"] == 2 and state["step"] == 2
