@@ -367,3 +367,33 @@ def test_exported_transform_loads_back_in_slicer_unchanged(scene, tmp_path):
                        atol=1e-9)
     with pytest.raises(InputError, match="exists"):
         L.export_transform(node, path)
+
+
+# ------------------------------------------------------------------ registration from nodes
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "chest_example.pt"
+
+
+def test_registration_from_nodes_fills_the_transform_node(scene, tmp_path):
+    """A simulated X-ray of the example CT, as MRML nodes, registered in-process with the shipped
+    model and a few iterations: the output node holds the result and the pose moved towards the truth."""
+    from SphericalRegLib.demo import example_ct_path
+    from SphericalRegLib.io import read_case, read_truth
+    from SphericalRegLib.metrics import mtre
+    from SphericalRegLib.register import IntensityLevel
+    from SphericalRegLib.simulate import write_cases
+
+    assert SHIPPED_MODEL.exists(), "the example model ships with the repository (Resources/Models)"
+    (folder,) = write_cases(example_ct_path(), tmp_path / "cases", 1, seed=11, size=96, log=lambda m: None)
+    case = read_case(folder)
+    truth, landmarks = read_truth(folder)
+    ct_node = _volume_node(scene, case.ct.data.permute(2, 1, 0).numpy(), case.ct.ijk_to_ras.numpy(), "ct")
+    xray_node = _volume_node(scene, case.xray.numpy()[None], np.eye(4), "xray")
+    chosen = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "my output")
+    node, result = L.SphericalRegLogic().register(
+        ct_node, xray_node, case.camera, SHIPPED_MODEL, output_transform_node=chosen, init=case.init.numpy(),
+        iterations=2, search_step_mm=0, refine_levels=(IntensityLevel(3.0, 64, 8, "ncc", 4),))
+    assert node is chosen  # the node the user picked, no other
+    assert np.allclose(L.pose_from_transform_node(node), result.camera_from_world.numpy(), atol=1e-6)
+    assert node.GetAttribute(L.ATTRIBUTE_PREFIX + "iterations") is not None
+    assert float(mtre(result.camera_from_world, truth, landmarks)) < float(mtre(case.init, truth, landmarks))
