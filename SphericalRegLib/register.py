@@ -228,12 +228,22 @@ class Registrar:
                 res = method(least_squares_cost(residual_fn), pose0, iters=opt.gd_iterations, lr_rot=opt.lr_rot,
                              lr_trans=opt.lr_trans, callback=callback_for("similarity", opt.gd_iterations), **bounds)
             self._check_cancel(cancel)
-            diverged = bool(res.diverged[0])
-            pose0 = res.pose.detach()
             similarity_value = float(res.cost[0])
-            stages["similarity"] = {"pose": pose0[0].clone(), "seconds": time.perf_counter() - t0,
+            stages["similarity"] = {"pose": res.pose[0].detach().clone(), "seconds": time.perf_counter() - t0,
                                     "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
                                     "poses": [h["pose"][0] for h in res.history], "converged": bool(res.converged[0])}
+            # An independent check before trusting the learnt stage: its pose must image the X-ray
+            # better (coarse NCC) than where it started, or the intensity stage starts from there.
+            kept = not bool(res.diverged[0])
+            if kept and opt.refine:
+                x, cam, _ = prepare(opt.search_level.image_size)
+                before, after = self._coarse_cost(torch.cat([pose0, res.pose.detach()]), x.float()[None, None], cam)
+                kept = bool(after < before)
+            stages["similarity"]["kept"] = kept
+            if kept:
+                pose0 = res.pose.detach()
+            else:
+                diverged = not opt.refine
 
         if opt.refine and not diverged and opt.search_step_mm > 0:
             t0 = time.perf_counter()
@@ -297,19 +307,22 @@ class Registrar:
         shifts of many pixels; a brute-force look at a few hundred tiny DRRs can, in well under a second.
         """
         opt = self.options
-        level = opt.search_level
-        mu = self.levels[level.spacing_mm]
-        renderer = Renderer(camera, mu.ijk_to_ras, mu.shape)
         axes = [torch.arange(-n, n + 1, dtype=pose.dtype) * opt.search_step_mm for n in opt.search_steps]
         shifts = torch.cartesian_prod(*axes)
         xi = torch.cat([torch.zeros_like(shifts), shifts], dim=-1)
-        residual = ncc_residual(level.patch, "ncc")
-        costs = []
-        for part in xi.split(chunk):
-            poses = perturb_left(part, pose.expand(len(part), 4, 4))
-            costs.append(0.5 * residual(x.expand(len(part), -1, -1, -1), renderer(mu.data, poses)).pow(2).sum(-1))
-        best = int(torch.cat(costs).argmin())
+        costs = self._coarse_cost(perturb_left(xi, pose.expand(len(xi), 4, 4)), x, camera, chunk)
+        best = int(costs.argmin())
         return perturb_left(xi[best:best + 1], pose)
+
+    @torch.no_grad()
+    def _coarse_cost(self, poses: Tensor, x: Tensor, camera: Camera, chunk: int = 64) -> Tensor:
+        """Mean ``1 - NCC`` (patches and whole, intensities and edges) of tiny DRRs at ``poses`` (B, 4, 4)."""
+        level = self.options.search_level
+        mu = self.levels[level.spacing_mm]
+        renderer = Renderer(camera, mu.ijk_to_ras, mu.shape)
+        residual = ncc_residual(level.patch, "ncc")
+        return torch.cat([0.5 * residual(x.expand(len(part), -1, -1, -1), renderer(mu.data, part)).pow(2).sum(-1)
+                          for part in poses.split(chunk)])
 
     def _plausible(self, pose: Tensor, camera: Camera) -> bool:
         """The CT centre must lie in front of the source and project onto the detector."""
