@@ -14,6 +14,7 @@ import math
 import platform
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ __all__ = ["METHODS", "evaluate"]
 @dataclass(frozen=True)
 class Method:
     model: str | None  # key into the models given on the command line; None for the baseline
-    init: str  # "regressor" | "given"
+    init: str  # "regressor" | "given" | "far" (given, moved a further FAR_ROT_DEG / FAR_TRANS_MM)
     optimizer: str = "lm"
     refine: bool = True
     description: str = ""
@@ -43,7 +44,10 @@ METHODS = {
     "hyperbolic": Method("hyperbolic", "regressor", description="hyperbolic instead of spherical similarity"),
     "no-equivariant": Method("plain", "regressor", description="without the equivariant CNN"),
     "diffpose-ncc": Method(None, "given", description="DiffDRR Siddon + multiscale NCC + Adam, from init.json"),
+    "ours-far": Method("main", "far", description="as ours-init from init.json moved a further 10 deg / 40 mm "
+                       "per axis: starts that sometimes fail, for calibrating the confidence"),
 }
+FAR_ROT_DEG, FAR_TRANS_MM = (10.0, 10.0, 10.0), (40.0, 40.0, 40.0)
 DERIVED = {"regressor": ("ours", "initial"), "ours-no-intensity": ("ours", "similarity")}
 
 
@@ -133,8 +137,13 @@ def evaluate(cases_dir, models: dict, methods, out, *, limit=None, shard=(0, 1),
         photometric = case.meta.get("photometric", "MONOCHROME2")
         for name in runnable:
             method = METHODS[name]
-            init = case.init if method.init == "given" else None
-            if method.init == "given" and init is None:
+            init = case.init if method.init in ("given", "far") else None
+            if method.init == "far" and init is not None:
+                from .poses import sample_offsets
+
+                g = torch.Generator().manual_seed(zlib.crc32(folder.name.encode()))  # the same in every shard
+                init = sample_offsets(1, FAR_ROT_DEG, FAR_TRANS_MM, 0.8 * case.camera.sdd, g)[0] @ init
+            if method.init in ("given", "far") and init is None:
                 raise InputError(folder / "init.json", "not found", f"a starting pose for method '{name}'")
             if method.model is None:
                 r = runner.baseline(case.ct).register(case.xray, case.camera, init, photometric)
@@ -205,6 +214,8 @@ def merge(inputs, out, overwrite=False) -> dict:
             for r in csv.DictReader(f):
                 for key in ("mTRE", "mPE", "depth", "inplane", "seconds"):
                     r[key] = float(r[key])
+                for key in ("final_ncc", "cost", "confidence"):
+                    r[key] = float(r[key]) if r[key] not in ("", "None") else None
                 rows.append(r)
         for name, runs in json.loads((folder / "curves.json").read_text()).items():
             curves.setdefault(name, []).extend(runs)
@@ -306,7 +317,7 @@ def _plot_convergence(path: Path, curves: dict) -> None:
     plt.close(fig)
 
 
-def fit_confidence(rows, methods=("ours", "ours-init")) -> dict:
+def fit_confidence(rows, methods=("ours", "ours-init", "ours-far")) -> dict:
     """Platt scaling on every run of the main model: the signals describe the final pose, whatever its start."""
     from .confidence import fit
 
@@ -338,13 +349,13 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from .register import calibration_path
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
-        merge(args.merge, args.out, overwrite=args.overwrite)
+        result = merge(args.merge, args.out, overwrite=args.overwrite)
         print((Path(args.out) / "results.md").read_text())
+        if args.calibrate:
+            _write_calibration(result["rows"], args)
         return 0
     if not args.cases:
         raise InputError("cases", "missing", "a folder of simulated cases (or --merge DIR ...)")
@@ -369,13 +380,19 @@ def main(args) -> int:
                       overwrite=args.overwrite, baseline_kwargs={"iterations": args.baseline_iterations})
     print((Path(args.out) / "results.md").read_text())
     if args.calibrate:
-        if "main" not in models:
-            raise InputError("--calibrate", "needs --model", "the model whose confidence to calibrate")
-        target = calibration_path(models["main"])
-        if target.exists() and not args.overwrite:
-            raise InputError(target, "already exists", "--overwrite to replace the calibration")
-        cal = fit_confidence(result["rows"])
-        cal["cases_dir"] = str(args.cases)
-        target.write_text(json.dumps(cal, indent=2))
-        print(f"confidence calibration ({cal['cases']} cases, {cal['positives']} sub-mm) written to {target}")
+        _write_calibration(result["rows"], args)
     return 0
+
+
+def _write_calibration(rows, args) -> None:
+    from .register import calibration_path
+
+    if not args.model:
+        raise InputError("--calibrate", "needs --model", "the model whose confidence to calibrate")
+    target = calibration_path(args.model)
+    if target.exists() and not args.overwrite:
+        raise InputError(target, "already exists", "--overwrite to replace the calibration")
+    cal = fit_confidence(rows)
+    cal["cases_dir"] = str(args.cases or " + ".join(args.merge))
+    target.write_text(json.dumps(cal, indent=2))
+    print(f"confidence calibration ({cal['cases']} runs, {cal['positives']} sub-mm) written to {target}")
