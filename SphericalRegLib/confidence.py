@@ -44,5 +44,5 @@ def fit(ncc_final, cost, success, l2: float = 1e-2, iters: int = 500) -> dict:
         return loss
 
     opt.step(closure)
-    return {"weights": w.detach().tolist(), "bias": float(b), "mean": mean.tolist(), "std": std.tolist(),
+    return {"weights": w.detach().tolist(), "bias": float(b.detach()), "mean": mean.tolist(), "std": std.tolist(),
             "cases": int(len(y)), "positives": int(y.sum()), "signals": ["final NCC", "log similarity cost"]}
