@@ -216,16 +216,22 @@ def merge(inputs, out, overwrite=False) -> dict:
                     r[key] = float(r[key])
                 for key in ("final_ncc", "cost", "confidence"):
                     r[key] = float(r[key]) if r[key] not in ("", "None") else None
+                r["_from"] = str(folder)
                 rows.append(r)
-        for name, runs in json.loads((folder / "curves.json").read_text()).items():
-            curves.setdefault(name, []).extend(runs)
-        infos.append(json.loads((folder / "info.json").read_text()))
+        if (folder / "curves.json").exists():  # absent in folders written before curves were saved
+            for name, runs in json.loads((folder / "curves.json").read_text()).items():
+                curves.setdefault(name, []).extend(runs)
+        info = json.loads((folder / "info.json").read_text())
+        info.setdefault("methods", list(dict.fromkeys(r["method"] for r in rows if r["_from"] == str(folder))))
+        infos.append(info)
     methods = list(dict.fromkeys(m for i in infos for m in i["methods"]))
     info = {"cases_dir": " + ".join(sorted({i["cases_dir"] for i in infos})),
             "cases": len({r["case"] for r in rows}), "models": {k: v for i in infos for k, v in i["models"].items()},
             "hardware": infos[0]["hardware"], "skipped": {k: v for i in infos for k, v in i["skipped"].items()},
             "wall_seconds": sum(i["wall_seconds"] for i in infos), "methods": methods,
             "merged_from": [str(p) for p in inputs]}
+    for r in rows:
+        del r["_from"]
     return _report(out, rows, curves, info)
 
 
