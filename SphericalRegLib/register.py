@@ -186,7 +186,14 @@ class Registrar:
         report = progress or (lambda stage, fraction: None)
         start = time.perf_counter()
         size = model.config.image_size
-        prepare = lambda n: _prepare(image, camera, n, photometric, line_integrals)
+        prepared = {}
+
+        def prepare(n: int):
+            """Line integrals at ``n x n`` and their camera, computed once per size."""
+            if n not in prepared:
+                prepared[n] = _prepare(image, camera, n, photometric, line_integrals)
+            return prepared[n]
+
         x_small, cam_small, _ = prepare(size)
         x_small = x_small.float()[None, None]
         stages: dict = {}
