@@ -33,6 +33,7 @@ class DiffPoseNCC:
     lr_rot: float = 7.5e-3
     lr_trans: float = 7.5
     decay: float = 0.98
+    device: str = "cpu"
 
     def prepare(self, ct: Volume) -> "DiffPoseNCC":
         coarse = ct.with_spacing(self.spacing_mm)
@@ -47,19 +48,19 @@ class DiffPoseNCC:
         start = time.perf_counter()
         x, cam, _ = _prepare(image, camera, self.image_size, photometric, line_integrals=False)
         if cam not in self._drr:
-            self._drr[cam] = make_diffdrr(self._mu, cam)
+            self._drr[cam] = make_diffdrr(self._mu, cam).to(self.device)
         drr = self._drr[cam]
-        target = x[None, None].float()
+        target = x[None, None].float().to(self.device)
 
         def cost(T):
             img = siddon_line_integrals(self._mu, T, cam, drr=drr)[:, None]
             return 1 - multiscale_ncc(target.expand(len(T), -1, -1, -1), img)
 
-        pose = torch.as_tensor(init, dtype=torch.float64)[None]
+        pose = torch.as_tensor(init, dtype=torch.float64, device=self.device)[None]
         res = adam(cost, pose, iters=self.iterations, lr_rot=self.lr_rot, lr_trans=self.lr_trans,
                    lr_decay=self.decay)
         history = res.history
-        pose = res.pose.detach()
+        pose = res.pose.detach().cpu()
         done = int(res.iterations[0])
         return {"pose": pose[0], "seconds": time.perf_counter() - start, "iterations": done,
-                "cost": [float(h["cost"][0]) for h in history], "poses": [h["pose"][0] for h in history]}
+                "cost": [float(h["cost"][0]) for h in history], "poses": [h["pose"][0].cpu() for h in history]}

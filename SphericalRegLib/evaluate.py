@@ -64,9 +64,10 @@ def _hardware() -> str:
 class _Runner:
     """Prepares each (model, CT) once and registers every case of that CT."""
 
-    def __init__(self, models: dict, baseline_kwargs: dict):
+    def __init__(self, models: dict, baseline_kwargs: dict, device="cpu"):
         self.models = models
         self.baseline_kwargs = baseline_kwargs
+        self.device = device
         self._prepared = {}
 
     def _key(self, ct):
@@ -82,7 +83,7 @@ class _Runner:
         if key not in self._prepared:
             path = self.models[method.model]
             options = RegisterOptions(optimizer=method.optimizer, refine=method.refine)
-            self._prepared[key] = Registrar(load_model(path, ct), ct, options, load_calibration(path))
+            self._prepared[key] = Registrar(load_model(path, ct, self.device), ct, options, load_calibration(path))
         return self._prepared[key]
 
     def baseline(self, ct):
@@ -90,7 +91,7 @@ class _Runner:
 
         key = ("baseline", self._key(ct))
         if key not in self._prepared:
-            self._prepared[key] = DiffPoseNCC(**self.baseline_kwargs).prepare(ct)
+            self._prepared[key] = DiffPoseNCC(**self.baseline_kwargs, device=self.device).prepare(ct)
         return self._prepared[key]
 
 
@@ -101,7 +102,7 @@ def _errors(pose, truth, landmarks, camera) -> dict:
 
 
 def evaluate(cases_dir, models: dict, methods, out, *, limit=None, shard=(0, 1), overwrite=False,
-             baseline_kwargs=None, log=print) -> dict:
+             baseline_kwargs=None, device="cpu", log=print) -> dict:
     """Run ``methods`` on every case folder under ``cases_dir``; write tables and plots to ``out``.
 
     ``shard=(k, n)`` takes every n-th case from the k-th, so n processes share the work; :func:`merge`
@@ -128,7 +129,7 @@ def evaluate(cases_dir, models: dict, methods, out, *, limit=None, shard=(0, 1),
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(out, "is not empty", "a new output folder, or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    runner = _Runner(models, baseline_kwargs or {})
+    runner = _Runner(models, baseline_kwargs or {}, device)
     rows, curves = [], {}
     t_start = time.perf_counter()
     for i, folder in enumerate(cases):
@@ -176,7 +177,7 @@ def evaluate(cases_dir, models: dict, methods, out, *, limit=None, shard=(0, 1),
                 + (f", confidence {conf:.2f}" if conf is not None else ""))
     names = [m for m in methods if m in runnable or m in DERIVED]
     info = {"cases_dir": str(cases_dir), "cases": len(cases), "models": {k: str(v) for k, v in models.items()},
-            "hardware": _hardware(), "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
+            "hardware": _hardware(), "device": str(device), "baseline": baseline_kwargs or {}, "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
             "methods": names}
     return _report(out, rows, curves, info)
 
@@ -264,6 +265,8 @@ def _write_tables(out: Path, rows, summary, info) -> None:
             f"{_fmt(s['median_mPE'])} | {_fmt(s['median_depth_err'])} | {_fmt(s['median_inplane_err'])} | "
             f"{_fmt(s['median_seconds'])} | {s['failures']} |")
     lines += ["", "Errors in mm. " + f"Hardware: {info['hardware']}. Cases: {info['cases']} from {info['cases_dir']}."]
+    if info.get("baseline"):
+        lines.append("Intensity baseline (diffpose-ncc): " + ", ".join(f"{k} {v}" for k, v in info["baseline"].items()) + ".")
     for m, why in info["skipped"].items():
         lines.append(f"Not run: {m}: {why}.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -352,9 +355,14 @@ def add_arguments(p) -> None:
                    help="fit the confidence on these (held-out!) cases and write MODEL.calibration.json")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--baseline-size", type=int, default=96, help="image rows = cols the intensity baseline renders")
+    p.add_argument("--baseline-spacing", type=float, default=2.0, help="CT voxel size (mm) the baseline renders")
 
 
 def main(args) -> int:
+    from .model import resolve_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
@@ -383,7 +391,9 @@ def main(args) -> int:
     if any(m in DERIVED for m in methods) and "ours" not in methods:
         methods.insert(0, "ours")
     result = evaluate(args.cases, models, methods, args.out, limit=args.limit, shard=(k, n),
-                      overwrite=args.overwrite, baseline_kwargs={"iterations": args.baseline_iterations})
+                      overwrite=args.overwrite, device=resolve_device(args.device),
+                      baseline_kwargs={"iterations": args.baseline_iterations, "image_size": args.baseline_size,
+                                       "spacing_mm": args.baseline_spacing})
     print((Path(args.out) / "results.md").read_text())
     if args.calibrate:
         _write_calibration(result["rows"], args)

@@ -394,6 +394,19 @@ def load_model(path, ct: Volume, device="cpu") -> ModelBundle:
     )
 
 
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """``--device``: cuda when available unless named; ``cuda`` means this rank's GPU under torchrun."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device", f"is {name} but no CUDA device is available", "cpu")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name != "cpu":
+        raise InputError("--device", f"is {name!r}", "cpu or cuda")
+    return torch.device("cpu")
+
+
 def pose_length(ct: Volume) -> float:
     """The characteristic length (mm) of the pose metrics: the CT's bounding radius."""
     return float(ct.radius)

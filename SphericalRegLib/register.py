@@ -23,7 +23,7 @@ from .camera import Camera, project
 from .errors import InputError
 from .geometry import perturb_left, se3_inverse, transform_points
 from .intensity import sobel, standardise
-from .model import ModelBundle, load_model
+from .model import ModelBundle, load_model, resolve_device
 from .optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
 from .render import Renderer
 from .volume import Volume, hu_to_mu
@@ -154,7 +154,10 @@ def _prepare(image: Tensor, camera: Camera, size: int, photometric: str, line_in
 
 
 class Registrar:
-    """A model and its CT prepared once; :meth:`register` then handles any number of X-rays."""
+    """A model and its CT prepared once; :meth:`register` then handles any number of X-rays.
+
+    Work runs on the model's device (``load_model(..., device=)``); results come back on the CPU.
+    """
 
     def __init__(self, model: ModelBundle, ct: Volume, options: RegisterOptions | None = None,
                  calibration: dict | None = None):
@@ -162,11 +165,16 @@ class Registrar:
         self.ct = ct
         self.options = options or RegisterOptions()
         self.calibration = calibration
+        self.device = model.mu.device
         self.levels = {}
         for level in (self.options.search_level, *self.options.refine_levels):
             if level.spacing_mm not in self.levels:
                 coarse = ct.with_spacing(level.spacing_mm)
-                self.levels[level.spacing_mm] = Volume(hu_to_mu(coarse.data)[None].float(), coarse.ijk_to_ras)
+                mu = hu_to_mu(coarse.data.to(self.device))[None].float()
+                self.levels[level.spacing_mm] = Volume(mu, coarse.ijk_to_ras)
+
+    def _renderer(self, camera: Camera, volume: Volume, n_samples: int | None = None) -> Renderer:
+        return Renderer(camera, volume.ijk_to_ras, volume.shape[-3:], n_samples).to(self.device)
 
     def _check_cancel(self, cancel):
         if cancel is not None and cancel.is_set():
@@ -191,7 +199,8 @@ class Registrar:
         def prepare(n: int):
             """Line integrals at ``n x n`` and their camera, computed once per size."""
             if n not in prepared:
-                prepared[n] = _prepare(image, camera, n, photometric, line_integrals)
+                x, cam, valid = _prepare(image, camera, n, photometric, line_integrals)
+                prepared[n] = x.to(self.device), cam, valid
             return prepared[n]
 
         x_small, cam_small, _ = prepare(size)
@@ -201,14 +210,14 @@ class Registrar:
         with torch.no_grad():
             zx = model.similarity.embed_xray(x_small)
             t0 = time.perf_counter()
-            pose = model.regressor(x_small)[0].double() if init is None else torch.as_tensor(init, dtype=torch.float64)
-            stages["initial"] = {"pose": pose.clone(), "seconds": time.perf_counter() - t0, "iterations": 0,
+            pose = (model.regressor(x_small)[0].double() if init is None
+                    else torch.as_tensor(init, dtype=torch.float64, device=self.device))
+            stages["initial"] = {"pose": pose.cpu(), "seconds": time.perf_counter() - t0, "iterations": 0,
                                  "source": "regressor" if init is None else "given"}
         report("initial", 1.0)
         self._check_cancel(cancel)
 
-        feature_renderer = Renderer(cam_small, model.feature_volume.ijk_to_ras, model.feature_volume.shape,
-                                    model.config.n_samples)
+        feature_renderer = self._renderer(cam_small, model.feature_volume, model.config.n_samples)
         features = model.feature_volume.data.float()
 
         def residual_fn(T: Tensor) -> Tensor:
@@ -236,9 +245,10 @@ class Registrar:
                              lr_trans=opt.lr_trans, callback=callback_for("similarity", opt.gd_iterations), **bounds)
             self._check_cancel(cancel)
             similarity_value = float(res.cost[0])
-            stages["similarity"] = {"pose": res.pose[0].detach().clone(), "seconds": time.perf_counter() - t0,
+            stages["similarity"] = {"pose": res.pose[0].detach().cpu(), "seconds": time.perf_counter() - t0,
                                     "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
-                                    "poses": [h["pose"][0] for h in res.history], "converged": bool(res.converged[0])}
+                                    "poses": [h["pose"][0].cpu() for h in res.history],
+                                    "converged": bool(res.converged[0])}
             # An independent check before trusting the learnt stage: its pose must image the X-ray
             # better (coarse NCC) than where it started, or the intensity stage starts from there.
             kept = not bool(res.diverged[0])
@@ -256,7 +266,7 @@ class Registrar:
             t0 = time.perf_counter()
             x, cam, _ = prepare(opt.search_level.image_size)
             pose0 = self._search_translation(pose0, x.float()[None, None], cam)
-            stages["search"] = {"pose": pose0[0].clone(), "seconds": time.perf_counter() - t0, "iterations": 0}
+            stages["search"] = {"pose": pose0[0].cpu(), "seconds": time.perf_counter() - t0, "iterations": 0}
             report("search", 1.0)
 
         if opt.refine and not diverged:
@@ -265,7 +275,7 @@ class Registrar:
             for k, level in enumerate(opt.refine_levels):
                 x, cam, _ = prepare(level.image_size)
                 mu = self.levels[level.spacing_mm]
-                level_renderer = Renderer(cam, mu.ijk_to_ras, mu.shape)
+                level_renderer = self._renderer(cam, mu)
                 residual = ncc_residual(level.patch, level.form)
                 x = x.float()[None, None]
                 res = levenberg_marquardt(
@@ -280,30 +290,30 @@ class Registrar:
                 converged = bool(res.converged[0])
                 if diverged:
                     break
-            stages["intensity"] = {"pose": pose0[0].clone(), "seconds": time.perf_counter() - t0,
+            stages["intensity"] = {"pose": pose0[0].cpu(), "seconds": time.perf_counter() - t0,
                                    "iterations": iterations, "cost": [float(h["cost"][0]) for h in history],
-                                   "poses": [h["pose"][0] for h in history], "converged": converged}
+                                   "poses": [h["pose"][0].cpu() for h in history], "converged": converged}
 
         # the last level's images show the result and give the confidence its NCC, refined or not
         final_level = opt.refine_levels[-1]
         x_fine, cam_fine, _ = prepare(final_level.image_size)
         x_fine = x_fine.float()[None, None]
         fine = self.levels[final_level.spacing_mm]
-        fine_renderer = Renderer(cam_fine, fine.ijk_to_ras, fine.shape)
+        fine_renderer = self._renderer(cam_fine, fine)
         with torch.no_grad():
             drr = fine_renderer(fine.data, pose0)[0, 0]
             ncc_final = float((standardise(drr[None, None], (1, 2, 3)) *
                                standardise(x_fine, (1, 2, 3))).mean())
             if math.isnan(similarity_value):
                 similarity_value = float(0.5 * residual_fn(pose0).pow(2).sum())
-        final = pose0[0]
+        final = pose0[0].cpu()
         diverged = diverged or not torch.isfinite(final).all() or not self._plausible(final, cam_fine)
         confidence = self._confidence(ncc_final, similarity_value, diverged)
         seconds = time.perf_counter() - start
         iterations = sum(int(s.get("iterations", 0)) for s in stages.values())
         return RegistrationResult(camera_from_world=final, seconds=seconds, similarity=similarity_value,
-                                  iterations=iterations, confidence=confidence, diverged=diverged, drr=drr,
-                                  xray=x_fine[0, 0], camera=cam_fine,
+                                  iterations=iterations, confidence=confidence, diverged=diverged, drr=drr.cpu(),
+                                  xray=x_fine[0, 0].cpu(), camera=cam_fine,
                                   stages={**stages, "final": {"ncc": ncc_final}})
 
     @torch.no_grad()
@@ -314,7 +324,8 @@ class Registrar:
         shifts of many pixels; a brute-force look at a few hundred tiny DRRs can, in well under a second.
         """
         opt = self.options
-        axes = [torch.arange(-n, n + 1, dtype=pose.dtype) * opt.search_step_mm for n in opt.search_steps]
+        axes = [torch.arange(-n, n + 1, dtype=pose.dtype, device=pose.device) * opt.search_step_mm
+                for n in opt.search_steps]
         shifts = torch.cartesian_prod(*axes)
         xi = torch.cat([torch.zeros_like(shifts), shifts], dim=-1)
         costs = self._coarse_cost(perturb_left(xi, pose.expand(len(xi), 4, 4)), x, camera, chunk)
@@ -326,7 +337,7 @@ class Registrar:
         """Mean ``1 - NCC`` (patches and whole, intensities and edges) of tiny DRRs at ``poses`` (B, 4, 4)."""
         level = self.options.search_level
         mu = self.levels[level.spacing_mm]
-        renderer = Renderer(camera, mu.ijk_to_ras, mu.shape)
+        renderer = self._renderer(camera, mu)
         residual = ncc_residual(level.patch, "ncc")
         return torch.cat([0.5 * residual(x.expand(len(part), -1, -1, -1), renderer(mu.data, part)).pow(2).sum(-1)
                           for part in poses.split(chunk)])
@@ -419,14 +430,14 @@ def write_outputs(out: Path, result: RegistrationResult, overwrite: bool = False
 
 
 def register_case(folder, model_path, *, out=None, use_init: bool = False, options: RegisterOptions | None = None,
-                  overwrite: bool = False, progress=None, cancel=None) -> tuple[RegistrationResult, dict]:
+                  overwrite: bool = False, progress=None, cancel=None, device="cpu") -> tuple[RegistrationResult, dict]:
     """Register a case folder of the conventions and write its outputs (to ``out``, default the folder)."""
     from .io import read_case
 
     case = read_case(folder)
     if use_init and case.init is None:
         raise InputError(Path(folder) / "init.json", "not found", "an init.json when --init is given")
-    model = load_model(model_path, case.ct)
+    model = load_model(model_path, case.ct, device)
     registrar = Registrar(model, case.ct, options, load_calibration(model_path))
     result = registrar.register(case.xray, case.camera, case.init if use_init else None,
                                 photometric=case.meta.get("photometric", "MONOCHROME2"),
@@ -445,6 +456,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-refine", action="store_true", help="skip the final intensity (NCC) stage")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
 
 def main(args) -> int:
@@ -460,7 +472,7 @@ def main(args) -> int:
         print(f"PROGRESS {stage} {fraction:.3f}", flush=True)
 
     result, paths = register_case(args.case, args.model, out=args.out, use_init=args.init, options=options,
-                                  overwrite=args.overwrite, progress=progress)
+                                  overwrite=args.overwrite, progress=progress, device=resolve_device(args.device))
     conf = "n/a (uncalibrated model)" if result.confidence is None else f"{result.confidence:.2f}"
     print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
           + (" - DIVERGED, do not use this pose" if result.diverged else ""))

@@ -49,6 +49,7 @@ from .model import (
     default_camera,
     pose_length,
     read_checkpoint,
+    resolve_device,
     save_checkpoint,
     working_volume,
 )
@@ -369,7 +370,7 @@ class Trainer:
         self.history = state.get("history", {})
         rng = state.get("rng", {})
         if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
+            torch.set_rng_state(rng["torch"].cpu())  # map_location may have moved it
 
 
 # ----------------------------------------------------------------------------- plotting
@@ -474,25 +475,13 @@ def _config_from_args(args) -> TrainConfig:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _device(name: str | None, local_rank: int) -> torch.device:
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device", f"is {name} but no CUDA device is available", "cpu")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    if name != "cpu":
-        raise InputError("--device", f"is {name!r}", "cpu or cuda")
-    return torch.device("cpu")
-
-
 def main(args) -> int:
     from .io import read_ct
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device(args.device, local_rank)
+    device = resolve_device(args.device, local_rank)
     out = Path(args.out)
     if args.resume and args.overwrite:
         raise InputError("--resume/--overwrite", "both given", "one of them")
