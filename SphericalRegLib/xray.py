@@ -47,14 +47,19 @@ def _centre_and_ring(image: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor
     return centre.median(), ring.median()
 
 
-def looks_like_line_integrals(image: Tensor, mask: Tensor | None = None) -> bool:
-    """Whether ``image`` (rows, cols) is already bright through the body, i.e. not detector intensities.
+def looks_like_line_integrals(image: Tensor, mask: Tensor | None = None, margin: float = 0.1) -> bool:
+    """Whether ``image`` (rows, cols) is clearly bright through the body, i.e. not detector intensities.
 
     Anatomy is centred in the field and attenuates more than its border (air or thin tissue):
-    intensities are darker in the centre, line integrals brighter. A heuristic for warnings.
+    intensities are darker in the centre, line integrals brighter. Aerated lungs can make a
+    detector frame's centre as bright as its border, so only a centre brighter by ``margin`` of
+    the field's 1-99% range counts. A heuristic for warnings.
     """
-    centre, ring = _centre_and_ring(torch.as_tensor(image, dtype=torch.float64), mask)
-    return bool(centre > ring)
+    x = torch.as_tensor(image, dtype=torch.float64)
+    centre, ring = _centre_and_ring(x, mask)
+    values = x[mask] if mask is not None and int(mask.sum()) >= 16 else x.flatten()
+    lo, hi = torch.quantile(values[:1 << 24], torch.tensor([0.01, 0.99], dtype=x.dtype))
+    return bool(centre - ring > margin * (hi - lo))
 
 
 def to_line_integrals(image: Tensor, photometric: str = "MONOCHROME2", air: float | None = None,

@@ -619,17 +619,19 @@ class SphericalRegLogic(_LogicBase):
         return SphericalRegParameterNode(super().getParameterNode())
 
     def register(self, ct_node, xray_node, camera, model_path, output_transform_node=None,
-                 progress_callback=None, cancel_event=None, init=None, photometric="MONOCHROME2", **options):
+                 progress_callback=None, cancel_event=None, init=None, photometric="MONOCHROME2", device=None,
+                 **options):
         """Register in this process (blocks; the panel uses :meth:`start_registration` instead).
 
         Loads the model for this CT, runs ``SphericalRegLib.register.Registrar`` and returns
         ``(transform node, RegistrationResult)``. The node holds world_from_camera (see
         :func:`pose_to_transform_node`) and the confidence, similarity, seconds and iterations as
         attributes. ``progress_callback(stage, fraction)``; ``cancel_event`` has ``is_set()``;
-        ``init`` is a camera_from_world start pose; ``options`` are RegisterOptions fields.
+        ``init`` is a camera_from_world start pose; ``device`` "cpu" or "cuda" (default: a GPU if
+        torch sees one); ``options`` are RegisterOptions fields.
         """
         import torch
-        from SphericalRegLib.model import load_model
+        from SphericalRegLib.model import load_model, resolve_device
         from SphericalRegLib.register import Registrar, RegisterOptions, load_calibration
         from SphericalRegLib.volume import Volume
 
@@ -637,7 +639,8 @@ class SphericalRegLogic(_LogicBase):
         ct = Volume(ct.data.to(torch.float32), ct.ijk_to_ras)  # HU as the library reads them
         image = torch.from_numpy(xray_image_from_node(xray_node).astype(np.float32))
         start = None if init is None else torch.from_numpy(_rigid(init, "init"))
-        registrar = Registrar(load_model(model_path, ct), ct, RegisterOptions(**options), load_calibration(model_path))
+        model = load_model(model_path, ct, resolve_device(device))
+        registrar = Registrar(model, ct, RegisterOptions(**options), load_calibration(model_path))
         result = registrar.register(image, camera, start, photometric=photometric,
                                     progress=progress_callback, cancel=cancel_event)
         node = self.store_result(ct_node, result.camera_from_world, output_transform_node, {

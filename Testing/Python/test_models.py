@@ -329,3 +329,15 @@ def test_random_bone_scale():
     assert s.shape == (1000,) and s.min() >= 0.7 and s.max() < 1.5
     assert s.std() > 0.1
     torch.testing.assert_close(s, random_bone_scale(1000, torch.Generator().manual_seed(0)))
+
+
+def test_resolve_device_names_what_is_wrong():
+    from SphericalRegLib.model import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            resolve_device("cuda")
