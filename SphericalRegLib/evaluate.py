@@ -265,7 +265,7 @@ def _write_tables(out: Path, rows, summary, info) -> None:
             f"{_fmt(s['median_mPE'])} | {_fmt(s['median_depth_err'])} | {_fmt(s['median_inplane_err'])} | "
             f"{_fmt(s['median_seconds'])} | {s['failures']} |")
     lines += ["", "Errors in mm. " + f"Hardware: {info['hardware']}. Cases: {info['cases']} from {info['cases_dir']}."]
-    if info.get("baseline"):
+    if info.get("baseline") and "diffpose-ncc" in info.get("methods", ()):
         lines.append("Intensity baseline (diffpose-ncc): " + ", ".join(f"{k} {v}" for k, v in info["baseline"].items()) + ".")
     for m, why in info["skipped"].items():
         lines.append(f"Not run: {m}: {why}.")
