@@ -136,23 +136,30 @@ class Renderer(nn.Module):
         span = (t1 - t0).clamp_min(0.0)
         entry = source[:, None] + t0[..., None] * direction  # (B, n, 3)
         chord = span[..., None] * direction
-        points = torch.addcmul(entry[:, :, None], self.frac.to(chord)[:, None], chord[:, :, None])  # (B, n, S, 3)
-        if slopes is None:
-            values = _read(vol, batched, points)
-        else:
-            fixed = points.detach()
-            values = _read(vol, batched, fixed)
-            index = (fixed + 1) * (self.intervals.to(fixed) / 2)
-            for axis, slope_volume in enumerate(slopes):
-                cell = index[..., axis].floor()
-                inside = (index[..., axis] >= 0) & (index[..., axis] <= self.intervals[axis])
-                at_cell = fixed.clone()
-                at_cell[..., axis] = cell.clamp(0, float(self.intervals[axis])) * (2 / self.intervals[axis]) - 1
-                slope = _read(slope_volume, batched, at_cell) * inside[:, None]
-                shift = (points[..., axis] - fixed[..., axis]) * (self.intervals[axis] / 2)
-                values = values + slope * shift[:, None]
+        frac = self.frac.to(chord)
+        points = torch.addcmul(entry[:, :, None], frac[:, None], chord[:, :, None])  # (B, n, S, 3)
         step_mm = span * ray_mm / self.n_samples  # (B, n)
-        return values.sum(-1) * step_mm[:, None]
+        if slopes is None:
+            return _read(vol, batched, points).sum(-1) * step_mm[:, None]
+        # Linearised in the pose: values read at the detached points plus the interpolant's slope
+        # times the points' motion. A ray's points move only through entry + frac * chord, so the
+        # slopes are summed along the ray before they meet the pose's derivatives: per ray, not
+        # per sample, which is what makes forward-mode Jacobians cheap.
+        fixed = points.detach()
+        total = _read(vol, batched, fixed).sum(-1)  # (B, C, n)
+        index = (fixed + 1) * (self.intervals.to(fixed) / 2)
+        half = self.intervals.to(entry) / 2
+        moving_entry = (entry - entry.detach()) * half  # zero, carrying the derivatives (B, n, 3)
+        moving_chord = (chord - chord.detach()) * half
+        for axis, slope_volume in enumerate(slopes):
+            cell = index[..., axis].floor()
+            inside = (index[..., axis] >= 0) & (index[..., axis] <= self.intervals[axis])
+            at_cell = fixed.clone()
+            at_cell[..., axis] = cell.clamp(0, float(self.intervals[axis])) * (2 / self.intervals[axis]) - 1
+            slope = _read(slope_volume, batched, at_cell) * inside[:, None]  # (B, C, n, S)
+            total = (total + slope.sum(-1) * moving_entry[:, None, :, axis]
+                     + (slope * frac).sum(-1) * moving_chord[:, None, :, axis])
+        return total * step_mm[:, None]
 
 
 def _read(vol: Tensor, batched: bool, points: Tensor) -> Tensor:
