@@ -55,8 +55,10 @@ class RegisterOptions:
     optimizer: str = "lm"  # lm | gd | adam | none
     iterations: int = 20
     gd_iterations: int = 100
-    lr_rot: float = 1e-2
-    lr_trans: float = 5.0
+    # gradient-descent rates for the learnt cost (rad and mm per unit gradient), the best of a
+    # sweep on held-out cases (docs/results.md); 1e-2 / 5.0 left the trust region at once
+    lr_rot: float = 3e-6
+    lr_trans: float = 1.5
     refine: bool = True
     refine_levels: tuple = (
         IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
