@@ -226,7 +226,7 @@ class Registrar:
             return model.similarity.residual(zx, model.similarity.embed_drr(feature_renderer(features, T)))
 
         bounds = dict(max_rotation=math.radians(opt.max_rotation_deg), max_translation=opt.max_translation_mm)
-        pose0 = pose[None]
+        pose0 = starts = pose[None]
         diverged = False
         similarity_value = math.nan
 
@@ -251,23 +251,28 @@ class Registrar:
                                     "iterations": int(res.iterations[0]), "cost": [float(h["cost"][0]) for h in res.history],
                                     "poses": [h["pose"][0].cpu() for h in res.history],
                                     "converged": bool(res.converged[0])}
-            # An independent check before trusting the learnt stage: its pose must image the X-ray
-            # better (coarse NCC) than where it started, or the intensity stage starts from there.
+            # An independent check before trusting the learnt stage: the translation search looks
+            # around both its start and its result and keeps the pose that images the X-ray best
+            # (coarse NCC); without a search, the result must beat the start on that score.
             kept = not bool(res.diverged[0])
-            if kept and opt.refine:
+            if kept and opt.refine and opt.search_step_mm > 0:
+                starts = torch.cat([pose0, res.pose.detach()])
+            elif kept and opt.refine:
                 x, cam, _ = prepare(opt.search_level.image_size)
                 before, after = self._coarse_cost(torch.cat([pose0, res.pose.detach()]), x.float()[None, None], cam)
                 kept = bool(after < before)
             stages["similarity"]["kept"] = kept
-            if kept:
-                pose0 = res.pose.detach()
-            else:
+            if kept and len(starts) == 1:
+                pose0 = starts = res.pose.detach()
+            elif not kept:
                 diverged = not opt.refine
 
         if opt.refine and not diverged and opt.search_step_mm > 0:
             t0 = time.perf_counter()
             x, cam, _ = prepare(opt.search_level.image_size)
-            pose0 = self._search_translation(pose0, x.float()[None, None], cam)
+            pose0, origin = self._search_translation(starts, x.float()[None, None], cam)
+            if len(starts) > 1:
+                stages["similarity"]["kept"] = origin == 1
             stages["search"] = {"pose": pose0[0].cpu(), "seconds": time.perf_counter() - t0, "iterations": 0}
             report("search", 1.0)
 
@@ -319,20 +324,21 @@ class Registrar:
                                   stages={**stages, "final": {"ncc": ncc_final}})
 
     @torch.no_grad()
-    def _search_translation(self, pose: Tensor, x: Tensor, camera: Camera, chunk: int = 64) -> Tensor:
-        """The best of a grid of camera-frame translations of ``pose`` (1, 4, 4) by coarse NCC.
+    def _search_translation(self, poses: Tensor, x: Tensor, camera: Camera, chunk: int = 64) -> tuple[Tensor, int]:
+        """The best of a grid of camera-frame translations about each of ``poses`` (P, 4, 4) by
+        coarse NCC: ``-> (1, 4, 4)`` and the index of the pose it moved.
 
         A regressor's largest errors are translations, and a Gauss-Newton stage cannot recover
         shifts of many pixels; a brute-force look at a few hundred tiny DRRs can, in well under a second.
         """
         opt = self.options
-        axes = [torch.arange(-n, n + 1, dtype=pose.dtype, device=pose.device) * opt.search_step_mm
+        axes = [torch.arange(-n, n + 1, dtype=poses.dtype, device=poses.device) * opt.search_step_mm
                 for n in opt.search_steps]
         shifts = torch.cartesian_prod(*axes)
         xi = torch.cat([torch.zeros_like(shifts), shifts], dim=-1)
-        costs = self._coarse_cost(perturb_left(xi, pose.expand(len(xi), 4, 4)), x, camera, chunk)
-        best = int(costs.argmin())
-        return perturb_left(xi[best:best + 1], pose)
+        candidates = torch.cat([perturb_left(xi, p.expand(len(xi), 4, 4)) for p in poses])
+        best = int(self._coarse_cost(candidates, x, camera, chunk).argmin())
+        return candidates[best:best + 1], best // len(xi)
 
     @torch.no_grad()
     def _coarse_cost(self, poses: Tensor, x: Tensor, camera: Camera, chunk: int = 64) -> Tensor:
