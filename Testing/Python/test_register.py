@@ -113,6 +113,27 @@ def test_intensity_stage_registers_a_simulated_xray(ct, model_file, cases):
     assert not result.diverged and result.stages["intensity"]["iterations"] > 0
 
 
+def test_translation_search_keeps_the_start_that_images_the_xray_best(model_file, cases):
+    """Of two starting poses, one far off and one a grid step from the truth, the search moves the
+    second onto the truth's grid point and says so, whichever order they come in."""
+    from SphericalRegLib.io import read_case
+    from SphericalRegLib.register import _prepare
+
+    case = read_case(cases / "case_000")
+    truth, landmarks = read_truth(cases / "case_000")
+    level = IntensityLevel(spacing_mm=6.0, image_size=32, patch=8, form="ncc", iterations=0)
+    options = RegisterOptions(refine_levels=TINY_LEVELS, search_level=level, search_step_mm=15.0, search_steps=(1, 1, 1))
+    registrar = Registrar(load_model(model_file, case.ct), case.ct, options)
+    x, cam, _ = _prepare(case.xray, case.camera, 32, "MONOCHROME2", False)
+    step = torch.tensor([[0, 0, 0, 15.0, 0, 0]], dtype=f64)
+    near = perturb_left(step, truth[None])
+    far = perturb_left(torch.tensor([[0.3, 0, 0, 0, 60.0, 0]], dtype=f64), truth[None])
+    for starts, expected in ((torch.cat([far, near]), 1), (torch.cat([near, far]), 0)):
+        pose, origin = registrar._search_translation(starts, x.float()[None, None], cam)
+        assert origin == expected
+        assert float(mtre(pose[0], truth, landmarks)) < 1e-6
+
+
 def test_register_command_writes_every_output_and_refuses_to_overwrite(model_file, cases, tmp_path):
     out = tmp_path / "out"
     argv = ["register", str(cases / "case_001"), "--model", str(model_file), "--out", str(out)]
