@@ -177,8 +177,8 @@ def evaluate(cases_dir, models: dict, methods, out, *, limit=None, shard=(0, 1),
                 + (f", confidence {conf:.2f}" if conf is not None else ""))
     names = [m for m in methods if m in runnable or m in DERIVED]
     info = {"cases_dir": str(cases_dir), "cases": len(cases), "models": {k: str(v) for k, v in models.items()},
-            "hardware": _hardware(), "device": str(device), "baseline": baseline_kwargs or {}, "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
-            "methods": names}
+            "hardware": _hardware(), "device": str(device), "baseline": baseline_kwargs or {}, "skipped": skipped,
+            "wall_seconds": time.perf_counter() - t_start, "methods": names}
     return _report(out, rows, curves, info)
 
 
@@ -230,6 +230,7 @@ def merge(inputs, out, overwrite=False) -> dict:
             "cases": len({r["case"] for r in rows}), "models": {k: v for i in infos for k, v in i["models"].items()},
             "hardware": infos[0]["hardware"], "skipped": {k: v for i in infos for k, v in i["skipped"].items()},
             "wall_seconds": sum(i["wall_seconds"] for i in infos), "methods": methods,
+            "baseline": next((i["baseline"] for i in infos if "diffpose-ncc" in i["methods"] and i.get("baseline")), {}),
             "merged_from": [str(p) for p in inputs]}
     for r in rows:
         del r["_from"]
@@ -365,6 +366,8 @@ def main(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.calibrate:
+        _calibration_target(args)  # refuse before the run, not after it
     if args.merge:
         result = merge(args.merge, args.out, overwrite=args.overwrite)
         print((Path(args.out) / "results.md").read_text())
@@ -400,7 +403,7 @@ def main(args) -> int:
     return 0
 
 
-def _write_calibration(rows, args) -> None:
+def _calibration_target(args) -> Path:
     from .register import calibration_path
 
     if not args.model:
@@ -408,7 +411,14 @@ def _write_calibration(rows, args) -> None:
     target = calibration_path(args.model)
     if target.exists() and not args.overwrite:
         raise InputError(target, "already exists", "--overwrite to replace the calibration")
+    return target
+
+
+def _write_calibration(rows, args) -> None:
+    from .io import write_json
+
+    target = _calibration_target(args)
     cal = fit_confidence(rows)
     cal["cases_dir"] = str(args.cases or " + ".join(args.merge))
-    target.write_text(json.dumps(cal, indent=2))
+    write_json(target, cal, overwrite=True)
     print(f"confidence calibration ({cal['cases']} runs, {cal['positives']} sub-mm) written to {target}")

@@ -253,19 +253,21 @@ class Registrar:
                                     "converged": bool(res.converged[0])}
             # An independent check before trusting the learnt stage: the translation search looks
             # around both its start and its result and keeps the pose that images the X-ray best
-            # (coarse NCC); without a search, the result must beat the start on that score.
-            kept = not bool(res.diverged[0])
-            if kept and opt.refine and opt.search_step_mm > 0:
-                starts = torch.cat([pose0, res.pose.detach()])
-            elif kept and opt.refine:
-                x, cam, _ = prepare(opt.search_level.image_size)
-                before, after = self._coarse_cost(torch.cat([pose0, res.pose.detach()]), x.float()[None, None], cam)
-                kept = bool(after < before)
-            stages["similarity"]["kept"] = kept
-            if kept and len(starts) == 1:
-                pose0 = starts = res.pose.detach()
-            elif not kept:
-                diverged = not opt.refine
+            # (coarse NCC, and it records "kept"); without a search, the result must beat the start.
+            learnt = res.pose.detach()
+            if not bool(res.diverged[0]) and opt.refine and opt.search_step_mm > 0:
+                starts = torch.cat([pose0, learnt])
+            else:
+                kept = not bool(res.diverged[0])
+                if kept and opt.refine:
+                    x, cam, _ = prepare(opt.search_level.image_size)
+                    before, after = self._coarse_cost(torch.cat([pose0, learnt]), x.float()[None, None], cam)
+                    kept = bool(after < before)
+                stages["similarity"]["kept"] = kept
+                if kept:
+                    pose0 = starts = learnt
+                else:
+                    diverged = not opt.refine
 
         if opt.refine and not diverged and opt.search_step_mm > 0:
             t0 = time.perf_counter()

@@ -147,8 +147,8 @@ class Renderer(nn.Module):
         # per sample, which is what makes forward-mode Jacobians cheap.
         fixed = points.detach()
         total = _read(vol, batched, fixed).sum(-1)  # (B, C, n)
-        index = (fixed + 1) * (self.intervals.to(fixed) / 2)
-        half = self.intervals.to(entry) / 2
+        half = self.intervals.to(entry) / 2  # grid units -> continuous voxel index
+        index = (fixed + 1) * half
         moving_entry = (entry - entry.detach()) * half  # zero, carrying the derivatives (B, n, 3)
         moving_chord = (chord - chord.detach()) * half
         for axis, slope_volume in enumerate(slopes):
