@@ -361,7 +361,7 @@ class SphericalRegTest(ScriptedLoadableModuleTest):
 
     def test_register_simulated_case(self):
         import torch
-        from SphericalRegLib.demo import SHIPPED_MODEL, example_ct_path
+        from SphericalRegLib.example import SHIPPED_MODEL, example_ct_path
         from SphericalRegLib.io import read_truth
         from SphericalRegLib.metrics import mtre
         from SphericalRegLib.simulate import write_cases

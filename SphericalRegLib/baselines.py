@@ -13,6 +13,7 @@ from .camera import Camera
 from .diffdrr_bridge import siddon_line_integrals, make_diffdrr
 from .intensity import multiscale_ncc
 from .optimize import adam
+from .register import StageRecord, XrayPyramid
 from .volume import Volume, hu_to_mu
 
 __all__ = ["DiffPoseNCC"]
@@ -41,16 +42,14 @@ class DiffPoseNCC:
         self._drr = {}
         return self
 
-    def register(self, image: Tensor, camera: Camera, init: Tensor, photometric: str = "MONOCHROME2") -> dict:
-        """``image`` (rows, cols) detector intensities on ``camera``; returns pose, seconds, iterations, history."""
-        from .register import _prepare
-
+    def register(self, image: Tensor, camera: Camera, init: Tensor, photometric: str = "MONOCHROME2") -> StageRecord:
+        """``image`` (rows, cols) detector intensities on ``camera``, from ``init`` (4, 4): the
+        same record as each of our stages."""
         start = time.perf_counter()
-        x, cam, _ = _prepare(image, camera, self.image_size, photometric, line_integrals=False)
+        target, cam, _ = XrayPyramid(image, camera, photometric, device=self.device).level(self.image_size)
         if cam not in self._drr:
             self._drr[cam] = make_diffdrr(self._mu, cam).to(self.device)
         drr = self._drr[cam]
-        target = x[None, None].float().to(self.device)
 
         def cost(T):
             img = siddon_line_integrals(self._mu, T, cam, drr=drr)[:, None]
@@ -59,8 +58,4 @@ class DiffPoseNCC:
         pose = torch.as_tensor(init, dtype=torch.float64, device=self.device)[None]
         res = adam(cost, pose, iters=self.iterations, lr_rot=self.lr_rot, lr_trans=self.lr_trans,
                    lr_decay=self.decay)
-        history = res.history
-        pose = res.pose.detach().cpu()
-        done = int(res.iterations[0])
-        return {"pose": pose[0], "seconds": time.perf_counter() - start, "iterations": done,
-                "cost": [float(h["cost"][0]) for h in history], "poses": [h["pose"][0].cpu() for h in history]}
+        return StageRecord.from_optimizer(res, time.perf_counter() - start)

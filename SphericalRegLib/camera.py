@@ -6,7 +6,6 @@ Camera frame: origin at the source, +z towards the detector, +x along image colu
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -125,17 +124,15 @@ class Camera:
         return cam.validate(source)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+        from .io.files import write_json
+
+        write_json(path, self.to_json(), overwrite=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "Camera":
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(path, "file not found", "a geometry.json beside the X-ray") from None
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"is not valid JSON ({e})") from None
-        return cls.from_json(d, path)
+        from .io.files import read_json
+
+        return cls.from_json(read_json(path, "a geometry.json beside the X-ray"), path)
 
 
 def project(points_world: Tensor, camera_from_world: Tensor, camera: Camera) -> Tensor:
@@ -146,13 +143,17 @@ def project(points_world: Tensor, camera_from_world: Tensor, camera: Camera) -> 
     return uvw[..., :2] / uvw[..., 2:3]
 
 
+ISOCENTRE_FRACTION = 0.8
+"""Source-to-isocentre distance as a share of sdd in the conventions' canonical view."""
+
+
 def canonical_ap_pose(isocentre: Tensor, sdd: float) -> Tensor:
     """The conventions' canonical AP view of a world point ``(3,) -> (4, 4)`` float64.
 
-    Source anterior of the isocentre at 0.8 sdd; camera +x to the patient's left (-R),
+    Source anterior of the isocentre at ``ISOCENTRE_FRACTION * sdd``; camera +x to the patient's left (-R),
     +y inferior (-S), +z posterior (-A).
     """
     iso = torch.as_tensor(isocentre, dtype=torch.float64)
     R = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
-    source = iso + torch.tensor([0.0, 0.8 * sdd, 0.0], dtype=torch.float64)
+    source = iso + torch.tensor([0.0, ISOCENTRE_FRACTION * sdd, 0.0], dtype=torch.float64)
     return make_pose(R, -(R @ source))

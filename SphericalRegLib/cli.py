@@ -1,7 +1,7 @@
 """sphericalreg: 2D/3D X-ray to CT registration by spherical similarity learning.
 
-Each subcommand lives in the module that does the work and exposes ``add_arguments(parser)``
-and ``main(args) -> int``.
+Each subcommand is a module of :mod:`SphericalRegLib.commands` exposing ``add_arguments(parser)``
+and ``main(args) -> int``; the library itself never sees argparse.
 """
 
 from __future__ import annotations
@@ -15,16 +15,9 @@ import sys
 # on; must be set before torch is first imported. An explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .commands import COMMANDS
 from .errors import InputError
 
-COMMANDS = {
-    "demo": ("SphericalRegLib.demo", "simulate a case of the example CT, register it, print mTRE"),
-    "simulate": ("SphericalRegLib.simulate", "write simulated X-ray cases of a CT with ground truth"),
-    "train": ("SphericalRegLib.train", "train a patient-specific model (regressor + similarity) from a CT"),
-    "register": ("SphericalRegLib.register", "register the X-ray of a case folder to its CT"),
-    "evaluate": ("SphericalRegLib.evaluate", "run several methods on simulated cases and tabulate"),
-    "export": ("SphericalRegLib.model", "write a deployable model (weights only, float16) from a checkpoint"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,10 +5,27 @@ cost), fitted on held-out simulated cases whose truth is known."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
-__all__ = ["features", "fit", "predict"]
+__all__ = ["features", "fit", "predict", "calibration_path", "load_calibration"]
+
+
+def calibration_path(model_path) -> Path:
+    """Where the confidence calibration of a model lives: beside it, so calibrating never rewrites the model."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".calibration.json")
+
+
+def load_calibration(model_path) -> dict | None:
+    """The calibration beside ``model_path``, or None when the model has none."""
+    from .io import read_json
+
+    path = calibration_path(model_path)
+    if not path.exists():
+        return None
+    return read_json(path, "a calibration written by 'sphericalreg evaluate --calibrate'")
 
 
 def features(ncc_final: float, cost: float) -> list[float]:

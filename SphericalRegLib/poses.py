@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .camera import canonical_ap_pose
+from .camera import ISOCENTRE_FRACTION, canonical_ap_pose
 from .geometry import make_pose, so3_exp
 
 __all__ = ["camera_frame_offset", "sample_offsets", "evaluation_poses", "EVAL_ROT_DEG", "EVAL_TRANS_MM",
@@ -53,7 +53,7 @@ def sample_offsets(n: int, rot_deg, trans_mm, isocentre_depth: float, generator:
 def evaluation_poses(isocentre: Tensor, sdd: float, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """Ground-truth and starting poses ``(n, 4, 4)`` float64 of the conventions' evaluation protocol."""
     g = torch.Generator().manual_seed(int(seed))
-    d = 0.8 * sdd
+    d = ISOCENTRE_FRACTION * sdd
     canonical = canonical_ap_pose(isocentre, sdd)
     truth = sample_offsets(n, EVAL_ROT_DEG, EVAL_TRANS_MM, d, g) @ canonical
     start = sample_offsets(n, INIT_ROT_DEG, INIT_TRANS_MM, d, g) @ truth

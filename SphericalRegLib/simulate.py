@@ -1,4 +1,4 @@
-"""Simulated X-ray cases of a CT with ground truth (``sphericalreg simulate``).
+"""Simulated X-ray cases of a CT with ground truth.
 
 The frames are detector intensities from more physics than the DRRs methods register with:
 exact Siddon line integrals of attenuation at full CT resolution (DiffDRR), Beer-Lambert,
@@ -8,7 +8,6 @@ scatter (a broad blur of the primary), Poisson photon noise, detector gain and o
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -19,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .camera import Camera
+from .camera import ISOCENTRE_FRACTION, Camera
 from .errors import InputError
-from .io import _read_dicom_series, read_ct, truth_path, write_json
+from .io import read_ct, read_dicom_series, truth_path, write_json
 from .poses import evaluation_poses
 from .volume import Volume, hu_to_mu
 
-__all__ = ["simulate_case", "default_camera", "sample_landmarks", "write_cases", "add_arguments", "main",
+__all__ = ["simulate_case", "default_camera", "sample_landmarks", "write_cases",
            "PHOTONS", "SCATTER_FRACTION", "SCATTER_SIGMA_MM"]
 
 PHOTONS = 10_000.0
@@ -84,16 +83,16 @@ def default_camera(ct: Volume, sdd: float, size: int = 256, pixel_spacing: float
     """A square detector on which the CT's central region fills most of the field at the canonical view.
 
     The canonical AP view looks along A-P, so the field spans R-L and S-I. Its side at the
-    isocentre (0.8 sdd from the source) is 85% of the CT's smaller R/S extent; the detector is
-    that magnified by sdd / (0.8 sdd).
+    isocentre (``ISOCENTRE_FRACTION * sdd`` from the source) is 85% of the CT's smaller R/S extent; the detector is
+    that magnified by ``1 / ISOCENTRE_FRACTION``.
     """
     corners = ct.corners()
     extent = corners.max(0).values - corners.min(0).values + ct.spacing.max()
     if pixel_spacing is None:
         field_at_isocentre = 0.85 * float(min(extent[0], extent[2]))
-        pixel_spacing = field_at_isocentre / 0.8 / size
+        pixel_spacing = field_at_isocentre / ISOCENTRE_FRACTION / size
     return Camera(sdd, (pixel_spacing, pixel_spacing), ((size - 1) / 2, (size - 1) / 2), (size, size)).validate(
-        "--sdd/--size/--pixel-spacing")
+        "camera (sdd, size, pixel_spacing)")
 
 
 def sample_landmarks(ct: Volume, n: int, generator: torch.Generator, bone_hu: float = 300.0) -> Tensor:
@@ -107,7 +106,7 @@ def sample_landmarks(ct: Volume, n: int, generator: torch.Generator, bone_hu: fl
         if index.numel() >= n:
             break
     else:
-        raise InputError("--ct", "has too few voxels above -200 HU for landmarks", "a CT containing anatomy")
+        raise InputError("ct", "has too few voxels above -200 HU for landmarks", "a CT containing anatomy")
     pick = index[torch.randperm(index.numel(), generator=generator)[:n]]
     I, J, K = data.shape
     ijk = torch.stack([pick // (J * K), (pick // K) % J, pick % K], dim=-1).to(torch.float64)
@@ -128,7 +127,7 @@ def _copy_ct(source: Path, folder: Path, overwrite: bool) -> Path:
     target = folder / "ct.nii.gz"
     if target.exists() and not overwrite:
         raise InputError(target, "already exists", "an empty output folder or --overwrite")
-    image = _read_dicom_series(source) if source.is_dir() else sitk.ReadImage(str(source))
+    image = read_dicom_series(source) if source.is_dir() else sitk.ReadImage(str(source))
     sitk.WriteImage(image, str(target), True)
     return target
 
@@ -146,13 +145,13 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
     """Write ``n`` case folders ``out/case_000 ...`` and their ``case_XXX.truth.json``; return the folders."""
     ct_path, out = Path(ct_path), Path(out)
     if n < 1:
-        raise InputError("--n", f"is {n}", "at least one case")
+        raise InputError("n", f"is {n}", "at least one case")
     if out.exists() and not out.is_dir():
         raise InputError(out, "is a file", "an output folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(out, "is not empty", "an empty or new output folder, or --overwrite to write into it")
     if xray_format not in ("png", "npy"):
-        raise InputError("--format", f"is {xray_format!r}", "png or npy")
+        raise InputError("xray_format", f"is {xray_format!r}", "png or npy")
     ct = read_ct(ct_path)
     camera = default_camera(ct, sdd, size, pixel_spacing)
     truth, start = evaluation_poses(ct.centre, camera.sdd, n, seed)
@@ -188,26 +187,3 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
     if stale:
         log(f"note: {out} still holds {len(stale)} older case folders ({stale[0]} ...) not written by this run")
     return folders
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--ct", required=True, help="CT file (.nii.gz, .nrrd, .mha) or DICOM folder, in HU")
-    parser.add_argument("--n", type=int, required=True, help="number of cases")
-    parser.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
-    parser.add_argument("--seed", type=int, required=True, help="seed of poses, landmarks and noise")
-    parser.add_argument("--size", type=int, default=256, help="detector rows = cols (default 256)")
-    parser.add_argument("--sdd", type=float, default=1020.0, help="source-to-detector distance in mm (default 1020)")
-    parser.add_argument("--pixel-spacing", type=float, default=None,
-                        help="detector pixel spacing in mm (default: the CT's central region fills the field)")
-    parser.add_argument("--photons", type=float, default=PHOTONS, help=f"photons per pixel in air (default {PHOTONS:g})")
-    parser.add_argument("--landmarks", type=int, default=16, help="landmarks per case, in bone (default 16)")
-    parser.add_argument("--format", choices=("png", "npy"), default="png", help="X-ray file: 16-bit png or npy")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-
-
-def main(args) -> int:
-    if not (math.isfinite(args.photons) and args.photons > 0):
-        raise InputError("--photons", f"is {args.photons}", "a positive number of photons per pixel")
-    write_cases(args.ct, args.out, args.n, args.seed, args.size, args.sdd, args.pixel_spacing, args.landmarks,
-                args.photons, args.format, args.overwrite)
-    return 0

@@ -18,7 +18,7 @@ import torch
 from torch.func import jacfwd
 
 from SphericalRegLib.camera import Camera
-from SphericalRegLib.demo import example_ct_path
+from SphericalRegLib.example import example_ct_path
 from SphericalRegLib.geometry import perturb_left
 from SphericalRegLib.io import read_ct
 from SphericalRegLib.poses import evaluation_poses

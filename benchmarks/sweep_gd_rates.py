@@ -21,8 +21,8 @@ from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.metrics import mtre
 from SphericalRegLib.model import load_model
 from SphericalRegLib.optimize import gradient_descent, least_squares_cost, levenberg_marquardt
-from SphericalRegLib.register import _prepare
-from SphericalRegLib.render import Renderer
+from SphericalRegLib.register import Registrar
+from SphericalRegLib.register.stages import initial_pose, learnt_residual
 
 
 def main() -> None:
@@ -42,16 +42,8 @@ def main() -> None:
         case = read_case(folder)
         truth, landmarks = read_truth(folder)
         model = model or load_model(args.model, case.ct)
-        x, camera, _ = _prepare(case.xray, case.camera, model.config.image_size, "MONOCHROME2", False)
-        x = x.float()[None, None]
-        with torch.no_grad():
-            zx, start = model.similarity.embed_xray(x), model.regressor(x).double()
-        renderer = Renderer(camera, model.feature_volume.ijk_to_ras, model.feature_volume.shape, model.config.n_samples)
-        features = model.feature_volume.data.float()
-
-        def residual(T):
-            return model.similarity.residual(zx, model.similarity.embed_drr(renderer(features, T)))
-
+        ctx = Registrar(model, case.ct).context(case.xray, case.camera)
+        start, residual = initial_pose(ctx).pose[None], learnt_residual(ctx)
         runs = {"LM, 20 iterations": levenberg_marquardt(residual, start, max_iters=20, **bounds)}
         for lr_rot, lr_trans in rates:
             runs[f"GD {lr_rot:g} rad / {lr_trans:g} mm, 100 iterations"] = gradient_descent(
@@ -61,7 +53,7 @@ def main() -> None:
             results.setdefault(name, []).append((cost[-1] / cost[0], float(mtre(res.pose[0].detach(), truth, landmarks)),
                                                  bool(res.diverged[0])))
         print(f"{folder.name} done", flush=True)
-    print(f"\n| method | median cost / start | median mTRE (mm) | diverged |\n|---|---:|---:|---:|")
+    print("\n| method | median cost / start | median mTRE (mm) | diverged |\n|---|---:|---:|---:|")
     for name, rows in results.items():
         print(f"| {name} | {statistics.median(r[0] for r in rows):.3f} | "
               f"{statistics.median(r[1] for r in rows):.1f} | {sum(r[2] for r in rows)} |")

@@ -631,8 +631,10 @@ class SphericalRegLogic(_LogicBase):
         torch sees one); ``options`` are RegisterOptions fields.
         """
         import torch
-        from SphericalRegLib.model import load_model, resolve_device
-        from SphericalRegLib.register import Registrar, RegisterOptions, load_calibration
+        from SphericalRegLib.devices import resolve_device
+        from SphericalRegLib.model import load_model
+        from SphericalRegLib.confidence import load_calibration
+        from SphericalRegLib.register import Registrar, RegisterOptions
         from SphericalRegLib.volume import Volume
 
         ct = volume_from_node(ct_node)

@@ -13,10 +13,13 @@ torch.manual_seed(0)
 f64 = torch.float64
 
 
-def random_twists(n, rot=0.8, trans=50.0):
-    xi = torch.randn(n, 6, dtype=f64)
+def random_twists(n, rot=0.8, trans=50.0, seed=0):
+    """Seeded twists whose rotation angles stay below 3 rad, inside log's principal range."""
+    xi = torch.randn(n, 6, dtype=f64, generator=torch.Generator().manual_seed(seed))
     xi[:, :3] *= rot
     xi[:, 3:] *= trans
+    angle = xi[:, :3].norm(dim=-1, keepdim=True)
+    xi[:, :3] *= (3.0 / angle).clamp(max=1.0)
     return xi
 
 

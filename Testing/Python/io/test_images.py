@@ -1,4 +1,4 @@
-"""Reading CTs, X-rays, cases and transforms from real files; every bad file is a clear InputError."""
+"""Reading CTs and X-rays from real files (SphericalRegLib.io.images, nifti, dicom); every bad file is a clear InputError."""
 
 import gzip
 import json
@@ -8,34 +8,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from fixtures import expected_ijk_to_ras, oblique_ct
 
 from SphericalRegLib.camera import Camera
 from SphericalRegLib.errors import InputError
-from SphericalRegLib.geometry import make_pose, so3_exp
 from SphericalRegLib.io import (
-    read_case, read_ct, read_itk_transform, read_truth, read_xray, write_itk_transform, write_json,
-    write_result,
+    read_ct,
+    read_xray,
 )
 
 CAMERA = Camera(1000.0, (0.5, 0.4), (14.5, 9.5), (20, 30))
-
-
-def oblique_ct():
-    """A small CT with a non-axial direction, an origin and anisotropic spacing (LPS, as ITK holds it)."""
-    arr = (np.arange(5 * 6 * 7).reshape(7, 6, 5) * 3 - 1000).astype(np.int16)  # [k, j, i]
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing((0.7, 0.8, 2.5))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    R = so3_exp(torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)).numpy()
-    image.SetDirection(R.ravel().tolist())
-    return image, arr
-
-
-def expected_ijk_to_ras(image):
-    D = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
-    A = np.eye(4)
-    A[:3, :3], A[:3, 3] = D, image.GetOrigin()
-    return np.diag([-1.0, -1, 1, 1]) @ A
 
 
 @pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nrrd", "ct.mha"])
@@ -200,109 +182,3 @@ def test_read_xray_errors(tmp_path):
     assert "cutpix.dcm" in fails(tmp_path / "cutpix.dcm", "truncated")
     dicom_xray(tmp_path / "nosdd.dcm", good, {"0018|1164": "0.4\\0.5"})
     assert "nosdd.dcm" in fails(tmp_path / "nosdd.dcm", "DistanceSourceToDetector")
-
-
-def write_case(folder, with_init=True):
-    folder.mkdir()
-    image, _ = oblique_ct()
-    sitk.WriteImage(image, str(folder / "ct.nii.gz"))
-    pixels = (np.random.default_rng(3).random((20, 30)) * 60000).astype(np.uint16)
-    sitk.WriteImage(sitk.GetImageFromArray(pixels), str(folder / "xray.png"))
-    CAMERA.save(folder / "geometry.json")
-    T = make_pose(so3_exp(torch.tensor([0.2, 0.1, -0.3], dtype=torch.float64)), torch.tensor([1.0, 2, 900]))
-    if with_init:
-        write_json(folder / "init.json", {"camera_from_world": T})
-    return T
-
-
-def test_read_case_and_truth(tmp_path):
-    T = write_case(tmp_path / "case_000")
-    landmarks = torch.randn(12, 3, dtype=torch.float64) * 50
-    write_json(tmp_path / "case_000.truth.json", {"camera_from_world": T, "landmarks_world": landmarks})
-    case = read_case(tmp_path / "case_000")
-    assert case.ct.shape == (5, 6, 7) and case.xray.shape == (20, 30) and case.camera == CAMERA
-    assert torch.allclose(case.init, T) and case.paths["ct"].name == "ct.nii.gz"
-    T2, X = read_truth(tmp_path / "case_000")
-    assert torch.allclose(T2, T) and torch.allclose(X, landmarks)
-    write_case(tmp_path / "case_001", with_init=False)
-    assert read_case(tmp_path / "case_001").init is None
-
-
-def test_read_case_errors(tmp_path):
-    T = write_case(tmp_path / "c")
-    np.save(tmp_path / "c" / "xray.npy", np.eye(20, 30))
-    with pytest.raises(InputError, match="several X-rays"):
-        read_case(tmp_path / "c")
-    (tmp_path / "c" / "xray.npy").unlink()
-    (tmp_path / "c" / "ct.nii.gz").rename(tmp_path / "c" / "volume.nii.gz")
-    with pytest.raises(InputError, match="has no CT"):
-        read_case(tmp_path / "c")
-    (tmp_path / "c" / "volume.nii.gz").rename(tmp_path / "c" / "ct.nii.gz")
-    bad = T.clone()
-    bad[:3, :3] *= 2
-    write_json(tmp_path / "c" / "init.json", {"camera_from_world": bad}, overwrite=True)
-    with pytest.raises(InputError, match="init.json: camera_from_world is not a rigid"):
-        read_case(tmp_path / "c")
-    with pytest.raises(InputError, match="c.truth.json: file not found"):
-        read_truth(tmp_path / "c")
-    write_json(tmp_path / "c.truth.json", {"camera_from_world": T})
-    with pytest.raises(InputError, match="missing landmarks_world"):
-        read_truth(tmp_path / "c")
-
-
-def test_writers_refuse_to_overwrite_and_are_atomic(tmp_path):
-    path = write_json(tmp_path / "a.json", {"x": torch.tensor([1.0, 2.0])})
-    assert json.loads(path.read_text()) == {"x": [1.0, 2.0]}
-    with pytest.raises(InputError, match="a.json: already exists"):
-        write_json(path, {"x": 3})
-    with pytest.raises(TypeError):
-        write_json(path, {"x": object()}, overwrite=True)
-    assert json.loads(path.read_text()) == {"x": [1.0, 2.0]}  # a failed write left the old file whole
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # and no temporary behind
-    T = make_pose(so3_exp(torch.tensor([0.0, 0.3, 0.0], dtype=torch.float64)), torch.tensor([0.0, 0, 800]))
-    r = write_result(tmp_path, T, seconds=1.5, similarity=0.25, confidence=None, iterations=7, extra={"method": "x"})
-    obj = json.loads(r.read_text())
-    assert obj["camera_from_world"] == T.tolist() and obj["confidence"] is None and obj["iterations"] == 7
-    assert obj["method"] == "x" and obj["seconds"] == 1.5
-    with pytest.raises(InputError, match="already exists"):
-        write_result(tmp_path, T, 1, 0, None, 1)
-
-
-def random_matrix():
-    R = so3_exp(torch.tensor([0.3, -0.5, 1.1], dtype=torch.float64))
-    return make_pose(R, torch.tensor([12.0, -40.0, 7.5], dtype=torch.float64))
-
-
-@pytest.mark.parametrize("suffix", [".tfm", ".txt", ".h5"])
-def test_itk_transform_round_trip(tmp_path, suffix):
-    M = random_matrix()
-    path = write_itk_transform(tmp_path / f"t{suffix}", M)
-    assert torch.allclose(read_itk_transform(path), M, atol=1e-9)
-    with pytest.raises(InputError, match="already exists"):
-        write_itk_transform(path, M)
-    # what the file holds is ITK's resampling direction in LPS: F M^-1 F
-    tx = sitk.ReadTransform(str(path))
-    F = np.diag([-1.0, -1, 1])
-    p_ras = np.array([10.0, 20.0, 30.0])
-    p_lps = F @ p_ras
-    moved_ras = (torch.linalg.inv(M)[:3, :3].numpy() @ p_ras + torch.linalg.inv(M)[:3, 3].numpy())
-    np.testing.assert_allclose(tx.TransformPoint(p_lps.tolist()), F @ moved_ras, atol=1e-9)
-
-
-def test_itk_transform_loads_in_slicer_as_to_parent(tmp_path):
-    """Pinned against 3D Slicer's own reader (slicer-core's vtkMRMLTransformStorageNode)."""
-    slicer = pytest.importorskip("slicer")
-    M = random_matrix()
-    for suffix in (".tfm", ".h5"):
-        path = write_itk_transform(tmp_path / f"t{suffix}", M)
-        scene = slicer.vtkMRMLScene()
-        node = slicer.vtkMRMLLinearTransformNode()
-        scene.AddNode(node)
-        storage = slicer.vtkMRMLTransformStorageNode()
-        scene.AddNode(storage)
-        storage.SetFileName(str(path))
-        assert storage.ReadData(node) == 1
-        m = slicer.vtkMatrix4x4() if hasattr(slicer, "vtkMatrix4x4") else __import__("vtk").vtkMatrix4x4()
-        node.GetMatrixTransformToParent(m)
-        to_parent = np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
-        np.testing.assert_allclose(to_parent, M.numpy(), atol=1e-9)

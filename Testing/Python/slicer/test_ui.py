@@ -5,7 +5,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MODULE = ROOT / "SphericalReg"
 UI = MODULE / "Resources" / "UI" / "SphericalReg.ui"
 SOURCE = (MODULE / "SphericalReg.py").read_text()

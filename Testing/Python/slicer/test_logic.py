@@ -13,7 +13,7 @@ import torch
 slicer = pytest.importorskip("slicer", reason="slicer-core (MRML for Python) is not installed")
 vtk = pytest.importorskip("vtk")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "SphericalReg"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "SphericalReg"))
 import SphericalRegLogic as L  # noqa: E402
 
 from SphericalRegLib.camera import Camera, canonical_ap_pose, project  # noqa: E402
@@ -371,13 +371,13 @@ def test_exported_transform_loads_back_in_slicer_unchanged(scene, tmp_path):
 
 # ------------------------------------------------------------------ registration from nodes
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "chest_example.pt"
+SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "Resources" / "Models" / "chest_example.pt"
 
 
 def test_registration_from_nodes_fills_the_transform_node(scene, tmp_path):
     """A simulated X-ray of the example CT, as MRML nodes, registered in-process with the shipped
     model and a few iterations: the output node holds the result and the pose moved towards the truth."""
-    from SphericalRegLib.demo import example_ct_path
+    from SphericalRegLib.example import example_ct_path
     from SphericalRegLib.io import read_case, read_truth
     from SphericalRegLib.metrics import mtre
     from SphericalRegLib.register import IntensityLevel

@@ -1,0 +1,45 @@
+"""``sphericalreg register``: register the X-ray of a case folder to its CT and write the outputs."""
+
+from __future__ import annotations
+
+from ..devices import resolve_device
+from ..register import RegisterOptions, register_case
+from . import flags_for_fields, set_threads
+
+FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("case", help="case folder (ct, xray, geometry.json[, init.json]) as in the conventions")
+    p.add_argument("--model", required=True, help="model file written by 'sphericalreg train'")
+    p.add_argument("--init", action="store_true", help="start from the case's init.json instead of the regressor")
+    p.add_argument("--out", help="output folder (default: the case folder)")
+    p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"])
+    p.add_argument("--iterations", type=int, default=RegisterOptions.iterations)
+    p.add_argument("--no-refine", action="store_true", help="skip the final intensity (NCC) stage")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+def main(args) -> int:
+    set_threads(args.threads)
+    with flags_for_fields(FLAGS):
+        options = RegisterOptions(optimizer=args.optimizer, iterations=args.iterations, refine=not args.no_refine)
+        device = resolve_device(args.device)
+    last = {"stage": None}
+
+    def progress(stage, fraction):
+        if stage != last["stage"]:
+            print(f"[sphericalreg] {stage} ...", flush=True)
+            last["stage"] = stage
+        print(f"PROGRESS {stage} {fraction:.3f}", flush=True)
+
+    result, paths = register_case(args.case, args.model, out=args.out, use_init=args.init, options=options,
+                                  overwrite=args.overwrite, progress=progress, device=device)
+    conf = "n/a (uncalibrated model)" if result.confidence is None else f"{result.confidence:.2f}"
+    print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
+          + (" - DIVERGED, do not use this pose" if result.diverged else ""))
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 3 if result.diverged else 0

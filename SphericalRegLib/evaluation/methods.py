@@ -1,0 +1,54 @@
+"""The methods an evaluation can run, and where each starts from (the conventions' protocol)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..camera import ISOCENTRE_FRACTION, Camera
+from ..poses import sample_offsets
+
+__all__ = ["Method", "METHODS", "DERIVED", "FAR_ROT_DEG", "FAR_TRANS_MM", "far_start"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """model: key into the models given (``main``, or an ablation's key); None for the peer;
+    init: ``regressor``, ``given`` (init.json) or ``far`` (init.json moved a further
+    FAR_ROT_DEG / FAR_TRANS_MM); optimizer, refine: :class:`~SphericalRegLib.register.RegisterOptions`."""
+
+    model: str | None
+    init: str
+    optimizer: str = "lm"
+    refine: bool = True
+    description: str = ""
+
+    @property
+    def needs_init(self) -> bool:
+        return self.init in ("given", "far")
+
+
+METHODS = {
+    "ours": Method("main", "regressor", description="regressor, LM on the learnt similarity, LM on patch NCC"),
+    "ours-init": Method("main", "given", description="as ours, from init.json instead of the regressor"),
+    "ours-se3": Method("se3", "regressor", description="ours with a model trained on the SE(3) metric"),
+    "ours-gd": Method("main", "regressor", optimizer="gd", description="gradient descent instead of LM"),
+    "euclidean": Method("euclidean", "regressor", description="Euclidean instead of spherical similarity"),
+    "hyperbolic": Method("hyperbolic", "regressor", description="hyperbolic instead of spherical similarity"),
+    "no-equivariant": Method("plain", "regressor", description="without the equivariant CNN"),
+    "diffpose-ncc": Method(None, "given", description="DiffDRR Siddon + multiscale NCC + Adam, from init.json"),
+    "ours-far": Method("main", "far", description="as ours-init from init.json moved a further 10 deg / 40 mm "
+                       "per axis: starts that sometimes fail, for calibrating the confidence"),
+}
+FAR_ROT_DEG, FAR_TRANS_MM = (10.0, 10.0, 10.0), (40.0, 40.0, 40.0)
+DERIVED = {"regressor": ("ours", "initial"), "ours-no-intensity": ("ours", "similarity")}
+"""Rows that come free from a stage of another method's run: name -> (method, stage)."""
+
+
+def far_start(case_name: str, init: Tensor, camera: Camera) -> Tensor:
+    """init.json moved by a further offset seeded by the case's name (the same in every shard)."""
+    g = torch.Generator().manual_seed(zlib.crc32(case_name.encode()))
+    return sample_offsets(1, FAR_ROT_DEG, FAR_TRANS_MM, ISOCENTRE_FRACTION * camera.sdd, g)[0] @ init

@@ -1,0 +1,102 @@
+"""One table row per (method, case): typed, and the same through cases.csv and back."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from torch import Tensor
+
+from ..camera import Camera
+from ..errors import InputError
+from ..metrics import centroid_errors, mpe, mtre
+from ..register import RegistrationResult, StageRecord
+
+__all__ = ["Row", "errors", "read_rows", "write_rows"]
+
+
+def errors(pose: Tensor, truth: Tensor, landmarks: Tensor, camera: Camera) -> dict[str, float]:
+    """mTRE, mPE (on ``camera``'s detector), and the landmarks' centroid error along the central ray
+    (depth) and across it (in-plane), in mm."""
+    depth, inplane = centroid_errors(pose, truth, landmarks)
+    return {"mTRE": float(mtre(pose, truth, landmarks)), "mPE": float(mpe(pose, truth, landmarks, camera)),
+            "depth": float(depth), "inplane": float(inplane)}
+
+
+@dataclass
+class Row:
+    """A method's answer on one case and its errors (mm); confidence, final_ncc and cost are None
+    where the method has none (peers, rows derived from a stage)."""
+
+    method: str
+    case: str
+    seconds: float
+    iterations: int
+    confidence: float | None
+    diverged: bool
+    final_ncc: float | None
+    cost: float | None
+    mTRE: float
+    mPE: float
+    depth: float
+    inplane: float
+
+    @classmethod
+    def from_result(cls, method: str, case: str, result: RegistrationResult, truth, landmarks) -> "Row":
+        similarity = result.stages.get("similarity")
+        return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
+                   result.final_ncc, similarity.cost[-1] if similarity is not None else None,
+                   **errors(result.camera_from_world, truth, landmarks, result.camera))
+
+    @classmethod
+    def from_stage(cls, method: str, case: str, stage: StageRecord, truth, landmarks, camera: Camera) -> "Row":
+        """A row for one stage's answer, as if the pipeline had stopped there."""
+        return cls(method, case, stage.seconds, stage.iterations, None, False, None, None,
+                   **errors(stage.pose, truth, landmarks, camera))
+
+    @classmethod
+    def from_csv(cls, record: dict[str, str], source) -> "Row":
+        values = {}
+        for f in fields(cls):
+            text = record.get(f.name)
+            if text is None:
+                raise InputError(source, f"has no column {f.name!r}", "a cases.csv written by 'sphericalreg evaluate'")
+            values[f.name] = _parse(text, f.type, f.name, source)
+        return cls(**values)
+
+
+def _parse(text: str, kind: str, name: str, source):
+    optional = "None" in kind
+    if optional and text in ("", "None"):
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text not in ("True", "False"):
+                raise ValueError(text)
+            return text == "True"
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise InputError(source, f"column {name!r} holds {text!r}", f"a {kind.split()[0]}") from None
+    return text
+
+
+def write_rows(path: Path, rows: list[Row]) -> None:
+    from ..io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[f.name for f in fields(Row)])
+            w.writeheader()
+            w.writerows(asdict(r) for r in rows)
+
+    atomic_write(path, write)
+
+
+def read_rows(path: Path) -> list[Row]:
+    with open(path, newline="") as f:
+        return [Row.from_csv(r, path) for r in csv.DictReader(f)]
+

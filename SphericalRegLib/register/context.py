@@ -1,0 +1,76 @@
+"""What every stage of one registration shares: the prepared CT, the X-ray, the options and the
+caller's progress and cancel hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..camera import Camera
+from ..errors import Cancelled
+from ..model import ModelBundle
+from ..render import Renderer
+from ..volume import Volume
+from .options import IntensityLevel, RegisterOptions
+from .pyramid import XrayPyramid
+from .residuals import ncc_residual
+
+__all__ = ["RegistrationContext"]
+
+
+@dataclass
+class RegistrationContext:
+    """model: the trained networks and the CT's feature volume; options: how to register;
+    attenuation: the CT's attenuation per voxel size (mm) of the intensity levels, ``(1, I, J, K)``
+    each; xray: the X-ray's pyramid; progress(stage, fraction); cancel: anything with ``is_set()``."""
+
+    model: ModelBundle
+    options: RegisterOptions
+    attenuation: dict[float, Volume]
+    xray: XrayPyramid
+    progress: Callable[[str, float], None]
+    cancel: object | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.mu.device
+
+    @property
+    def bounds(self) -> dict:
+        """The trust region every optimiser keeps to (radians and mm from its start)."""
+        import math
+
+        return dict(max_rotation=math.radians(self.options.max_rotation_deg),
+                    max_translation=self.options.max_translation_mm)
+
+    def renderer(self, camera: Camera, volume: Volume, n_samples: int | None = None) -> Renderer:
+        return Renderer(camera, volume.ijk_to_ras, volume.shape[-3:], n_samples).to(self.device)
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("registration cancelled")
+
+    def iteration_callback(self, stage: str, total: int):
+        """An optimiser callback that reports progress and stops when the caller cancels."""
+        def callback(k, entry):
+            self.progress(stage, min(1.0, k / max(1, total)))
+            return self.cancel is not None and self.cancel.is_set()
+        return callback
+
+    def intensity_residual(self, level: IntensityLevel, form: str | None = None):
+        """``pose (B, 4, 4) -> residual (B, M)`` of line-integral DRRs against the X-ray at ``level``."""
+        x, camera, _ = self.xray.level(level.image_size)
+        mu = self.attenuation[level.spacing_mm]
+        render = self.renderer(camera, mu)
+        residual = ncc_residual(level.patch, form or level.form)
+        return lambda T: residual(x.expand(len(T), -1, -1, -1), render(mu.data, T))
+
+    @torch.no_grad()
+    def coarse_cost(self, poses: Tensor, chunk: int = 64) -> Tensor:
+        """Mean ``1 - NCC`` (patches and whole, intensities and edges) of tiny DRRs at ``poses``
+        ``(B, 4, 4) -> (B,)``: the independent check that decides between candidate poses."""
+        residual = self.intensity_residual(self.options.search_level, "ncc")
+        return torch.cat([0.5 * residual(part).pow(2).sum(-1) for part in poses.split(chunk)])

@@ -1,0 +1,62 @@
+"""How to register: the stages' switches, iteration caps, bounds and resolution levels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+__all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS"]
+
+OPTIMIZERS = ("lm", "gd", "adam", "none")
+
+
+@dataclass(frozen=True)
+class IntensityLevel:
+    """One level of the intensity stage: CT voxels (mm), image size (px), NCC patch (px), the
+    residual form of :func:`~SphericalRegLib.register.residuals.ncc_residual` and LM's iteration cap."""
+
+    spacing_mm: float
+    image_size: int
+    patch: int
+    form: str
+    iterations: int
+
+
+@dataclass
+class RegisterOptions:
+    """How to register. ``optimizer`` picks the learnt-similarity stage's method (the ablation of
+    LM against first-order methods; ``none`` skips the stage); ``refine`` switches the translation
+    search and the intensity stage."""
+
+    optimizer: str = "lm"
+    iterations: int = 20
+    gd_iterations: int = 100
+    # gradient-descent rates for the learnt cost (rad and mm per unit gradient), the best of a
+    # sweep on held-out cases (docs/results.md); 1e-2 / 5.0 left the trust region at once
+    lr_rot: float = 3e-6
+    lr_trans: float = 1.5
+    refine: bool = True
+    refine_levels: tuple = (
+        IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
+        IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=12),
+    )
+    max_rotation_deg: float = 45.0
+    max_translation_mm: float = 200.0
+    # coarse search over camera-frame translations before the intensity levels (0 switches it off)
+    search_step_mm: float = 15.0
+    search_steps: tuple = (4, 4, 2)  # grid half-widths along camera x, y, z, in steps
+    search_level: IntensityLevel = IntensityLevel(spacing_mm=6.0, image_size=32, patch=8, form="ncc", iterations=0)
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError("optimizer", f"is {self.optimizer!r}", ", ".join(OPTIMIZERS[:-1]) + " or none")
+        if self.iterations < 1:
+            raise InputError("iterations", f"is {self.iterations}", "at least 1")
+        if not self.refine_levels:
+            raise InputError("refine_levels", "is empty", "at least one intensity level (it also renders the result)")
+
+    @property
+    def searches(self) -> bool:
+        """Whether the translation search runs (it belongs to the refinement)."""
+        return self.refine and self.search_step_mm > 0

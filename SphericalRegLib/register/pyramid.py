@@ -1,0 +1,41 @@
+"""The X-ray at each image size the stages ask for, made once per size."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..camera import Camera
+from ..xray import preprocess, resample
+
+__all__ = ["XrayPyramid"]
+
+
+class XrayPyramid:
+    """Line integrals of one X-ray on square grids, cached per size.
+
+    image: (rows, cols) detector intensities (air bright; see :func:`~SphericalRegLib.xray.preprocess`)
+    or, with ``line_integrals``, -log(I/I0) already; camera: its :class:`Camera`. The networks and
+    the renderers take squares, so every level is ``n x n`` of the same detector.
+    """
+
+    def __init__(self, image: Tensor, camera: Camera, photometric: str = "MONOCHROME2",
+                 line_integrals: bool = False, device="cpu"):
+        self.image = torch.as_tensor(image)
+        self.camera = camera
+        self.photometric = photometric
+        self.line_integrals = line_integrals
+        self.device = device
+        self._levels: dict[int, tuple[Tensor, Camera, Tensor]] = {}
+
+    def level(self, size: int) -> tuple[Tensor, Camera, Tensor]:
+        """``(x, camera, valid)``: line integrals ``(1, 1, size, size)`` float32 on the device, the
+        camera of that grid and the mask ``(size, size)`` of pixels inside the exposed field."""
+        if size not in self._levels:
+            if self.line_integrals:
+                x, cam = resample(self.image.float(), self.camera, size, size)
+                valid = torch.ones_like(x, dtype=torch.bool)
+            else:
+                x, cam, valid = preprocess(self.image, self.camera, (size, size), photometric=self.photometric)
+            self._levels[size] = x.to(self.device).float()[None, None], cam, valid
+        return self._levels[size]

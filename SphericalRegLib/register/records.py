@@ -1,0 +1,96 @@
+"""What registration returns: one record per stage and the result that gathers them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ..camera import Camera
+from ..optimize import OptimizeResult
+
+__all__ = ["StageRecord", "RegistrationResult"]
+
+
+@dataclass
+class StageRecord:
+    """One stage of a registration, or one peer's whole run.
+
+    pose: the stage's answer, camera_from_world (4, 4) float64 on the CPU; seconds: its wall
+    time; iterations: optimiser iterations (0 for a search); cost, poses: the optimiser's history
+    (``cost[0]``/``poses[0]`` at the stage's start); converged, diverged: the optimiser's verdict;
+    kept: for a stage whose answer may be discarded (the learnt similarity), whether it was;
+    source: where an initial pose came from (``regressor`` or ``given``).
+    """
+
+    pose: Tensor
+    seconds: float
+    iterations: int = 0
+    cost: list[float] = field(default_factory=list)
+    poses: list[Tensor] = field(default_factory=list)
+    converged: bool | None = None
+    diverged: bool = False
+    kept: bool | None = None
+    source: str | None = None
+
+    @classmethod
+    def from_optimizer(cls, res: OptimizeResult, seconds: float, element: int = 0) -> "StageRecord":
+        """Element ``element`` of a batched :class:`~SphericalRegLib.optimize.OptimizeResult`."""
+        return cls(pose=res.pose[element].detach().cpu(), seconds=seconds, iterations=int(res.iterations[element]),
+                   cost=[float(h["cost"][element]) for h in res.history],
+                   poses=[h["pose"][element].detach().cpu() for h in res.history],
+                   converged=bool(res.converged[element]), diverged=bool(res.diverged[element]))
+
+    def then(self, other: "StageRecord") -> "StageRecord":
+        """This stage continued by ``other`` (the next level of the same stage): one history."""
+        return StageRecord(pose=other.pose, seconds=self.seconds + other.seconds,
+                           iterations=self.iterations + other.iterations,
+                           cost=self.cost + other.cost[1:], poses=self.poses + other.poses[1:],
+                           converged=other.converged, diverged=self.diverged or other.diverged,
+                           kept=other.kept, source=other.source)
+
+    def to_json(self) -> dict:
+        """The summary result.json keeps: time, iterations, cost history and the verdicts."""
+        out = {"seconds": self.seconds, "iterations": self.iterations}
+        if self.cost:
+            out["cost"] = self.cost
+        for key in ("converged", "kept", "source"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.diverged:
+            out["diverged"] = True
+        return out
+
+
+@dataclass
+class RegistrationResult:
+    """camera_from_world (4, 4) float64 in the conventions' frames; similarity: the learnt cost at
+    the learnt stage's answer (or at the final pose when that stage did not run); confidence in
+    [0, 1], or None when the model carries no calibration; final_ncc: NCC of the final DRR with
+    the X-ray; drr, xray: the images of the last intensity level, for review (None for a peer that
+    renders its own); ``stages`` holds each stage's record."""
+
+    camera_from_world: Tensor
+    seconds: float
+    similarity: float
+    iterations: int
+    confidence: float | None
+    diverged: bool
+    camera: Camera
+    drr: Tensor | None = None
+    xray: Tensor | None = None
+    final_ncc: float | None = None
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """result.json of the conventions, with each stage's summary."""
+        return {
+            "camera_from_world": self.camera_from_world.tolist(),
+            "seconds": self.seconds,
+            "similarity": self.similarity,
+            "confidence": self.confidence,
+            "iterations": self.iterations,
+            "diverged": self.diverged,
+            "final_ncc": self.final_ncc,
+            "stages": {name: stage.to_json() for name, stage in self.stages.items()},
+        }

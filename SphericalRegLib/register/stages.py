@@ -1,0 +1,131 @@
+"""The stages of a registration, in the order :class:`~SphericalRegLib.register.Registrar` runs them.
+
+Each takes the shared :class:`RegistrationContext` and a pose and returns a :class:`StageRecord`.
+Reference: Chen & Kong, WACV 2026 (regressor start, LM on the learnt spherical similarity); the
+translation search and the intensity levels are this project's safeguards around it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from ..geometry import perturb_left
+from ..optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
+from .context import RegistrationContext
+from .records import StageRecord
+
+__all__ = ["initial_pose", "learnt_similarity", "keep_or_discard", "translation_search", "intensity_refinement",
+           "learnt_residual"]
+
+
+@torch.no_grad()
+def initial_pose(ctx: RegistrationContext, given: Tensor | None = None) -> StageRecord:
+    """The regressor's pose for the X-ray, or ``given`` (4, 4) when the caller has one."""
+    t0 = time.perf_counter()
+    if given is None:
+        x, _, _ = ctx.xray.level(ctx.model.config.image_size)
+        pose, source = ctx.model.regressor(x)[0].double(), "regressor"
+    else:
+        pose, source = torch.as_tensor(given, dtype=torch.float64, device=ctx.device), "given"
+    ctx.progress("initial", 1.0)
+    ctx.check_cancel()
+    return StageRecord(pose=pose.cpu(), seconds=time.perf_counter() - t0, source=source)
+
+
+def learnt_residual(ctx: RegistrationContext):
+    """``pose (B, 4, 4) -> (B, N)``: per-token spherical distances between the X-ray's embedding
+    and the embedding of the CT feature volume's DRR at the pose (the learnt similarity)."""
+    model = ctx.model
+    x, camera, _ = ctx.xray.level(model.config.image_size)
+    with torch.no_grad():
+        zx = model.similarity.embed_xray(x)
+    render = ctx.renderer(camera, model.feature_volume, model.config.n_samples)
+    features = model.feature_volume.data.float()
+    return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T)))
+
+
+def learnt_similarity(ctx: RegistrationContext, pose: Tensor) -> StageRecord:
+    """LM (or, for the ablation, gradient descent or Adam) on the learnt similarity from ``pose``."""
+    opt = ctx.options
+    residual = learnt_residual(ctx)
+    t0 = time.perf_counter()
+    start = pose.to(ctx.device, torch.float64)[None]
+    if opt.optimizer == "lm":
+        res = levenberg_marquardt(residual, start, max_iters=opt.iterations,
+                                  callback=ctx.iteration_callback("similarity", opt.iterations), **ctx.bounds)
+    else:
+        method = gradient_descent if opt.optimizer == "gd" else adam
+        res = method(least_squares_cost(residual), start, iters=opt.gd_iterations, lr_rot=opt.lr_rot,
+                     lr_trans=opt.lr_trans, callback=ctx.iteration_callback("similarity", opt.gd_iterations),
+                     **ctx.bounds)
+    ctx.check_cancel()
+    return StageRecord.from_optimizer(res, time.perf_counter() - t0)
+
+
+def keep_or_discard(ctx: RegistrationContext, start: StageRecord,
+                    learnt: StageRecord) -> tuple[Tensor, StageRecord | None]:
+    """Whether the learnt stage's answer is kept (sets ``learnt.kept``): the one place that decides.
+
+    An independent check before trusting the learnt similarity. With the translation search on,
+    the search looks around both the start and the learnt pose and keeps whichever images the
+    X-ray best; without it, the learnt pose must lower the coarse NCC cost of the start; without
+    any refinement nothing independent can judge it, and it is kept unless it diverged.
+    Returns the pose the next stage starts from and the search's record when the search decided.
+    """
+    if learnt.diverged:
+        learnt.kept = False
+        return start.pose, None
+    if ctx.options.searches:
+        search = translation_search(ctx, {"initial": start.pose, "similarity": learnt.pose})
+        learnt.kept = search.source == "similarity"
+        return search.pose, search
+    if ctx.options.refine:
+        before, after = ctx.coarse_cost(torch.stack([start.pose, learnt.pose]).to(ctx.device))
+        learnt.kept = bool(after < before)
+    else:
+        learnt.kept = True
+    return (learnt.pose if learnt.kept else start.pose), None
+
+
+@torch.no_grad()
+def translation_search(ctx: RegistrationContext, starts: dict[str, Tensor]) -> StageRecord:
+    """The best of a grid of camera-frame translations about each of ``starts`` (name -> (4, 4)
+    pose) by coarse NCC; the record's ``source`` names the start it moved.
+
+    A regressor's largest errors are translations, and a Gauss-Newton stage cannot recover
+    shifts of many pixels; a brute-force look at a few hundred tiny DRRs can, in well under a second.
+    """
+    opt = ctx.options
+    t0 = time.perf_counter()
+    poses = torch.stack(list(starts.values())).to(ctx.device, torch.float64)
+    axes = [torch.arange(-n, n + 1, dtype=poses.dtype, device=poses.device) * opt.search_step_mm
+            for n in opt.search_steps]
+    shifts = torch.cartesian_prod(*axes)
+    xi = torch.cat([torch.zeros_like(shifts), shifts], dim=-1)
+    candidates = torch.cat([perturb_left(xi, p.expand(len(xi), 4, 4)) for p in poses])
+    best = int(ctx.coarse_cost(candidates).argmin())
+    ctx.progress("search", 1.0)
+    return StageRecord(pose=candidates[best].cpu(), seconds=time.perf_counter() - t0,
+                       source=list(starts)[best // len(xi)])
+
+
+def intensity_refinement(ctx: RegistrationContext, pose: Tensor) -> StageRecord:
+    """LM on NCC of line-integral DRRs, coarse to fine (``options.refine_levels``); stops at the
+    first level that diverges."""
+    record = None
+    for k, level in enumerate(ctx.options.refine_levels):
+        t0 = time.perf_counter()
+        res = levenberg_marquardt(ctx.intensity_residual(level), pose.to(ctx.device, torch.float64)[None],
+                                  max_iters=level.iterations,
+                                  callback=ctx.iteration_callback(f"intensity {k + 1}", level.iterations),
+                                  **ctx.bounds)
+        ctx.check_cancel()
+        step = StageRecord.from_optimizer(res, time.perf_counter() - t0)
+        record = step if record is None else record.then(step)
+        pose = step.pose
+        if step.diverged:
+            break
+    return record

@@ -1,0 +1,13 @@
+"""Registration options name the field that is wrong (SphericalRegLib.register.options)."""
+
+import pytest
+
+from SphericalRegLib.errors import InputError
+from SphericalRegLib.register import RegisterOptions
+
+
+@pytest.mark.parametrize("field, value", [("optimizer", "sgd"), ("iterations", 0), ("refine_levels", ())])
+def test_bad_options_name_their_field(field, value):
+    with pytest.raises(InputError) as e:
+        RegisterOptions(**{field: value})
+    assert e.value.source == field

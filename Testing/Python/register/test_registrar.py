@@ -1,0 +1,53 @@
+"""The Registrar's whole pipeline and its result (SphericalRegLib.register.registrar, records)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from SphericalRegLib.errors import Cancelled
+from SphericalRegLib.geometry import perturb_left
+from SphericalRegLib.io import read_case
+from SphericalRegLib.model import load_model
+from SphericalRegLib.register import IntensityLevel, RegisterOptions, Registrar
+
+f64 = torch.float64
+TINY_LEVELS = (IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="ncc", iterations=4),
+               IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="difference", iterations=4))
+
+
+def test_a_pose_off_the_field_of_view_is_flagged_not_returned_as_good(tiny_model_file, tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    away = perturb_left(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -900.0], dtype=f64), case.init)  # behind the source
+    options = RegisterOptions(optimizer="none", refine_levels=TINY_LEVELS)
+    result = Registrar(load_model(tiny_model_file, case.ct), case.ct, options).register(case.xray, case.camera, away)
+    assert result.diverged and result.confidence == 0.0
+
+
+def test_every_stage_leaves_a_record_and_result_json_summarises_them(tiny_model_file, tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    options = RegisterOptions(iterations=3, refine_levels=TINY_LEVELS, search_steps=(1, 1, 1))
+    seen = []
+    result = Registrar(load_model(tiny_model_file, case.ct), case.ct, options).register(
+        case.xray, case.camera, progress=lambda stage, fraction: seen.append(stage))
+    assert list(result.stages) == ["initial", "similarity", "search", "intensity"]
+    assert result.stages["initial"].source == "regressor"
+    assert result.stages["similarity"].kept in (True, False)  # decided, not left open
+    assert torch.equal(result.camera_from_world, result.stages["intensity"].pose)
+    assert result.iterations == sum(s.iterations for s in result.stages.values())
+    assert result.similarity == result.stages["similarity"].cost[-1]
+    summary = result.to_json()
+    assert summary["stages"]["similarity"]["kept"] == result.stages["similarity"].kept
+    assert summary["final_ncc"] == result.final_ncc and -1 <= result.final_ncc <= 1
+    assert {"initial", "similarity", "search", "intensity 1"} <= set(seen)
+
+
+def test_a_set_cancel_flag_stops_the_registration(tiny_model_file, tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        Registrar(load_model(tiny_model_file, case.ct), case.ct, RegisterOptions(refine_levels=TINY_LEVELS)).register(
+            case.xray, case.camera, cancel=cancel)

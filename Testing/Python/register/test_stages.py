@@ -1,0 +1,111 @@
+"""Each stage of the pipeline on the real residuals (SphericalRegLib.register.stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from SphericalRegLib.camera import ISOCENTRE_FRACTION, canonical_ap_pose
+from SphericalRegLib.geometry import perturb_left
+from SphericalRegLib.io import read_case, read_truth
+from SphericalRegLib.metrics import mtre
+from SphericalRegLib.model import load_model
+from SphericalRegLib.optimize import twist_jacobian
+from SphericalRegLib.poses import camera_frame_offset
+from SphericalRegLib.register import IntensityLevel, RegisterOptions, Registrar, StageRecord
+from SphericalRegLib.register.stages import (
+    intensity_refinement, keep_or_discard, learnt_residual, translation_search,
+)
+from SphericalRegLib.render import Renderer
+
+f64 = torch.float64
+# The tiny CT has 6 mm voxels: one intensity level at its own resolution.
+TINY_LEVELS = (IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="ncc", iterations=25),
+               IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="difference", iterations=25))
+SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "Resources" / "Models" / "chest_example.pt"
+
+
+@pytest.mark.parametrize("which", ["tiny", "shipped"])
+def test_learnt_similarity_residual_has_a_full_rank_jacobian(which, tiny_volume, tiny_model_file):
+    """Per-token distances give J^T J of rank 6 (a scalar similarity would give rank 1): for a tiny
+    network and for the shipped model on its CT, the residual LM actually minimises."""
+    ct, model_file = tiny_volume, tiny_model_file
+    if which == "shipped":
+        from SphericalRegLib.example import example_ct_path
+        from SphericalRegLib.io import read_ct
+
+        ct, model_file = read_ct(example_ct_path()), SHIPPED_MODEL
+    model = load_model(model_file, ct)
+    camera = model.camera
+    T = canonical_ap_pose(ct.centre, camera.sdd)[None]
+    truth = camera_frame_offset(torch.tensor([[0.05, -0.04, 0.03]], dtype=f64),
+                                torch.tensor([[4.0, -3.0, 6.0]], dtype=f64), ISOCENTRE_FRACTION * camera.sdd) @ T
+    renderer = Renderer(camera, model.feature_volume.ijk_to_ras, model.feature_volume.shape)
+    with torch.no_grad():
+        xray = renderer(model.mu.float(), truth)[0, 0]
+    ctx = Registrar(model, ct).context(xray, camera, line_integrals=True)
+    r, J = twist_jacobian(learnt_residual(ctx), T)
+    assert r.shape[-1] >= 6 and torch.isfinite(J).all()
+    JtJ = J[0].T @ J[0]
+    scale = JtJ.diagonal().sqrt()  # radians and millimetres differ by the anatomy's size
+    tol = 1e-10  # relative; float64 round-off is 1e-16, depth along the ray is weak but real
+    assert torch.linalg.matrix_rank(JtJ / scale[:, None] / scale[None, :], rtol=tol) == 6
+    Js = (r[..., None] * J).sum(1, keepdim=True)  # d(0.5 |r|^2)/d xi: a scalar similarity's Jacobian
+    assert torch.linalg.matrix_rank((Js[0].T @ Js[0]) / scale[:, None] / scale[None, :], rtol=tol) == 1
+
+
+def _context(model_file, cases, **options):
+    case = read_case(cases / "case_000")
+    registrar = Registrar(load_model(model_file, case.ct), case.ct, RegisterOptions(refine_levels=TINY_LEVELS,
+                                                                                    **options))
+    return case, registrar.context(case.xray, case.camera)
+
+
+def test_intensity_stage_registers_a_simulated_xray(tiny_model_file, tiny_cases):
+    """From the case's start pose (5 deg / 15 mm spreads), the intensity stage alone lands within a
+    fraction of a voxel on an X-ray simulated with DiffDRR's Siddon and detector physics."""
+    case, ctx = _context(tiny_model_file, tiny_cases)
+    truth, landmarks = read_truth(tiny_cases / "case_000")
+    record = intensity_refinement(ctx, case.init)
+    before, after = float(mtre(case.init, truth, landmarks)), float(mtre(record.pose, truth, landmarks))
+    assert after < 0.25 * before and after < 3.0, (before, after, record.cost)  # voxels are 6 mm
+    assert not record.diverged and record.iterations > 0
+    assert len(record.cost) == len(record.poses) == record.iterations + 1  # one history over both levels
+
+
+def test_translation_search_keeps_the_start_that_images_the_xray_best(tiny_model_file, tiny_cases):
+    """Of two starting poses, one far off and one a grid step from the truth, the search moves the
+    second onto the truth's grid point and names it, whichever order they come in."""
+    level = IntensityLevel(spacing_mm=6.0, image_size=32, patch=8, form="ncc", iterations=0)
+    _, ctx = _context(tiny_model_file, tiny_cases, search_level=level, search_step_mm=15.0, search_steps=(1, 1, 1))
+    truth, landmarks = read_truth(tiny_cases / "case_000")
+    near = perturb_left(torch.tensor([0, 0, 0, 15.0, 0, 0], dtype=f64), truth)
+    far = perturb_left(torch.tensor([0.3, 0, 0, 0, 60.0, 0], dtype=f64), truth)
+    for starts in ({"far": far, "near": near}, {"near": near, "far": far}):
+        record = translation_search(ctx, starts)
+        assert record.source == "near"
+        assert float(mtre(record.pose, truth, landmarks)) < 1e-6
+
+
+def test_keep_or_discard_is_the_one_decision_on_the_learnt_pose(tiny_model_file, tiny_cases):
+    """A diverged learnt stage is discarded; with the search on, the search decides; with no
+    refinement at all, a learnt pose that did not diverge is kept."""
+    truth, _ = read_truth(tiny_cases / "case_000")
+    near = perturb_left(torch.tensor([0, 0, 0, 15.0, 0, 0], dtype=f64), truth)
+    far = perturb_left(torch.tensor([0.3, 0, 0, 0, 60.0, 0], dtype=f64), truth)
+    start = StageRecord(pose=far, seconds=0.0, source="given")
+
+    _, ctx = _context(tiny_model_file, tiny_cases, search_steps=(1, 1, 1))
+    learnt = StageRecord(pose=near, seconds=0.0, diverged=True)
+    pose, search = keep_or_discard(ctx, start, learnt)
+    assert learnt.kept is False and search is None and torch.equal(pose, far)
+    learnt = StageRecord(pose=near, seconds=0.0)
+    pose, search = keep_or_discard(ctx, start, learnt)
+    assert learnt.kept is True and search is not None and search.source == "similarity"
+
+    _, ctx = _context(tiny_model_file, tiny_cases, refine=False)
+    learnt = StageRecord(pose=far, seconds=0.0)
+    pose, search = keep_or_discard(ctx, StageRecord(pose=near, seconds=0.0), learnt)
+    assert learnt.kept is True and search is None and torch.equal(pose, far)

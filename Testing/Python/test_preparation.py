@@ -1,0 +1,26 @@
+"""The CT at the working resolution: too small or too large for the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from SphericalRegLib.errors import InputError
+from SphericalRegLib.preparation import working_volume
+from SphericalRegLib.training import TrainConfig
+from SphericalRegLib.volume import Volume
+from fixtures import TINY, tiny_ct
+
+
+def test_ct_too_small_or_too_large_for_the_configuration():
+    config = TrainConfig(**TINY)
+    small = Volume(torch.zeros(10, 10, 10), torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))
+    with pytest.raises(InputError, match="at least 8 voxels"):
+        working_volume(small, config)
+    huge = Volume(torch.zeros(40, 40, 40), torch.diag(torch.tensor([30.0, 30.0, 30.0, 1.0])))
+    with pytest.raises(InputError, match="too large"):
+        working_volume(huge, config)
+    with pytest.raises(InputError, match="GiB"):
+        working_volume(tiny_ct(), replace(config, memory_budget_gib=1e-4))
