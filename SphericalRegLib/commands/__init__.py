@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("SphericalRegLib.commands.train", "train a patient-specific model (regressor + similarity) from a CT"),
     "register": ("SphericalRegLib.commands.register", "register the X-ray of a case folder to its CT"),
     "evaluate": ("SphericalRegLib.commands.evaluate", "run several methods on simulated cases and tabulate"),
+    "landscape": ("SphericalRegLib.commands.landscape", "plot the learnt cost and NCC along each pose axis through a case's truth"),
     "export": ("SphericalRegLib.commands.export", "write a deployable model (weights only, float16) from a checkpoint"),
 }
 
