@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..devices import resolve_device
 from ..register import RegisterOptions, register_case
 from . import flags_for_fields, set_threads
@@ -40,6 +42,8 @@ def main(args) -> int:
     conf = "n/a (uncalibrated model)" if result.confidence is None else f"{result.confidence:.2f}"
     print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
           + (" - DIVERGED, do not use this pose" if result.diverged else ""))
+    for warning in result.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return 3 if result.diverged else 0

@@ -68,7 +68,8 @@ class RegistrationResult:
     the learnt stage's answer (or at the final pose when that stage did not run); confidence in
     [0, 1], or None when the model carries no calibration; final_ncc: NCC of the final DRR with
     the X-ray; drr, xray: the images of the last intensity level, for review (None for a peer that
-    renders its own); ``stages`` holds each stage's record."""
+    renders its own); ``stages`` holds each stage's record; ``warnings`` what the user must know
+    before trusting the pose (a model that did not learn, for one)."""
 
     camera_from_world: Tensor
     seconds: float
@@ -81,6 +82,7 @@ class RegistrationResult:
     xray: Tensor | None = None
     final_ncc: float | None = None
     stages: dict[str, StageRecord] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """result.json of the conventions, with each stage's summary."""
@@ -93,4 +95,5 @@ class RegistrationResult:
             "diverged": self.diverged,
             "final_ncc": self.final_ncc,
             "stages": {name: stage.to_json() for name, stage in self.stages.items()},
+            "warnings": self.warnings,
         }

@@ -12,6 +12,7 @@ from ..confidence import predict
 from ..geometry import transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
+from ..quality import model_quality
 from ..volume import Volume, hu_to_mu
 from .context import RegistrationContext
 from .options import RegisterOptions
@@ -38,6 +39,8 @@ class Registrar:
         self.options = options or RegisterOptions()
         self.calibration = calibration
         self.device = model.mu.device
+        quality = model_quality(model.history)
+        self.warnings = list(quality["warnings"]) if quality else []
         self.attenuation: dict[float, Volume] = {}
         for level in (self.options.search_level, *self.options.refine_levels):
             if level.spacing_mm not in self.attenuation:
@@ -102,7 +105,7 @@ class Registrar:
             camera_from_world=pose, seconds=seconds_so_far + time.perf_counter() - t0, similarity=similarity,
             iterations=sum(s.iterations for s in stages.values()),
             confidence=self._confidence(final_ncc, similarity, diverged), diverged=bool(diverged), camera=camera,
-            drr=drr.cpu(), xray=x[0, 0].cpu(), final_ncc=final_ncc, stages=stages)
+            drr=drr.cpu(), xray=x[0, 0].cpu(), final_ncc=final_ncc, stages=stages, warnings=list(self.warnings))
 
     def _plausible(self, pose: Tensor, camera: Camera) -> bool:
         """The CT centre must lie in front of the source and project onto the detector."""

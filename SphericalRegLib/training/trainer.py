@@ -29,6 +29,7 @@ from ..geometry import perturb_left, rotation_angle
 from ..model import build_networks
 from ..poses import camera_frame_offset, sample_offsets
 from ..preparation import pose_length, training_camera, working_volume
+from ..quality import describe_quality, model_quality
 from ..render import Renderer
 from ..volume import Volume, hu_to_mu
 from .config import TrainConfig
@@ -191,12 +192,13 @@ class Trainer:
         return self._validation
 
     def validate(self) -> dict[str, float]:
-        """Regressor errors and the share of similarity gradients pointing within 30 degrees of g*."""
+        """Regressor errors (and, for scale, those of always answering the canonical view: the pose
+        prior) and the share of similarity gradients pointing within 30 degrees of g*."""
         c, val = self.config, self.validation_set()
         for m in self.networks.values():
             m.eval()
         angles = dict(twist=[], rot=[], tr=[])
-        errors = dict(geodesic=[], rot=[], iso=[])
+        errors = dict(geodesic=[], rot=[], iso=[], prior=[])
         with torch.no_grad():
             feats = self.feature_volume()
         for start in range(0, c.val_size, c.batch_size):
@@ -209,13 +211,16 @@ class Trainer:
             with torch.no_grad():
                 est = self.regressor(xray).double()
             errors["geodesic"].append(pose_distance(est, truth, "se3", self.length, self.isocentre, self.depth))
+            errors["prior"].append(pose_distance(self.reference.to(truth).expand_as(truth), truth, "se3", self.length,
+                                                 self.isocentre, self.depth))
             errors["rot"].append(torch.rad2deg(rotation_angle(est[:, :3, :3], truth[:, :3, :3])))
             errors["iso"].append((centred(est, self.isocentre, self.depth)[:, :3, 3]
                                   - centred(truth, self.isocentre, self.depth)[:, :3, 3]).norm(dim=-1))
         a = {k: torch.cat(v) for k, v in angles.items()}
         e = {k: torch.cat(v) for k, v in errors.items()}
         return dict(
-            reg_geodesic_mm=float(e["geodesic"].mean()), reg_rot_deg=float(e["rot"].mean()),
+            reg_geodesic_mm=float(e["geodesic"].mean()), prior_geodesic_mm=float(e["prior"].mean()),
+            reg_rot_deg=float(e["rot"].mean()),
             reg_iso_mm=float(e["iso"].mean()),
             grad_within30=float((a["twist"] < 30).double().mean()),
             rot_within30=float((a["rot"] < 30).double().mean()),
@@ -320,6 +325,9 @@ def run(trainer: Trainer, out: Path, main_process: bool = True) -> None:
                 trainer.save(out)
                 plot_history(trainer.history, curves_path(out))
                 saved_at = trainer.step
+        if main_process:
+            for line in describe_quality(model_quality(trainer.history)):
+                bar.write(line)
     except KeyboardInterrupt:
         if main_process and trainer.step > saved_at:
             trainer.save(out)
