@@ -179,3 +179,46 @@ def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photo
     m, _ = resample(mask.float(), camera, rows, cols)
     m = m > 0.999
     return torch.where(m, L, torch.zeros_like(L)), new_camera, m
+
+
+def warp_to_camera(image: Tensor, camera: Camera, target: Camera) -> Tensor:
+    """``image`` (rows, cols) seen by ``camera`` as ``target`` would see it from the same source.
+
+    For a pinhole camera a change of intrinsics (detector distance, pixel pitch, principal point) is
+    exactly the homography ``K_camera K_target^-1`` of the image, whatever the scene: this is how an
+    X-ray from another C-arm reaches networks trained for ``target``. Bilinear; zero where the
+    target sees past the edge of ``camera``'s detector. Returns ``target.image_size``, float32.
+    """
+    x = torch.as_tensor(image, dtype=torch.float32)
+    if tuple(x.shape) != camera.image_size:
+        raise InputError("image", f"is {list(x.shape)} but the camera's image_size is {list(camera.image_size)}",
+                         "an image of the camera's size")
+    H = camera.intrinsics @ torch.linalg.inv(target.intrinsics)
+    v, u = torch.meshgrid(torch.arange(target.rows, dtype=torch.float64),
+                          torch.arange(target.cols, dtype=torch.float64), indexing="ij")
+    p = torch.stack([u, v, torch.ones_like(u)], dim=-1) @ H.T
+    uv = p[..., :2] / p[..., 2:]
+    scale = torch.tensor([2.0 / max(camera.cols - 1, 1), 2.0 / max(camera.rows - 1, 1)], dtype=torch.float64)
+    grid = (uv * scale - 1.0).to(torch.float32)[None]
+    return F.grid_sample(x[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+
+
+def preprocess_for_camera(image: Tensor, camera: Camera, target: Camera, photometric: str = "MONOCHROME2",
+                          line_integrals: bool = False) -> tuple[Tensor, Tensor]:
+    """Line integrals of a detector frame in ``target``'s intrinsics, and the mask of target pixels
+    that saw the exposed field: ``(target rows, cols)`` each.
+
+    The frame is first binned to about the target's pixel footprint (so that the warp does not
+    alias), then warped by :func:`warp_to_camera`.
+    """
+    footprint = (min(target.pixel_spacing) / target.sdd) / (min(camera.pixel_spacing) / camera.sdd)
+    rows = max(2, min(camera.rows, round(camera.rows / max(footprint, 1e-6))))
+    cols = max(2, min(camera.cols, round(camera.cols / max(footprint, 1e-6))))
+    if line_integrals:
+        L, binned = resample(torch.as_tensor(image).float(), camera, rows, cols)
+        mask = torch.ones_like(L, dtype=torch.bool)
+    else:
+        L, binned, mask = preprocess(image, camera, (rows, cols), photometric=photometric)
+    warped = warp_to_camera(L, binned, target)
+    valid = warp_to_camera(mask.float(), binned, target) > 0.999
+    return torch.where(valid, warped, torch.zeros_like(warped)), valid

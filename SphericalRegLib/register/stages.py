@@ -23,10 +23,11 @@ __all__ = ["initial_pose", "learnt_similarity", "keep_or_discard", "translation_
 
 @torch.no_grad()
 def initial_pose(ctx: RegistrationContext, given: Tensor | None = None) -> StageRecord:
-    """The regressor's pose for the X-ray, or ``given`` (4, 4) when the caller has one."""
+    """The regressor's pose for the X-ray (seen in the model's training intrinsics, so that any
+    C-arm's image reaches it as trained), or ``given`` (4, 4) when the caller has one."""
     t0 = time.perf_counter()
     if given is None:
-        x, _, _ = ctx.xray.level(ctx.model.config.image_size)
+        x, _, _ = ctx.xray.in_camera(ctx.model.camera)
         pose, source = ctx.model.regressor(x)[0].double(), "regressor"
     else:
         pose, source = torch.as_tensor(given, dtype=torch.float64, device=ctx.device), "given"
@@ -37,9 +38,10 @@ def initial_pose(ctx: RegistrationContext, given: Tensor | None = None) -> Stage
 
 def learnt_residual(ctx: RegistrationContext):
     """``pose (B, 4, 4) -> (B, N)``: per-token spherical distances between the X-ray's embedding
-    and the embedding of the CT feature volume's DRR at the pose (the learnt similarity)."""
+    and the embedding of the CT feature volume's DRR at the pose (the learnt similarity), both in
+    the intrinsics the model was trained for."""
     model = ctx.model
-    x, camera, _ = ctx.xray.level(model.config.image_size)
+    x, camera, _ = ctx.xray.in_camera(model.camera)
     with torch.no_grad():
         zx = model.similarity.embed_xray(x)
     render = ctx.renderer(camera, model.feature_volume, model.config.n_samples)

@@ -123,3 +123,37 @@ def test_preprocess_combines_mask_log_and_resampling():
     # inside, the line integrals are those of the body, averaged over 2x2 blocks
     truth = L_true.view(30, 2, 40, 2).mean((1, 3))
     assert torch.allclose(L[mask].double(), truth[mask], atol=1e-5)
+
+
+def test_warp_to_camera_images_a_point_where_the_other_camera_projects_it():
+    """A change of intrinsics is a homography: a bead imaged by one C-arm lands, after the warp, on
+    the pixel where another C-arm (other sdd, pitch, principal point) projects it."""
+    from SphericalRegLib.camera import project
+    from SphericalRegLib.geometry import make_pose
+    from SphericalRegLib.xray import warp_to_camera
+
+    source = Camera(1000.0, (0.5, 0.5), (60.0, 45.5), (100, 120))
+    target = Camera(1200.0, (0.9, 0.8), (30.0, 40.0), (80, 64))
+    pose = make_pose(torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, 800.0], dtype=torch.float64))
+    bead = torch.tensor([[6.0, -4.0, 0.0]], dtype=torch.float64)
+    u, v = project(bead, pose, source)[0].tolist()
+    rows, cols = torch.meshgrid(torch.arange(100.0), torch.arange(120.0), indexing="ij")
+    image = torch.exp(-((cols - u) ** 2 + (rows - v) ** 2) / (2 * 3.0**2))
+    warped = warp_to_camera(image, source, target)
+    assert warped.shape == (80, 64)
+    peak = divmod(int(warped.argmax()), 64)
+    ut, vt = project(bead, pose, target)[0].tolist()
+    assert abs(peak[1] - ut) <= 1 and abs(peak[0] - vt) <= 1
+    assert torch.allclose(warp_to_camera(image, source, source), image, atol=1e-5)  # the identity is exact
+
+
+def test_preprocess_for_camera_masks_what_the_source_detector_never_saw():
+    from SphericalRegLib.xray import preprocess_for_camera
+
+    source = Camera(1000.0, (1.0, 1.0), (31.5, 31.5), (64, 64))
+    wider = Camera(1000.0, (2.0, 2.0), (31.5, 31.5), (64, 64))  # twice the field: a border it never saw
+    frame = torch.full((64, 64), 1000.0)
+    L, valid = preprocess_for_camera(frame, source, wider, line_integrals=False)
+    assert valid[32, 32] and not valid[0, 0] and not valid[63, 32]
+    assert 0.2 < float(valid.float().mean()) < 0.3  # about a quarter of the wider field
+    assert float(L[~valid].abs().max()) == 0.0
