@@ -22,7 +22,11 @@ from .volume import Volume
 if TYPE_CHECKING:  # SphericalRegLib.training imports this module
     from .training.config import TrainConfig
 
-__all__ = ["training_camera", "working_volume", "pose_length"]
+__all__ = ["training_camera", "working_volume", "pose_length", "check_anatomy_in_view", "MIN_ANATOMY_SHARE"]
+
+MIN_ANATOMY_SHARE = 0.15
+"""Below this share of the training field crossing tissue at the canonical view, training would learn
+mostly air (a body in one corner of a large volume gives 7%; a narrow spine crop a third or more)."""
 
 
 def _extent(ct: Volume) -> Tensor:
@@ -95,3 +99,21 @@ def _feature_memory_bytes(shape, config: TrainConfig) -> float:
 def pose_length(ct: Volume) -> float:
     """The characteristic length (mm) of the pose metrics: the CT's bounding radius."""
     return float(ct.radius)
+
+
+@torch.no_grad()
+def check_anatomy_in_view(hu: Tensor, renderer, reference: Tensor, source="CT") -> float:
+    """The share of the training detector whose ray crosses at least 1 cm of water-equivalent
+    tissue at the canonical view ``reference`` (4, 4); an :class:`InputError` when it is under
+    :data:`MIN_ANATOMY_SHARE`: the conventions aim the C-arm at the volume's centre, so a CT whose
+    anatomy is off-centre or mostly outside the volume would train the networks on air."""
+    from .volume import MU_WATER, hu_to_mu
+
+    L = renderer(hu_to_mu(hu.float())[None], reference.to(hu.device, torch.float64)[None])[0, 0]
+    share = float((L > 10.0 * MU_WATER).float().mean())
+    if share < MIN_ANATOMY_SHARE:
+        raise InputError(source, f"at the canonical view of the volume's centre only {share:.0%} of the "
+                         "training field crosses tissue: the anatomy is off-centre in the volume, mostly "
+                         "outside it, or the CT is not in Hounsfield units",
+                         "a CT cropped around the anatomy (its centre near the volume's centre), in HU")
+    return share

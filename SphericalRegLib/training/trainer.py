@@ -28,7 +28,7 @@ from ..checkpoint import ct_fingerprint, save_checkpoint
 from ..geometry import perturb_left, rotation_angle
 from ..model import build_networks
 from ..poses import camera_frame_offset, sample_offsets
-from ..preparation import pose_length, training_camera, working_volume
+from ..preparation import check_anatomy_in_view, pose_length, training_camera, working_volume
 from ..quality import describe_quality, model_quality
 from ..render import Renderer
 from ..volume import Volume, hu_to_mu
@@ -66,6 +66,7 @@ class Trainer:
         self.reference = canonical_ap_pose(self.isocentre, self.camera.sdd)
         self.renderer = Renderer(self.camera, self.volume.ijk_to_ras, self.volume.shape,
                                  config.n_samples).to(self.device)
+        self.anatomy_share = check_anatomy_in_view(self.hu, self.renderer, self.reference, source)
 
         torch.manual_seed(config.seed)
         self.features, self.similarity, self.regressor = (m.to(self.device) for m in build_networks(
