@@ -123,7 +123,7 @@ PRESETS = {
     # take about 35 minutes. Each X-ray randomisation at p = 0.1: at 0.3 (most images changed two or
     # more ways, a third inverted) the regressor learnt nothing in 300 steps at batch 4.
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
-                         batch_size=4, steps=1600, warmup_steps=100, val_every=100, checkpoint_every=200,
+                         batch_size=4, steps=1600, warmup_steps=100, val_every=200, val_size=64, checkpoint_every=200,
                          memory_budget_gib=4.0, augment_p=0.1, lr_similarity=5e-4),
     # One GPU.
     "full": TrainConfig(preset="full", spacing_mm=2.0, max_size=128, image_size=128, batch_size=16,

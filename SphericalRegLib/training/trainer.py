@@ -198,7 +198,7 @@ class Trainer:
         c, val = self.config, self.validation_set()
         for m in self.networks.values():
             m.eval()
-        angles = dict(twist=[], rot=[], tr=[])
+        angles = dict(twist=[], rot=[], tr=[], twist_se3=[], twist_so4=[])
         errors = dict(geodesic=[], rot=[], iso=[], prior=[])
         with torch.no_grad():
             feats = self.feature_volume()
@@ -209,6 +209,9 @@ class Trainer:
             target = target_gradient(moving, truth, c.metric, self.length, self.isocentre, self.depth)
             for k, v in twist_angles(g.detach(), target, self.length).items():
                 angles[k].append(v)
+            for metric in ("se3", "so4"):  # both, so that models trained on either compare
+                other = target_gradient(moving, truth, metric, self.length, self.isocentre, self.depth)
+                angles[f"twist_{metric}"].append(twist_angles(g.detach(), other, self.length)["twist"])
             with torch.no_grad():
                 est = self.regressor(xray).double()
             errors["geodesic"].append(pose_distance(est, truth, "se3", self.length, self.isocentre, self.depth))
@@ -227,6 +230,8 @@ class Trainer:
             rot_within30=float((a["rot"] < 30).double().mean()),
             tr_within30=float((a["tr"] < 30).double().mean()),
             grad_angle_median_deg=float(a["twist"].median()),
+            grad_within30_se3=float((a["twist_se3"] < 30).double().mean()),
+            grad_within30_so4=float((a["twist_so4"] < 30).double().mean()),
         )
 
     # -- distributed
