@@ -42,6 +42,11 @@ def main(args) -> int:
     conf = "n/a (uncalibrated model)" if result.confidence is None else f"{result.confidence:.2f}"
     print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
           + (" - DIVERGED, do not use this pose" if result.diverged else ""))
+    if result.uncertainty is not None:
+        u = result.uncertainty
+        print(f"uncertainty at the CT centre: {u['depth_sd_mm']:.2f} mm along the central ray, "
+              f"{u['inplane_sd_mm']:.2f} mm in the detector plane (1 sd"
+              + ("" if u["calibrated"] else ", raw: not calibrated on held-out cases, too small") + ")")
     for warning in result.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     for name, path in paths.items():

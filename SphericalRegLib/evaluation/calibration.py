@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..confidence import fit
 from ..errors import InputError
+from ..register.uncertainty import fit_scale
 from .rows import Row
 
 __all__ = ["fit_confidence", "CALIBRATION_METHODS"]
@@ -18,4 +19,11 @@ def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS) -> dict:
         raise InputError("calibration", f"{len(rs)} runs of {'/'.join(methods)} with "
                          f"{sum(r.mTRE < 1 for r in rs)} sub-millimetre",
                          "at least 5 runs with both successes and failures")
-    return fit([r.final_ncc for r in rs], [r.cost for r in rs], [r.mTRE < 1 for r in rs])
+    calibration = fit([r.final_ncc for r in rs], [r.cost for r in rs], [r.mTRE < 1 for r in rs])
+    scaled = [r for r in rs if r.depth_sd is not None and not r.diverged and r.mTRE < 5]  # the spread of
+    if len(scaled) >= 5:  # registrations that worked; gross failures are the confidence's job
+        calibration["uncertainty_scale"] = {
+            "depth": fit_scale([r.depth for r in scaled], [r.depth_sd for r in scaled], "depth"),
+            "inplane": fit_scale([r.inplane for r in scaled], [r.inplane_sd for r in scaled], "inplane"),
+            "cases": len(scaled)}
+    return calibration

@@ -12,6 +12,7 @@ from ..camera import Camera
 from ..errors import InputError
 from ..metrics import centroid_errors, mpe, mtre
 from ..register import RegistrationResult, StageRecord
+from ..register.uncertainty import point_standard_deviations
 
 __all__ = ["Row", "errors", "read_rows", "write_rows"]
 
@@ -41,13 +42,19 @@ class Row:
     mPE: float
     depth: float
     inplane: float
+    depth_sd: float | None = None
+    inplane_sd: float | None = None
 
     @classmethod
     def from_result(cls, method: str, case: str, result: RegistrationResult, truth, landmarks) -> "Row":
         similarity = result.stages.get("similarity")
+        sds = {}
+        if result.covariance is not None:  # raw (uncalibrated) sds at the landmarks' centroid
+            sd = point_standard_deviations(result.camera_from_world, result.covariance, landmarks.mean(0))
+            sds = {"depth_sd": sd["depth_sd_mm"], "inplane_sd": sd["inplane_sd_mm"]}
         return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
                    result.final_ncc, similarity.cost[-1] if similarity is not None else None,
-                   **errors(result.camera_from_world, truth, landmarks, result.camera))
+                   **errors(result.camera_from_world, truth, landmarks, result.camera), **sds)
 
     @classmethod
     def from_stage(cls, method: str, case: str, stage: StageRecord, truth, landmarks, camera: Camera) -> "Row":
@@ -60,6 +67,8 @@ class Row:
         values = {}
         for f in fields(cls):
             text = record.get(f.name)
+            if text is None and f.default is None:  # a column added later: absent in older tables
+                continue
             if text is None:
                 raise InputError(source, f"has no column {f.name!r}", "a cases.csv written by 'sphericalreg evaluate'")
             values[f.name] = _parse(text, f.type, f.name, source)

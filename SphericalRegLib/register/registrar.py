@@ -18,6 +18,7 @@ from .context import RegistrationContext
 from .options import RegisterOptions
 from .pyramid import XrayPyramid
 from .records import RegistrationResult, StageRecord
+from .uncertainty import point_standard_deviations, twist_covariance
 from .stages import initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
     translation_search
 
@@ -101,11 +102,18 @@ class Registrar:
             similarity = (stages["similarity"].cost[-1] if "similarity" in stages
                           else float(0.5 * learnt_residual(ctx)(T).pow(2).sum()))
         diverged = failed or not torch.isfinite(pose).all() or not self._plausible(pose, camera)
+        covariance, uncertainty = None, None
+        if "intensity" in stages and not diverged:
+            covariance = twist_covariance(ctx.intensity_residual(level), T[0]).cpu()
+            scale = (self.calibration or {}).get("uncertainty_scale")
+            uncertainty = {**point_standard_deviations(pose, covariance, self.ct.centre, scale),
+                           "point": "CT centre", "calibrated": scale is not None}
         return RegistrationResult(
             camera_from_world=pose, seconds=seconds_so_far + time.perf_counter() - t0, similarity=similarity,
             iterations=sum(s.iterations for s in stages.values()),
             confidence=self._confidence(final_ncc, similarity, diverged), diverged=bool(diverged), camera=camera,
-            drr=drr.cpu(), xray=x[0, 0].cpu(), final_ncc=final_ncc, stages=stages, warnings=list(self.warnings))
+            drr=drr.cpu(), xray=x[0, 0].cpu(), final_ncc=final_ncc, stages=stages, warnings=list(self.warnings),
+            covariance=covariance, uncertainty=uncertainty)
 
     def _plausible(self, pose: Tensor, camera: Camera) -> bool:
         """The CT centre must lie in front of the source and project onto the detector."""

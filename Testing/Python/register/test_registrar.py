@@ -44,6 +44,18 @@ def test_every_stage_leaves_a_record_and_result_json_summarises_them(tiny_model_
     assert {"initial", "similarity", "search", "intensity 1"} <= set(seen)
 
 
+def test_a_registration_that_worked_states_its_uncertainty_depth_the_weakest(tiny_model_file, tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    levels = tuple(IntensityLevel(6.0, 48, 8, form, 25) for form in ("ncc", "difference"))
+    options = RegisterOptions(optimizer="none", refine_levels=levels, search_step_mm=0)
+    result = Registrar(load_model(tiny_model_file, case.ct), case.ct, options).register(
+        case.xray, case.camera, case.init)
+    assert not result.diverged and result.covariance.shape == (6, 6)
+    u = result.to_json()["uncertainty"]
+    assert u["calibrated"] is False  # the tiny model has no calibration: said so
+    assert 0 < u["inplane_sd_mm"] < u["depth_sd_mm"]  # one view pins depth least
+
+
 def test_a_set_cancel_flag_stops_the_registration(tiny_model_file, tiny_cases):
     case = read_case(tiny_cases / "case_000")
     cancel = threading.Event()
