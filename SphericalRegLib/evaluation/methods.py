@@ -36,6 +36,8 @@ METHODS = {
     "ours-init": Method("main", "given", description="as ours, from init.json instead of the regressor"),
     "ours-se3": Method("se3", "regressor", description="ours with a model trained on the SE(3) metric"),
     "ours-gd": Method("main", "regressor", optimizer="gd", description="gradient descent instead of LM"),
+    "ours-no-learnt": Method("main", "regressor", optimizer="none",
+                             description="ours without the learnt-similarity stage: what that stage adds"),
     "euclidean": Method("euclidean", "regressor", description="Euclidean instead of spherical similarity"),
     "hyperbolic": Method("hyperbolic", "regressor", description="hyperbolic instead of spherical similarity"),
     "no-equivariant": Method("plain", "regressor", description="without the equivariant CNN"),
