@@ -294,8 +294,10 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showResult(self, result: dict, camera) -> None:
         p = self._parameterNode
+        uncertainty = result.get("uncertainty") or {}
         node = self.logic.store_result(p.ctVolume, result["camera_from_world"], p.outputTransform,
-                                       {k: result.get(k) for k in ("confidence", "similarity", "seconds", "iterations")})
+                                       {**{k: result.get(k) for k in ("confidence", "similarity", "seconds", "iterations")},
+                                        **{k: uncertainty.get(k) for k in ("depth_sd_mm", "inplane_sd_mm")}})
         p.outputTransform = node
         self._showGeometry(node, camera)
         drr = render_drr(p.ctVolume, camera, result["camera_from_world"])
@@ -308,7 +310,14 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.confidenceLabel.text = "n/a (model not calibrated)" if confidence is None else f"{confidence:.2f}"
         self.ui.confidenceWarningLabel.visible = low
         self.ui.progressBar.setValue(100)
-        self.ui.statusLabel.text = f"Registered in {result.get('seconds', float('nan')):.1f} s"
+        status = f"Registered in {result.get('seconds', float('nan')):.1f} s"
+        if uncertainty:
+            status += (f"; uncertainty at the CT centre {uncertainty['depth_sd_mm']:.2f} mm along the beam, "
+                       f"{uncertainty['inplane_sd_mm']:.2f} mm across it"
+                       + ("" if uncertainty.get("calibrated") else " (uncalibrated)"))
+        for warning in result.get("warnings") or []:
+            status += f"\nWarning: {warning}"
+        self.ui.statusLabel.text = status
 
     def _showGeometry(self, transform_node, camera) -> None:
         """Detector plane, beam outline and source under the result transform (replacing earlier ones)."""
