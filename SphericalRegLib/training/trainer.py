@@ -278,7 +278,7 @@ class Trainer:
         save_checkpoint(path, config=self.config, camera=self.camera, fingerprint=self.fingerprint,
                         networks=self.networks, step=self.step, optimizer=self.optimizer,
                         scheduler=self.scheduler, history=self.history, rng=self.rng_state(),
-                        world_size=self.world_size)
+                        world_size=self.world_size, extra={"quality": model_quality(self.history)})
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint dictionary (from :func:`SphericalRegLib.checkpoint.read_checkpoint`)."""
