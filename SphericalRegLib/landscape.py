@@ -45,7 +45,7 @@ class Profiles:
 def axis_offsets(truth: Tensor, sdd: float, rot_deg: float, trans_mm: float, steps: int) -> tuple[Tensor, Tensor]:
     """``(6, S)`` offsets and the poses ``(6 * S, 4, 4)`` they give about ``truth`` (4, 4)."""
     t = torch.linspace(-1.0, 1.0, steps, dtype=torch.float64)
-    offsets = (torch.stack([t * rot_deg] * 3 + [t * trans_mm] * 3) * 1e6).round() / 1e6  # exact 0 at the truth
+    offsets = (torch.stack([t * rot_deg] * 3 + [t * trans_mm] * 3) * 1e6).round() / 1e6 + 0.0  # exactly 0 at the truth
     angles = torch.zeros(6, steps, 3, dtype=torch.float64)
     shifts = torch.zeros(6, steps, 3, dtype=torch.float64)
     for k in range(3):
