@@ -56,6 +56,8 @@ class TrainConfig:
     regressor_kwargs: dict = field(default_factory=dict)
     # objective
     metric: str = "so4"
+    # each sample's direction terms weighted by its own gradient norm (objective.direction_loss)
+    weighted_direction: bool = False
     regressor_weight: float = 1.0
     # value term: the RMS token distance should read the geodesic pose distance in units of value_scale_mm
     value_weight: float = 0.5

@@ -70,11 +70,21 @@ def _unit(v: Tensor) -> Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def direction_loss(g: Tensor, target: Tensor) -> Tensor:
-    """``|g_rot/|g_rot| - g*_rot/|g*_rot||^2 + |g_tr/|g_tr| - g*_tr/|g*_tr||^2`` per sample, ``(B, 6) x 2 -> (B,)``."""
+def direction_loss(g: Tensor, target: Tensor, weighted: bool = False) -> Tensor:
+    """``|g_rot/|g_rot| - g*_rot/|g*_rot||^2 + |g_tr/|g_tr| - g*_tr/|g*_tr||^2`` per sample, ``(B, 6) x 2 -> (B,)``.
+
+    ``weighted``: each sample's two terms times its own ``|g_rot|``, ``|g_tr|`` (detached, over the
+    batch mean). The derivative of a unit vector scales like ``1 / |g|``, so unweighted, the samples
+    whose gradient is nearly zero (saturated, far offsets) dominate every update
+    (docs/learnability.md: 1-DOF gradients within 30 deg 44% -> 70%).
+    """
     target = target.to(g)
     rot = (_unit(g[:, :3]) - _unit(target[:, :3])).pow(2).sum(-1)
     tr = (_unit(g[:, 3:]) - _unit(target[:, 3:])).pow(2).sum(-1)
+    if weighted:
+        w_rot, w_tr = g[:, :3].norm(dim=-1).detach(), g[:, 3:].norm(dim=-1).detach()
+        rot = rot * w_rot / w_rot.mean().clamp_min(1e-12)
+        tr = tr * w_tr / w_tr.mean().clamp_min(1e-12)
     return rot + tr
 
 

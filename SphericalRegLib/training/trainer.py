@@ -143,7 +143,7 @@ class Trainer:
         c = self.config
         target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
         S, g = self.similarity_gradient(self.feature_volume(), batch["xray"], batch["moving"], create_graph=True)
-        direction = direction_loss(g, target).mean()
+        direction = direction_loss(g, target, weighted=c.weighted_direction).mean()
         distance = pose_distance(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
         rms = (2 * S / self.similarity.tokens).clamp_min(1e-12).sqrt()  # RMS token distance
         value = F.smooth_l1_loss(rms, (distance / c.value_scale_mm).to(rms.dtype))

@@ -138,3 +138,16 @@ def test_similarity_rejects_wrong_channels():
         net.embed_drr(torch.rand(1, 2, 64, 64))
     with pytest.raises(ValueError, match="space"):
         SimilarityNet(3, space="flat")
+
+
+def test_tied_stems_make_the_similarity_start_as_a_comparison_of_like_images():
+    """With the DRR stem tied to the X-ray stem, a DRR whose mu channel is the X-ray embeds like the
+    X-ray (whatever its learnt channels hold), so S = 0 at the truth from the first step."""
+    torch.manual_seed(0)
+    net = SimilarityNet(drr_channels=3, embed_dim=8, image_size=32, tokens=4, tied_stems=True).eval()
+    x = torch.rand(2, 1, 32, 32)
+    drr = torch.cat([x, torch.rand(2, 2, 32, 32)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(net.embed_xray(x), net.embed_drr(drr), atol=1e-5)
+        untied = SimilarityNet(drr_channels=3, embed_dim=8, image_size=32, tokens=4).eval()
+        assert not torch.allclose(untied.embed_xray(x), untied.embed_drr(drr), atol=1e-3)

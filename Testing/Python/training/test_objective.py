@@ -21,3 +21,14 @@ def test_target_gradient_points_uphill_and_depends_on_the_metric(trainer):
         assert (d1 < d0).all(), metric
     cos = torch.nn.functional.cosine_similarity(targets["se3"], targets["so4"], dim=-1)
     assert (cos < 1 - 1e-6).all()  # different targets, not merely rescaled
+
+
+def test_weighted_direction_loss_weighs_samples_by_their_gradient_norm():
+    from SphericalRegLib.training import direction_loss
+
+    target = torch.tensor([[1.0, 0, 0, 1, 0, 0], [1.0, 0, 0, 1, 0, 0]], dtype=torch.float64)
+    g = torch.tensor([[0.0, 1, 0, 0, 1, 0], [0.0, 1, 0, 0, 1, 0]], dtype=torch.float64)  # equal norms
+    assert torch.allclose(direction_loss(g, target, weighted=True), direction_loss(g, target))
+    g = torch.tensor([[0.0, 3, 0, 0, 3, 0], [0.0, 1, 0, 0, 1, 0]], dtype=torch.float64)  # same directions
+    weighted = direction_loss(g, target, weighted=True)
+    assert torch.allclose(weighted, direction_loss(g, target) * torch.tensor([1.5, 0.5], dtype=torch.float64))
