@@ -35,6 +35,7 @@ METHODS = {
     "ours": Method("main", "regressor", description="regressor, LM on the learnt similarity, LM on patch NCC"),
     "ours-init": Method("main", "given", description="as ours, from init.json instead of the regressor"),
     "ours-se3": Method("se3", "regressor", description="ours with a model trained on the SE(3) metric"),
+    "ours-so4": Method("so4", "regressor", description="ours with a model trained on the SO(4) metric"),
     "ours-gd": Method("main", "regressor", optimizer="gd", description="gradient descent instead of LM"),
     "ours-no-learnt": Method("main", "regressor", optimizer="none",
                              description="ours without the learnt-similarity stage: what that stage adds"),
