@@ -1,0 +1,43 @@
+"""A trained model's validation on held-out poses, as training reports it, with any number of poses.
+
+    python benchmarks/validate_model.py MODEL.pt --ct CT [--poses 64] [--seed 7000001]
+
+Prints the regressor's errors (and the pose prior's) and the share of similarity gradients within
+30 deg of the SE(3) and of the SO(4) geodesic gradient; the seed is not the training's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+import torch
+
+from SphericalRegLib.camera import Camera
+from SphericalRegLib.checkpoint import read_checkpoint
+from SphericalRegLib.io import read_ct
+from SphericalRegLib.training import TrainConfig, Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--ct", required=True)
+    parser.add_argument("--poses", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=7_000_001)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ct = read_ct(args.ct)
+    state = read_checkpoint(args.model, ct)
+    config = replace(TrainConfig.from_dict(state["config"], args.model), val_size=args.poses, val_seed=args.seed)
+    trainer = Trainer(ct, config, Camera.from_json(state["camera"], args.model))
+    for name, module in trainer.networks.items():
+        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["networks"][name].items()})
+    print(json.dumps({"model": args.model, "step": state["step"], "poses": args.poses, "seed": args.seed,
+                      **{k: round(v, 4) for k, v in trainer.validate().items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
