@@ -506,7 +506,7 @@ def probe(args):
             xi[:, 3] = mm
             drr = tr.renderer(mu, perturb_left(xi, val["truth"]))
             rows.append((f"DRR of mu at +{mm:g} mm x (X-ray stem)", float(sim.residual(z, sim.embed_xray(drr)).pow(2).mean().sqrt())))
-            rows.append((f"  same, image MSE / MSE between truths", float(((drr - x) ** 2).mean() / ((x - x.roll(1, 0)) ** 2).mean())))
+            rows.append(("  same, image MSE / MSE between truths", float(((drr - x) ** 2).mean() / ((x - x.roll(1, 0)) ** 2).mean())))
     print(f"| change of the X-ray ({args.size} px, network at initialisation) | RMS token distance (rad) |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v:.4f} |")
