@@ -50,5 +50,9 @@ def main(args) -> int:
     print(f"[demo] initial (regressor) mTRE {float(mtre(start, truth, landmarks)):.2f} mm")
     print(f"mTRE {err:.2f} mm | mPE {err2d:.2f} mm | depth {depth:.2f} mm, in-plane {inplane:.2f} mm | "
           f"confidence {conf} | {result.seconds:.1f} s")
+    if result.uncertainty is not None:
+        u = result.uncertainty
+        print(f"[demo] uncertainty at the CT centre (1 sd): {u['depth_sd_mm']:.2f} mm along the central ray, "
+              f"{u['inplane_sd_mm']:.2f} mm in the detector plane")
     print(f"[demo] overlay: {paths['overlay']}")
     return 0
