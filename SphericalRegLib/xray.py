@@ -165,16 +165,21 @@ def _target_size(camera: Camera, size) -> tuple[int, int]:
 
 
 def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photometric: str = "MONOCHROME2",
-               air: float | None = None, dark: float = 0.0) -> tuple[Tensor, Camera, Tensor]:
+               air: float | None = None, dark: float = 0.0,
+               line_integrals: bool = False) -> tuple[Tensor, Camera, Tensor]:
     """A detector frame made ready for registration: ``(line integrals, camera, exposed mask)``.
 
     ``size`` is the longer side in pixels (aspect kept) or ``(rows, cols)``. The collimator is found
     on the full-resolution frame, I0 among its exposed pixels; the mask is resampled with the image
     and keeps only pixels wholly inside the exposed field. Line integrals are float32, 0 outside.
+    With ``line_integrals`` the image already holds -log(I/I0): it is only resampled, every pixel valid.
     """
+    rows, cols = _target_size(camera, size)
+    if line_integrals:
+        L, new_camera = resample(torch.as_tensor(image).float(), camera, rows, cols)
+        return L, new_camera, torch.ones_like(L, dtype=torch.bool)
     mask = collimator_mask(image, photometric)
     L = to_line_integrals(image, photometric, air=air, mask=mask, dark=dark)
-    rows, cols = _target_size(camera, size)
     L, new_camera = resample(L.float(), camera, rows, cols)
     m, _ = resample(mask.float(), camera, rows, cols)
     m = m > 0.999
@@ -214,11 +219,7 @@ def preprocess_for_camera(image: Tensor, camera: Camera, target: Camera, photome
     footprint = (min(target.pixel_spacing) / target.sdd) / (min(camera.pixel_spacing) / camera.sdd)
     rows = max(2, min(camera.rows, round(camera.rows / max(footprint, 1e-6))))
     cols = max(2, min(camera.cols, round(camera.cols / max(footprint, 1e-6))))
-    if line_integrals:
-        L, binned = resample(torch.as_tensor(image).float(), camera, rows, cols)
-        mask = torch.ones_like(L, dtype=torch.bool)
-    else:
-        L, binned, mask = preprocess(image, camera, (rows, cols), photometric=photometric)
+    L, binned, mask = preprocess(image, camera, (rows, cols), photometric=photometric, line_integrals=line_integrals)
     warped = warp_to_camera(L, binned, target)
     valid = warp_to_camera(mask.float(), binned, target) > 0.999
     return torch.where(valid, warped, torch.zeros_like(warped)), valid

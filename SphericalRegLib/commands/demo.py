@@ -27,6 +27,7 @@ def main(args) -> int:
     from ..io import read_truth
     from ..metrics import centroid_errors, mpe, mtre
     from ..register import register_case
+    from ..register.uncertainty import describe as describe_uncertainty
     from ..simulate import write_cases
 
     set_threads(args.threads)
@@ -51,8 +52,6 @@ def main(args) -> int:
     print(f"mTRE {err:.2f} mm | mPE {err2d:.2f} mm | depth {depth:.2f} mm, in-plane {inplane:.2f} mm | "
           f"confidence {conf} | {result.seconds:.1f} s")
     if result.uncertainty is not None:
-        u = result.uncertainty
-        print(f"[demo] uncertainty at the CT centre (1 sd): {u['depth_sd_mm']:.2f} mm along the central ray, "
-              f"{u['inplane_sd_mm']:.2f} mm in the detector plane")
+        print(f"[demo] {describe_uncertainty(result.uncertainty)}")
     print(f"[demo] overlay: {paths['overlay']}")
     return 0

@@ -23,7 +23,6 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from ..confidence import load_calibration
     from ..devices import resolve_device
     from ..io import read_case, read_truth, write_json
     from ..landscape import plot_landscape, twist_profiles
@@ -41,7 +40,7 @@ def main(args) -> int:
         device = resolve_device(args.device)
     case = read_case(args.case)
     truth, _ = read_truth(args.case)
-    registrar = Registrar(load_model(args.model, case.ct, device), case.ct, calibration=load_calibration(args.model))
+    registrar = Registrar(load_model(args.model, case.ct, device), case.ct)
     ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
     learnt = learnt_residual(ctx)
     ncc = ctx.intensity_residual(registrar.options.refine_levels[0], "ncc")

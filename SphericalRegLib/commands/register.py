@@ -6,6 +6,7 @@ import sys
 
 from ..devices import resolve_device
 from ..register import RegisterOptions, register_case
+from ..register.uncertainty import describe as describe_uncertainty
 from . import flags_for_fields, set_threads
 
 FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device"}
@@ -43,10 +44,7 @@ def main(args) -> int:
     print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
           + (" - DIVERGED, do not use this pose" if result.diverged else ""))
     if result.uncertainty is not None:
-        u = result.uncertainty
-        print(f"uncertainty at the CT centre: {u['depth_sd_mm']:.2f} mm along the central ray, "
-              f"{u['inplane_sd_mm']:.2f} mm in the detector plane (1 sd"
-              + ("" if u["calibrated"] else ", raw: not calibrated on held-out cases, too small") + ")")
+        print(describe_uncertainty(result.uncertainty))
     for warning in result.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     for name, path in paths.items():

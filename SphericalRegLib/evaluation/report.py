@@ -3,14 +3,13 @@ the mTRE CDF and the convergence of the learnt stage."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
 import torch
 
-from ..io import atomic_write, write_json
+from ..io import atomic_write, write_csv, write_json
 from ..metrics import SUMMARY_COLUMNS, summarise
 from .rows import Row, write_rows
 
@@ -33,14 +32,7 @@ def report(out: Path, rows: list[Row], curves: dict, info: dict) -> dict:
     """Write every table and plot of ``rows`` into ``out``; returns rows, summary and info."""
     summary = summary_rows(rows, info["methods"])
     write_rows(out / "cases.csv", rows)
-
-    def write_summary(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-            w.writeheader()
-            w.writerows(summary)
-
-    atomic_write(out / "results.csv", write_summary)
+    write_csv(out / "results.csv", SUMMARY_COLUMNS, summary)
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(markdown_table(summary, info)))
     write_json(out / "info.json", info, overwrite=True)
     atomic_write(out / "curves.json", lambda tmp: Path(tmp).write_text(json.dumps(curves)))

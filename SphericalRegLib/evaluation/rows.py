@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..camera import Camera
 from ..errors import InputError
+from ..io import write_csv
 from ..metrics import centroid_errors, mpe, mtre
 from ..register import RegistrationResult, StageRecord
 from ..register.uncertainty import point_standard_deviations
@@ -94,15 +95,7 @@ def _parse(text: str, kind: str, name: str, source):
 
 
 def write_rows(path: Path, rows: list[Row]) -> None:
-    from ..io import atomic_write
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[f.name for f in fields(Row)])
-            w.writeheader()
-            w.writerows(asdict(r) for r in rows)
-
-    atomic_write(path, write)
+    write_csv(path, [f.name for f in fields(Row)], [asdict(r) for r in rows])
 
 
 def read_rows(path: Path) -> list[Row]:

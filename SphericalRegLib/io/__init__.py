@@ -7,12 +7,12 @@ RAS = diag(-1, -1, 1) LPS). Results are written by :mod:`SphericalRegLib.registe
 
 from .cases import CT_NAMES, XRAY_NAMES, Case, as_pose, read_case, read_pose, read_truth, truth_path
 from .dicom import read_dicom_series
-from .files import atomic_write, read_json, write_json
+from .files import atomic_write, read_json, write_csv, write_json
 from .images import LPS_TO_RAS, read_ct, read_xray
 from .transforms import read_itk_transform, write_itk_transform
 
 __all__ = [
     "Case", "read_ct", "read_xray", "read_case", "read_truth", "read_pose", "truth_path", "as_pose",
-    "read_dicom_series", "read_json", "write_json", "atomic_write", "write_itk_transform", "read_itk_transform",
+    "read_dicom_series", "read_json", "write_json", "write_csv", "atomic_write", "write_itk_transform", "read_itk_transform",
     "CT_NAMES", "XRAY_NAMES", "LPS_TO_RAS",
 ]

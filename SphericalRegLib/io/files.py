@@ -3,6 +3,7 @@ checks that turn a missing or existing file into a clear :class:`~SphericalRegLi
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["atomic_write", "write_json", "read_json", "refuse_existing", "require_file"]
+__all__ = ["atomic_write", "write_json", "write_csv", "read_json", "refuse_existing", "require_file"]
 
 
 def require_file(path: Path, what: str) -> None:
@@ -83,4 +84,18 @@ def write_json(path: str | Path, obj, overwrite: bool = False) -> Path:
     refuse_existing(path, overwrite)
     text = json.dumps(obj, indent=2, default=_jsonable) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def write_csv(path: str | Path, fieldnames: list[str], rows) -> Path:
+    """``rows`` (dicts keyed by ``fieldnames``) as a CSV table with a header, atomically; replaces ``path``."""
+    path = Path(path)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fieldnames)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
     return path

@@ -3,6 +3,7 @@ caller's progress and cancel hooks."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,8 +42,6 @@ class RegistrationContext:
     @property
     def bounds(self) -> dict:
         """The trust region every optimiser keeps to (radians and mm from its start)."""
-        import math
-
         return dict(max_rotation=math.radians(self.options.max_rotation_deg),
                     max_translation=self.options.max_translation_mm)
 

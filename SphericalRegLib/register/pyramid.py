@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera
-from ..xray import preprocess, preprocess_for_camera, resample
+from ..xray import preprocess, preprocess_for_camera
 
 __all__ = ["XrayPyramid"]
 
@@ -34,11 +34,8 @@ class XrayPyramid:
         """``(x, camera, valid)``: line integrals ``(1, 1, size, size)`` float32 on the device, the
         camera of that grid and the mask ``(size, size)`` of pixels inside the exposed field."""
         if size not in self._levels:
-            if self.line_integrals:
-                x, cam = resample(self.image.float(), self.camera, size, size)
-                valid = torch.ones_like(x, dtype=torch.bool)
-            else:
-                x, cam, valid = preprocess(self.image, self.camera, (size, size), photometric=self.photometric)
+            x, cam, valid = preprocess(self.image, self.camera, (size, size), photometric=self.photometric,
+                                       line_integrals=self.line_integrals)
             self._levels[size] = x.to(self.device).float()[None, None], cam, valid
         return self._levels[size]
 

@@ -82,7 +82,6 @@ class Registrar:
         if opt.refine:
             stages["intensity"] = intensity_refinement(ctx, pose)
             pose = stages["intensity"].pose
-        if opt.refine:
             failed = stages["intensity"].diverged
         else:  # nothing after the learnt stage could have recovered from its divergence
             failed = "similarity" in stages and stages["similarity"].diverged

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..geometry import skew, transform_points
 from ..optimize import twist_jacobian
 
-__all__ = ["twist_covariance", "point_standard_deviations", "fit_scale", "CHI2_MEDIAN"]
+__all__ = ["twist_covariance", "point_standard_deviations", "fit_scale", "describe", "CHI2_MEDIAN"]
 
 CHI2_MEDIAN = {"depth": 0.4549, "inplane": 0.6931}
 """Median of (error / sd)^2 for a calibrated sd: chi-square with 1 dof; with 2 dof, halved (the
@@ -57,3 +57,10 @@ def point_standard_deviations(pose: Tensor, covariance: Tensor, point_world: Ten
     scale = scale or {}
     return {"depth_sd_mm": float(scale.get("depth", 1.0) * C[2, 2].clamp_min(0).sqrt()),
             "inplane_sd_mm": float(scale.get("inplane", 1.0) * (C[0, 0] + C[1, 1]).clamp_min(0).sqrt())}
+
+
+def describe(uncertainty: dict) -> str:
+    """One line for a person: the result's ``uncertainty`` (as :class:`RegistrationResult` holds it)."""
+    return (f"uncertainty at the {uncertainty['point']} (1 sd): {uncertainty['depth_sd_mm']:.2f} mm along the "
+            f"central ray, {uncertainty['inplane_sd_mm']:.2f} mm in the detector plane"
+            + ("" if uncertainty["calibrated"] else " (raw: not calibrated on held-out cases, too small)"))

@@ -206,12 +206,13 @@ class Trainer:
             sl = slice(start, start + c.batch_size)
             xray, truth, moving = val["xray"][sl], val["truth"][sl], val["moving"][sl]
             _, g = self.similarity_gradient(feats, xray, moving, create_graph=False)
-            target = target_gradient(moving, truth, c.metric, self.length, self.isocentre, self.depth)
-            for k, v in twist_angles(g.detach(), target, self.length).items():
-                angles[k].append(v)
             for metric in ("se3", "so4"):  # both, so that models trained on either compare
-                other = target_gradient(moving, truth, metric, self.length, self.isocentre, self.depth)
-                angles[f"twist_{metric}"].append(twist_angles(g.detach(), other, self.length)["twist"])
+                target = target_gradient(moving, truth, metric, self.length, self.isocentre, self.depth)
+                parts = twist_angles(g.detach(), target, self.length)
+                angles[f"twist_{metric}"].append(parts["twist"])
+                if metric == c.metric:
+                    for k, v in parts.items():
+                        angles[k].append(v)
             with torch.no_grad():
                 est = self.regressor(xray).double()
             errors["geodesic"].append(pose_distance(est, truth, "se3", self.length, self.isocentre, self.depth))
