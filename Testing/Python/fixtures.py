@@ -76,18 +76,33 @@ def blob_volume(shape, seed=0, dtype=torch.float32):
 TINY_MODEL_CONFIG = {"base": "small", **TINY, "similarity_kwargs": dict(embed_dim=8, tokens=9)}
 
 
+def write_training_inputs(ct: Volume, folder: Path, config: dict | None = None) -> tuple[Path, Path]:
+    """``folder/ct.nii.gz`` and ``folder/tiny.json`` (default: the tiny configuration on the small
+    preset) for the train command; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_ct(ct, folder / "ct.nii.gz")
+    path = folder / "tiny.json"
+    path.write_text(json.dumps(config or {"base": "small", **TINY}))
+    return folder / "ct.nii.gz", path
+
+
 def train_tiny_model(ct: Volume, folder: Path, steps: int = 2) -> Path:
     """A tiny model of ``ct`` trained for ``steps`` steps through the real train command."""
     from SphericalRegLib import cli
 
-    folder.mkdir(parents=True, exist_ok=True)
-    write_ct(ct, folder / "ct.nii.gz")
-    config = folder / "tiny.json"
-    config.write_text(json.dumps(TINY_MODEL_CONFIG))
+    ct_path, config = write_training_inputs(ct, folder, TINY_MODEL_CONFIG)
     out = folder / "model.pt"
-    assert cli.main(["train", "--ct", str(folder / "ct.nii.gz"), "--out", str(out), "--config", str(config),
+    assert cli.main(["train", "--ct", str(ct_path), "--out", str(out), "--config", str(config),
                      "--steps", str(steps)]) == 0
     return out
+
+
+def tiny_levels(iterations: int) -> tuple:
+    """Two intensity levels at the tiny CT's own 6 mm voxels (48 px, 8 px patches): coarse NCC, then
+    pixel differences, ``iterations`` each."""
+    from SphericalRegLib.register import IntensityLevel
+
+    return tuple(IntensityLevel(6.0, 48, 8, form, iterations) for form in ("ncc", "difference"))
 
 
 def write_tiny_cases(ct: Volume, folder: Path, n: int = 2, seed: int = 5, size: int = 48) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,15 +9,11 @@ import sys
 
 from SphericalRegLib import cli
 from SphericalRegLib.checkpoint import read_checkpoint
-from fixtures import TINY
-from fixtures import write_ct as _write_ct
+from fixtures import write_training_inputs
 
 
 def test_train_command_refuses_to_overwrite_and_resumes(ct, tmp_path):
-    ct_path = tmp_path / "ct.nii.gz"
-    _write_ct(ct, ct_path)
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({"base": "small", **TINY}))
+    ct_path, config = write_training_inputs(ct, tmp_path)
     out = tmp_path / "model.pt"
     out.write_text("precious")
     argv = ["train", "--ct", str(ct_path), "--out", str(out), "--config", str(config), "--device", "cpu"]
@@ -33,10 +28,7 @@ def test_train_command_refuses_to_overwrite_and_resumes(ct, tmp_path):
 
 
 def test_torchrun_two_processes_on_gloo(ct, tmp_path):
-    ct_path = tmp_path / "ct.nii.gz"
-    _write_ct(ct, ct_path)
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({"base": "small", **TINY}))
+    ct_path, config = write_training_inputs(ct, tmp_path)
     out = tmp_path / "model.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

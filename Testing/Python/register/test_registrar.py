@@ -11,11 +11,11 @@ from SphericalRegLib.errors import Cancelled
 from SphericalRegLib.geometry import perturb_left
 from SphericalRegLib.io import read_case
 from SphericalRegLib.model import load_model
-from SphericalRegLib.register import IntensityLevel, RegisterOptions, Registrar
+from SphericalRegLib.register import RegisterOptions, Registrar
+from fixtures import tiny_levels
 
 f64 = torch.float64
-TINY_LEVELS = (IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="ncc", iterations=4),
-               IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="difference", iterations=4))
+TINY_LEVELS = tiny_levels(iterations=4)
 
 
 def test_a_pose_off_the_field_of_view_is_flagged_not_returned_as_good(tiny_model_file, tiny_cases):
@@ -46,8 +46,7 @@ def test_every_stage_leaves_a_record_and_result_json_summarises_them(tiny_model_
 
 def test_a_registration_that_worked_states_its_uncertainty_depth_the_weakest(tiny_model_file, tiny_cases):
     case = read_case(tiny_cases / "case_000")
-    levels = tuple(IntensityLevel(6.0, 48, 8, form, 25) for form in ("ncc", "difference"))
-    options = RegisterOptions(optimizer="none", refine_levels=levels, search_step_mm=0)
+    options = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=25), search_step_mm=0)
     result = Registrar(load_model(tiny_model_file, case.ct), case.ct, options).register(
         case.xray, case.camera, case.init)
     assert not result.diverged and result.covariance.shape == (6, 6)

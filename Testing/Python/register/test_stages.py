@@ -19,11 +19,10 @@ from SphericalRegLib.register.stages import (
     intensity_refinement, keep_or_discard, learnt_residual, translation_search,
 )
 from SphericalRegLib.render import Renderer
+from fixtures import tiny_levels
 
 f64 = torch.float64
-# The tiny CT has 6 mm voxels: one intensity level at its own resolution.
-TINY_LEVELS = (IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="ncc", iterations=25),
-               IntensityLevel(spacing_mm=6.0, image_size=48, patch=8, form="difference", iterations=25))
+TINY_LEVELS = tiny_levels(iterations=25)
 SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "Resources" / "Models" / "chest_example.pt"
 
 
