@@ -1,0 +1,274 @@
+"""The module's logic: MRML nodes in, background jobs started and finished, nodes out.
+
+Usable from the panel, the Python console or a script, without Qt. One API: the node helpers are
+the functions of :mod:`nodes`, :mod:`display` and :mod:`export`; this class holds what needs
+state (the job, the device choice) and the registration in this process for scripts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+import slicer
+
+from . import dependencies
+from .jobs import BackgroundProcess, Job, drr_command, register_command, train_command
+from .nodes import (
+    ATTRIBUTE_PREFIX,
+    input_error,
+    is_single_slice,
+    read_result,
+    rigid,
+    scene_of,
+    show_c_arm,
+    store_result,
+    volume_from_node,
+    write_case,
+    write_volume_nrrd,
+    xray_for_registration,
+)
+
+try:  # the Slicer application; absent under slicer-core and PythonSlicer scripts
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
+except ImportError:
+    _LogicBase = object
+
+CONFIDENCE_WARNING = 0.5
+"""Below this confidence the panel warns that the pose should be checked by eye."""
+
+RESULT_METRICS = ("confidence", "similarity", "seconds", "iterations")
+UNCERTAINTY_METRICS = ("depth_sd_mm", "inplane_sd_mm")
+
+
+def gpu_available() -> Optional[bool]:
+    """Whether torch sees a CUDA GPU; None when torch is not installed (nothing is installed to ask)."""
+    if dependencies.installed_version("torch") is None:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device_choice(choice: Optional[str]) -> Optional[str]:
+    """The ``--device`` for the subprocess: None for "auto" (the library's choice: a GPU if torch sees one)."""
+    if choice in (None, "", "auto"):
+        return None
+    if choice not in ("cpu", "cuda"):
+        raise input_error("device", f"is {choice!r}", "auto, cpu or cuda")
+    return choice
+
+
+class SphericalRegLogic(_LogicBase):
+    """Registration and training of one CT and X-ray, in background processes.
+
+    :meth:`start_registration` writes the case into a new temporary folder and starts the job;
+    :meth:`finish_registration` reads its output files onto the nodes chosen at the start (the
+    DRR node from the subprocess's ``drr.npy``: this process never renders), then deletes the
+    folder. :meth:`register` runs in this process and blocks, for scripts.
+    """
+
+    def __init__(self):
+        if _LogicBase is not object:
+            _LogicBase.__init__(self)
+        self.job: Optional[Job] = None
+
+    def getParameterNode(self):
+        from .parameters import SphericalRegParameterNode
+
+        return SphericalRegParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ jobs
+
+    @staticmethod
+    def _work_dir(prefix: str) -> Path:
+        app = getattr(slicer, "app", None)
+        root = app.temporaryPath if app is not None else None
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+    def start_registration(self, ct_node, xray_node, camera, model_path, output_transform_node=None,
+                           init_camera_from_world=None, device: Optional[str] = None, env=None,
+                           work_dir=None, python: Optional[str] = None, extra_args=()) -> Job:
+        """Write the case (CT as NRRD, X-ray, geometry, optional start pose) and start the two
+        background steps (register, then the DRR). The nodes are captured now."""
+        if self.job is not None and self.job.running:
+            raise input_error("registration", "another job is running", "one job at a time (Cancel it first)")
+        if not is_single_slice(xray_node):
+            raise input_error(xray_node.GetName() if xray_node else "X-ray", "is not a single-slice image",
+                              "a 2D X-ray")
+        if not Path(model_path).is_file():
+            raise input_error(model_path, "is not a model file", "a .pt model made by Train")
+        work = Path(work_dir) if work_dir is not None else self._work_dir("SphericalReg-")
+        try:
+            case = write_case(ct_node, xray_node, camera, work / "case", init_camera_from_world)
+            out = work / "result"
+            device = resolve_device_choice(device)
+            steps = [register_command(case, model_path, out, use_init=init_camera_from_world is not None,
+                                      python=python, device=device, extra_args=extra_args),
+                     drr_command(case, out / "result.json", out / "drr.npy", python=python, device=device)]
+            process = BackgroundProcess(steps, env=env).start()
+        except Exception:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        self.job = Job("register", process, work, ct_id=ct_node.GetID(), xray_id=xray_node.GetID(),
+                       output_transform_id=output_transform_node.GetID() if output_transform_node else None,
+                       camera=camera, result_path=out / "result.json", drr_path=out / "drr.npy",
+                       model_path=Path(model_path))
+        return self.job
+
+    def start_training(self, ct_node, output_path, device: Optional[str] = None, overwrite: bool = False,
+                       env=None, work_dir=None, python: Optional[str] = None, extra_args=()) -> Job:
+        """Write the CT and start ``sphericalreg train`` on it. ``overwrite``: the user confirmed
+        replacing ``output_path`` (the save dialog asks); the old file is removed when training starts."""
+        if self.job is not None and self.job.running:
+            raise input_error("training", "another job is running", "one job at a time (Cancel it first)")
+        output_path = Path(output_path)
+        if output_path.exists():
+            if not overwrite:
+                raise input_error(output_path, "already exists", "a new model file name, or confirm replacing it")
+            output_path.unlink()
+        work = Path(work_dir) if work_dir is not None else self._work_dir("SphericalReg-train-")
+        try:
+            write_volume_nrrd(ct_node, work / "ct.nrrd")
+            command = train_command(work / "ct.nrrd", output_path, python=python,
+                                    device=resolve_device_choice(device), extra_args=extra_args)
+            process = BackgroundProcess(command, env=env).start()
+        except Exception:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        self.job = Job("train", process, work, ct_id=ct_node.GetID(), model_path=output_path)
+        return self.job
+
+    def cancel(self) -> None:
+        """Stop the running job (the whole process tree) and delete its temporary folder."""
+        job, self.job = self.job, None
+        if job is not None:
+            job.cancel()
+            job.cleanup()
+
+    def finish_registration(self, job: Job, scene=None) -> dict:
+        """The job's result on the nodes it started with: the output transform (a new one unless
+        one was chosen), the C-arm under it and the DRR node, made from ``drr.npy`` on the X-ray's
+        grid (replacing the one an earlier registration made for this X-ray). Deletes the job's
+        folder. Returns ``{"result", "transform", "drr", "c_arm"}``."""
+        scene = scene or slicer.mrmlScene
+        try:
+            ct, xray = scene.GetNodeByID(job.ct_id), scene.GetNodeByID(job.xray_id)
+            if ct is None or xray is None:
+                raise input_error("scene", "the CT or X-ray the registration started with was removed",
+                                  "the nodes kept until the registration ends")
+            output = scene.GetNodeByID(job.output_transform_id) if job.output_transform_id else None
+            result = read_result(job.result_path)
+            uncertainty = result.get("uncertainty") or {}
+            metrics = {**{k: result.get(k) for k in RESULT_METRICS},
+                       **{k: uncertainty.get(k) for k in UNCERTAINTY_METRICS}}
+            transform = store_result(ct, result["camera_from_world"], output, metrics, scene)
+            c_arm = show_c_arm(transform, job.camera, xray, xray_for_registration(xray))
+            drr = self.drr_node_from_file(xray, job.drr_path)
+        finally:
+            job.cleanup()
+            if self.job is job:
+                self.job = None
+        return {"result": result, "transform": transform, "drr": drr, "c_arm": c_arm}
+
+    @staticmethod
+    def drr_node_from_file(xray_node, path):
+        """The DRR node of ``xray_node`` (its ``SphericalReg.drr`` reference, reused) holding the
+        image in ``path`` (the subprocess's drr.npy)."""
+        from .nodes import create_drr_node
+
+        path = Path(path)
+        if not path.is_file():
+            raise input_error(path, "was not written", "the DRR the registration's second step writes")
+        image = np.load(path, allow_pickle=False)
+        existing = xray_node.GetNodeReference(ATTRIBUTE_PREFIX + "drr")
+        node = create_drr_node(xray_node, image, node=existing)
+        xray_node.SetNodeReferenceID(ATTRIBUTE_PREFIX + "drr", node.GetID())
+        return node
+
+    def finish_training(self, job: Job) -> Path:
+        job.cleanup()
+        if self.job is job:
+            self.job = None
+        if not Path(job.model_path).is_file():
+            raise input_error(job.model_path, "was not written", "the model file training saves")
+        return Path(job.model_path)
+
+    # ------------------------------------------------------------------ in this process (scripts)
+
+    def register(self, ct_node, xray_node, camera, model_path, output_transform_node=None,
+                 progress_callback=None, cancel_event=None, init=None, device=None, **options):
+        """Register in this process (blocks; the panel uses :meth:`start_registration`).
+
+        Returns ``(transform node, RegistrationResult)``; ``options`` are RegisterOptions fields.
+        """
+        import torch
+        from SphericalRegLib.confidence import load_calibration
+        from SphericalRegLib.devices import resolve_device
+        from SphericalRegLib.model import load_model
+        from SphericalRegLib.register import Registrar, RegisterOptions
+        from SphericalRegLib.volume import Volume
+
+        ct = volume_from_node(ct_node)
+        ct = Volume(ct.data.to(torch.float32), ct.ijk_to_ras)  # HU as the library reads them
+        image = torch.from_numpy(xray_for_registration(xray_node).astype(np.float32))
+        start = None if init is None else torch.from_numpy(rigid(init, "init"))
+        model = load_model(model_path, ct, resolve_device(resolve_device_choice(device)))
+        registrar = Registrar(model, ct, RegisterOptions(**options), load_calibration(model_path))
+        result = registrar.register(image, camera, start, progress=progress_callback, cancel=cancel_event)
+        node = store_result(ct_node, result.camera_from_world, output_transform_node, {
+            "confidence": result.confidence, "similarity": result.similarity,
+            "seconds": result.seconds, "iterations": result.iterations,
+        }, scene_of(ct_node))
+        return node, result
+
+    # ------------------------------------------------------------------ dependencies
+
+    @staticmethod
+    def missing_packages():
+        return dependencies.missing_packages()
+
+    @staticmethod
+    def install_dependencies(confirm: bool = True, force: bool = False, log=print) -> bool:
+        """Install what is missing inside Slicer after one question to the user (torch and
+        torchvision through the PyTorch extension, each other package with the requirements
+        Slicer does not bundle); ``force`` reinstalls the whole set. Returns whether everything
+        the registration imports then imports (checked in a fresh ``PythonSlicer``)."""
+        current = dependencies.plan()
+        if not current.missing and not force:
+            return True
+        if confirm:
+            listed = ", ".join(current.missing) or ", ".join(dependencies.REQUIREMENTS)
+            from .i18n import _
+
+            question = (_("SphericalReg needs these Python packages: {packages}.").format(packages=listed) + "\n"
+                        + _("Install them now? This downloads a few hundred MB and may take several minutes."))
+            if not slicer.util.confirmOkCancelDisplay(question, _("SphericalReg: install Python packages")):
+                return False
+        if current.torch_missing:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                raise input_error("PyTorch", "extension is not installed",
+                                  "the PyTorch extension, from the Extensions Manager") from None
+            torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+            if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=dependencies.TORCH_VERSION,
+                                        torchvisionVersionRequirement=dependencies.TORCHVISION_VERSION) is None:
+                return False
+        dependencies.install(pip=slicer.util.pip_install, force=force, log=log)
+        from .jobs import python_executable, subprocess_environment
+
+        env = slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None
+        problem = dependencies.check_imports(python_executable(), env=subprocess_environment(env))
+        if problem:
+            log(f"SphericalReg: an installed package does not import: {problem}")
+        return problem is None and not dependencies.plan().missing

@@ -1,0 +1,43 @@
+"""The module's parameter node: what the panel's widgets are bound to (``parameterNodeWrapper``).
+
+Only the application has ``slicer.parameterNodeWrapper`` (Slicer 5.2 and later); importing this
+module elsewhere raises ImportError, and nothing else in the logic package imports it at load
+time. Annotations are evaluated by the wrapper, so they use only what Python 3.9 evaluates
+(``typing.Annotated``, no ``X | None``), and this file has no ``from __future__ import annotations``.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper, parameterPack
+
+DEVICES = ("auto", "cpu", "cuda")
+COMPARE_MODES = ("drr", "difference", "edges")
+
+
+@parameterPack
+class XrayGeometry:
+    """The C-arm geometry of the X-ray, as in geometry.json (principal point in pixels)."""
+
+    sdd: Annotated[float, WithinRange(1.0, 5000.0)] = 1020.0
+    pixelSpacingU: Annotated[float, WithinRange(0.001, 10.0)] = 0.2
+    pixelSpacingV: Annotated[float, WithinRange(0.001, 10.0)] = 0.2
+    principalPointU: Annotated[float, WithinRange(-10000.0, 20000.0)] = 0.0
+    principalPointV: Annotated[float, WithinRange(-10000.0, 20000.0)] = 0.0
+
+
+@parameterNodeWrapper
+class SphericalRegParameterNode:
+    ctVolume: vtkMRMLScalarVolumeNode
+    xrayVolume: vtkMRMLScalarVolumeNode
+    outputTransform: vtkMRMLLinearTransformNode
+    modelPath: str = ""
+    geometry: XrayGeometry
+    useInitialPose: bool = False
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    showDifference: bool = False
+    compareMode: Annotated[str, Choice(list(COMPARE_MODES))] = "difference"
+    drrVolume: vtkMRMLScalarVolumeNode
+    differenceVolume: vtkMRMLScalarVolumeNode
