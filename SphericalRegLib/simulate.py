@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,21 +39,10 @@ GAIN, OFFSET = 5.0, 100.0
 
 
 def _gaussian_blur(image: Tensor, sigma_px: tuple[float, float]) -> Tensor:
-    """Separable Gaussian blur of ``(rows, cols)`` with reflecting edges."""
-    x = image[None, None]
-    for dim, sigma in ((2, sigma_px[1]), (3, sigma_px[0])):  # rows use dv, columns du
-        if sigma < 0.3:
-            continue
-        radius = max(1, min(int(3 * sigma), x.shape[dim] - 1))
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-        k = k / k.sum()
-        pad = [0, 0, 0, 0]
-        pad[0 if dim == 3 else 2] = pad[1 if dim == 3 else 3] = radius
-        x = F.pad(x, pad, mode="reflect")
-        kernel = k.view(1, 1, -1, 1) if dim == 2 else k.view(1, 1, 1, -1)
-        x = F.conv2d(x, kernel)
-    return x[0, 0]
+    """Separable Gaussian blur of ``(rows, cols)`` with reflecting edges (``physics._gaussian_blur``)."""
+    from .physics import _gaussian_blur as blur
+
+    return blur(image, sigma_px)
 
 
 def simulate_case(ct: Volume, camera_from_world: Tensor, camera: Camera, generator: torch.Generator,
@@ -64,19 +54,14 @@ def simulate_case(ct: Volume, camera_from_world: Tensor, camera: Camera, generat
     ``ct`` in HU; ``camera_from_world`` (4, 4). ``I = gain * Poisson(photons * (exp(-L) + s * blur(exp(-L)))) + offset``
     with L the Siddon line integral of :func:`hu_to_mu`; rounded and clipped to 0..65535.
     ``drr`` (``diffdrr_bridge.make_diffdrr`` of the attenuation volume) may be passed to reuse it.
+    This is ``physics.simulate_frame`` under ``PRESETS["plain"]`` with these parameters.
     """
-    from .diffdrr_bridge import siddon_line_integrals
+    from .physics import PRESETS, Prepared, simulate_frame
 
-    mu = Volume(hu_to_mu(ct.data.float(), bone_scale), ct.ijk_to_ras)
-    T = torch.as_tensor(camera_from_world, dtype=torch.float64).reshape(-1, 4, 4)[:1]
-    with torch.no_grad():
-        L = siddon_line_integrals(mu, T, camera, drr=drr)[0].to(torch.float64)
-    primary = torch.exp(-L.clamp_min(0))
-    du, dv = camera.pixel_spacing
-    scatter = scatter_fraction * _gaussian_blur(primary, (scatter_sigma_mm / du, scatter_sigma_mm / dv))
-    expected = photons * (primary + scatter)
-    counts = torch.poisson(expected, generator=generator)
-    return (gain * counts + offset).round().clamp(0, 65535)
+    physics = replace(PRESETS["plain"], photons=photons, scatter_fraction=scatter_fraction,
+                      scatter_sigma_mm=scatter_sigma_mm, gain=gain, offset=offset)
+    prepared = Prepared(ct, camera, drr=drr, bone_scale=bone_scale)
+    return simulate_frame(ct, camera_from_world, camera, physics, generator, prepared)[0]
 
 
 def default_camera(ct: Volume, sdd: float, size: int = 256, pixel_spacing: float | None = None) -> Camera:
