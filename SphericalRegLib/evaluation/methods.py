@@ -18,13 +18,15 @@ __all__ = ["Method", "METHODS", "DERIVED", "FAR_ROT_DEG", "FAR_TRANS_MM", "far_s
 class Method:
     """model: key into the models given (``main``, or an ablation's key); None for the peer;
     init: ``regressor``, ``given`` (init.json) or ``far`` (init.json moved a further
-    FAR_ROT_DEG / FAR_TRANS_MM); optimizer, refine: :class:`~SphericalRegLib.register.RegisterOptions`."""
+    FAR_ROT_DEG / FAR_TRANS_MM); optimizer, refine: :class:`~SphericalRegLib.register.RegisterOptions`;
+    views: how many of a case's views it registers jointly (None: all; a peer uses view 0)."""
 
     model: str | None
     init: str
     optimizer: str = "lm"
     refine: bool = True
     description: str = ""
+    views: int | None = None
 
     @property
     def needs_init(self) -> bool:
@@ -33,6 +35,8 @@ class Method:
 
 METHODS = {
     "ours": Method("main", "regressor", description="regressor, LM on the learnt similarity, LM on patch NCC"),
+    "ours-1view": Method("main", "regressor", views=1,
+                         description="as ours on view 0 alone: what the further views of a multi-view case add"),
     "ours-init": Method("main", "given", description="as ours, from init.json instead of the regressor"),
     "ours-se3": Method("se3", "regressor", description="ours with a model trained on the SE(3) metric"),
     "ours-so4": Method("so4", "regressor", description="ours with a model trained on the SO(4) metric"),

@@ -45,6 +45,7 @@ class Row:
     inplane: float
     depth_sd: float | None = None
     inplane_sd: float | None = None
+    views: int | None = None
 
     @classmethod
     def from_result(cls, method: str, case: str, result: RegistrationResult, truth, landmarks) -> "Row":
@@ -55,7 +56,8 @@ class Row:
             sds = {"depth_sd": sd["depth_sd_mm"], "inplane_sd": sd["inplane_sd_mm"]}
         return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
                    result.final_ncc, similarity.cost[-1] if similarity is not None else None,
-                   **errors(result.camera_from_world, truth, landmarks, result.camera), **sds)
+                   **errors(result.camera_from_world, truth, landmarks, result.camera), **sds,
+                   views=max(1, len(result.views)))
 
     @classmethod
     def from_stage(cls, method: str, case: str, stage: StageRecord, truth, landmarks, camera: Camera) -> "Row":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from ..camera import Camera
 from ..errors import InputError
+from ..views import View
 from ..volume import Volume
 from .files import read_json
 from .images import read_ct, read_xray
@@ -48,7 +50,9 @@ def read_pose(path: str | Path) -> Tensor:
 
 @dataclass
 class Case:
-    """One case folder as the conventions define it (ground truth is never part of it)."""
+    """One case folder as the conventions define it (ground truth is never part of it).
+
+    xray, camera, meta: view 0's; views: every view, view 0 first (one for a single-view case)."""
 
     folder: Path
     ct: Volume
@@ -57,6 +61,7 @@ class Case:
     init: Tensor | None
     paths: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    views: list[View] = field(default_factory=list)
 
 
 def _one_of(folder: Path, names, what: str) -> Path:
@@ -82,7 +87,42 @@ def read_case(folder: str | Path) -> Case:
     init = read_pose(init_path) if init_path.exists() else None
     paths = {"ct": ct_path, "xray": xray_path, "geometry": geometry if geometry.exists() else None,
              "init": init_path if init is not None else None}
-    return Case(folder, read_ct(ct_path), image, camera, init, paths, meta)
+    views = [View(image, camera, name="view 0", meta=meta, paths={"xray": xray_path, "geometry": paths["geometry"]})]
+    views += _further_views(folder)
+    return Case(folder, read_ct(ct_path), image, camera, init, paths, meta, views)
+
+
+VIEW_FOLDER = re.compile(r"view_(\d+)$")
+
+
+def _further_views(folder: Path) -> list[View]:
+    """``view_1/``, ``view_2/`` ... of a case folder, in order; each needs its own X-ray and a
+    geometry.json with ``camera_from_reference``."""
+    found = {}
+    for sub in folder.iterdir():
+        match = VIEW_FOLDER.match(sub.name)
+        if sub.is_dir() and match:
+            found[int(match.group(1))] = sub
+    expected = list(range(1, len(found) + 1))
+    if sorted(found) != expected:
+        names = ", ".join(found[k].name for k in sorted(found))
+        raise InputError(folder, f"has view folders {names}", "view_1, view_2, ... numbered from 1 without gaps")
+    views = []
+    for k in expected:
+        sub = found[k]
+        geometry = sub / "geometry.json"
+        expected_geometry = 'a geometry.json with the camera and "camera_from_reference" (4x4, view 0 camera to this view\'s)'
+        if not geometry.exists():
+            raise InputError(sub, "has no geometry.json", expected_geometry)
+        obj = read_json(geometry, expected_geometry)
+        if "camera_from_reference" not in obj:
+            raise InputError(geometry, "has no camera_from_reference", expected_geometry)
+        relative = as_pose(obj["camera_from_reference"], geometry, "camera_from_reference")
+        xray_path = _one_of(sub, XRAY_NAMES, "X-ray")
+        image, camera, meta = read_xray(xray_path, geometry)
+        views.append(View(image, camera, relative, name=sub.name, meta=meta,
+                          paths={"xray": xray_path, "geometry": geometry}))
+    return views
 
 
 def truth_path(case_folder: str | Path) -> Path:

@@ -1,5 +1,9 @@
-"""What every stage of one registration shares: the prepared CT, the X-ray, the options and the
-caller's progress and cancel hooks."""
+"""What every stage of one registration shares: the prepared CT, the X-rays, the options and the
+caller's progress and cancel hooks.
+
+With several views, every residual is the views' residuals stacked, each at its own pose
+``camera_from_reference @ T``, and scaled by ``1 / sqrt(V)`` so that ``0.5 |r|^2`` stays the
+mean of the views' costs: one LM step then moves the single pose ``T`` to suit every view."""
 
 from __future__ import annotations
 
@@ -26,18 +30,30 @@ __all__ = ["RegistrationContext"]
 class RegistrationContext:
     """model: the trained networks and the CT's feature volume; options: how to register;
     attenuation: the CT's attenuation per voxel size (mm) of the intensity levels, ``(1, I, J, K)``
-    each; xray: the X-ray's pyramid; progress(stage, fraction); cancel: anything with ``is_set()``."""
+    each; pyramids: each view's X-ray pyramid, view 0 first; camera_from_reference: ``(V, 4, 4)``
+    from view 0's camera to each view's (identity first); progress(stage, fraction); cancel:
+    anything with ``is_set()``."""
 
     model: ModelBundle
     options: RegisterOptions
     attenuation: dict[float, Volume]
-    xray: XrayPyramid
+    pyramids: list[XrayPyramid]
+    camera_from_reference: Tensor
     progress: Callable[[str, float], None]
     cancel: object | None = None
 
     @property
     def device(self) -> torch.device:
         return self.model.mu.device
+
+    @property
+    def xray(self) -> XrayPyramid:
+        """View 0's X-ray: the reference view."""
+        return self.pyramids[0]
+
+    @property
+    def n_views(self) -> int:
+        return len(self.pyramids)
 
     @property
     def bounds(self) -> dict:
@@ -59,13 +75,27 @@ class RegistrationContext:
             return self.cancel is not None and self.cancel.is_set()
         return callback
 
-    def intensity_residual(self, level: IntensityLevel, form: str | None = None):
-        """``pose (B, 4, 4) -> residual (B, M)`` of line-integral DRRs against the X-ray at ``level``."""
-        x, camera, _ = self.xray.level(level.image_size)
+    def intensity_residual(self, level: IntensityLevel, form: str | None = None, views=None):
+        """``pose (B, 4, 4) -> residual (B, M)`` of line-integral DRRs against the X-rays at
+        ``level``, stacked over ``views`` (indices; default all)."""
         mu = self.attenuation[level.spacing_mm]
-        render = self.renderer(camera, mu)
         residual = ncc_residual(level.patch, form or level.form)
-        return lambda T: residual(x.expand(len(T), -1, -1, -1), render(mu.data, T))
+
+        def one(pyramid: XrayPyramid):
+            x, camera, _ = pyramid.level(level.image_size)
+            render = self.renderer(camera, mu)
+            return lambda T: residual(x.expand(len(T), -1, -1, -1), render(mu.data, T))
+
+        return self.over_views(one, views)
+
+    def over_views(self, one, views=None):
+        """View 0's residual ``pose (B, 4, 4) -> (B, M)`` from ``one(pyramid)``, the residual of one
+        view at that view's own pose, for each of ``views`` (indices; default all), stacked."""
+        views = list(range(self.n_views) if views is None else views)
+        residuals = [one(self.pyramids[k]) for k in views]
+        C = self.camera_from_reference[views].to(self.device, torch.float64)
+        scale = 1.0 / math.sqrt(len(views))
+        return lambda T: scale * torch.cat([r(C[k] @ T) for k, r in enumerate(residuals)], dim=-1)
 
     @torch.no_grad()
     def coarse_cost(self, poses: Tensor, chunk: int = 64) -> Tensor:

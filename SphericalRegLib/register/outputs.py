@@ -9,7 +9,7 @@ from ..errors import InputError
 from ..geometry import se3_inverse
 from ..intensity import sobel, standardise
 from ..io import atomic_write, write_itk_transform, write_json
-from .records import RegistrationResult
+from .records import RegistrationResult, ViewResult
 
 __all__ = ["OUTPUT_NAMES", "write_outputs", "save_overlay"]
 
@@ -17,8 +17,9 @@ OUTPUT_NAMES = {"result": "result.json", "transform": "transform.json", "itk": "
                 "overlay": "overlay.png"}
 
 
-def save_overlay(path: Path, result: RegistrationResult) -> None:
-    """X-ray, DRR at the result, and their edge overlay side by side (PNG), for a human check."""
+def save_overlay(path: Path, result: RegistrationResult | ViewResult) -> None:
+    """X-ray, DRR at the result, and their edge overlay side by side (PNG), for a human check
+    (of one view of a multi-view result, given its :class:`ViewResult`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +38,8 @@ def save_overlay(path: Path, result: RegistrationResult) -> None:
     ax[2].imshow(x, cmap="gray")
     ax[2].imshow(edges, cmap="autumn", alpha=alpha)
     conf = "n/a" if result.confidence is None else f"{result.confidence:.2f}"
-    ax[2].set_title(f"DRR edges over X-ray (confidence {conf})")
+    name = f"{result.name}: " if isinstance(result, ViewResult) else ""
+    ax[2].set_title(f"{name}DRR edges over X-ray (confidence {conf})")
     for a in ax:
         a.axis("off")
     fig.tight_layout()
@@ -46,24 +48,40 @@ def save_overlay(path: Path, result: RegistrationResult) -> None:
 
 
 def write_outputs(out: Path, result: RegistrationResult, overwrite: bool = False, overlay: bool = True) -> dict:
-    """result.json, transform.json, the ITK transform for 3D Slicer and the overlay PNG in ``out``."""
+    """result.json, transform.json, the ITK transform for 3D Slicer and the overlay PNG in ``out``;
+    for a multi-view result also each further view's ITK transform and overlay (``_view_k``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in OUTPUT_NAMES.items()}
+    further = result.views[1:]
+    for view in further:
+        for key in ("itk", "overlay"):
+            stem, suffix = OUTPUT_NAMES[key].rsplit(".", 1)
+            paths[f"{key} {view.name}"] = out / f"{stem}_{view.name}.{suffix}"
     if not overwrite:
-        existing = [str(p) for k, p in paths.items() if p.exists() and (overlay or k != "overlay")]
+        existing = [str(p) for k, p in paths.items() if p.exists() and (overlay or not k.startswith("overlay"))]
         if existing:
             raise InputError(existing[0], "already exists", "a fresh output folder, or --overwrite")
     write_json(paths["result"], result.to_json(), overwrite=overwrite)
     world_from_camera = se3_inverse(result.camera_from_world)
-    write_json(paths["transform"], {
+    transform = {
         "camera_from_world": result.camera_from_world.tolist(),
         "world_from_camera": world_from_camera.tolist(),
         "frames": "world = CT RAS mm; camera = source at origin, +z to the detector, +x columns, +y rows",
-    }, overwrite=overwrite)
+    }
+    if further:
+        transform["views"] = {v.name: {"camera_from_world": v.camera_from_world.tolist(),
+                                       "world_from_camera": se3_inverse(v.camera_from_world).tolist()}
+                              for v in result.views}
+    write_json(paths["transform"], transform, overwrite=overwrite)
     write_itk_transform(paths["itk"], world_from_camera, overwrite=overwrite)
+    for view in further:
+        write_itk_transform(paths[f"itk {view.name}"], se3_inverse(view.camera_from_world), overwrite=overwrite)
     if overlay and result.drr is not None:
         save_overlay(paths["overlay"], result)
+        for view in further:
+            save_overlay(paths[f"overlay {view.name}"], view)
     else:
-        del paths["overlay"]
+        for key in [k for k in paths if k.startswith("overlay")]:
+            del paths[key]
     return paths

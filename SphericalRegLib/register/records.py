@@ -9,7 +9,7 @@ from torch import Tensor
 from ..camera import Camera
 from ..optimize import OptimizeResult
 
-__all__ = ["StageRecord", "RegistrationResult"]
+__all__ = ["StageRecord", "ViewResult", "RegistrationResult"]
 
 
 @dataclass
@@ -63,6 +63,28 @@ class StageRecord:
 
 
 @dataclass
+class ViewResult:
+    """One view's share of a registration: its name and camera, its pose
+    (``camera_from_reference @ camera_from_world``), the final DRR and X-ray of the last
+    intensity level, their NCC, the confidence that NCC gives, and the uncertainty (mm, at the CT
+    centre in view 0's frame) this view alone would leave: beside the joint figure it shows what
+    each further view adds."""
+
+    name: str
+    camera: Camera
+    camera_from_world: Tensor
+    final_ncc: float | None = None
+    confidence: float | None = None
+    uncertainty: dict | None = None
+    drr: Tensor | None = None
+    xray: Tensor | None = None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "camera_from_world": self.camera_from_world.tolist(), "final_ncc": self.final_ncc,
+                "confidence": self.confidence, "uncertainty": self.uncertainty}
+
+
+@dataclass
 class RegistrationResult:
     """camera_from_world (4, 4) float64 in the conventions' frames; similarity: the learnt cost at
     the learnt stage's answer (or at the final pose when that stage did not run); confidence in
@@ -71,7 +93,10 @@ class RegistrationResult:
     renders its own); ``stages`` holds each stage's record; ``warnings`` what the user must know
     before trusting the pose (a model that did not learn, for one); covariance: ``(6, 6)`` of the
     final pose's left twist (rad, mm), and uncertainty: the standard deviations (mm) it gives the
-    CT centre along the central ray and in the detector plane (None without an intensity stage)."""
+    CT centre along the central ray and in the detector plane (None without an intensity stage).
+    views: one :class:`ViewResult` per view registered (empty for a peer, which uses view 0);
+    with several, ``camera_from_world``, uncertainty and covariance are the joint answer (view 0's
+    pose), ``drr``/``xray``/``final_ncc`` are view 0's and ``confidence`` is the lowest view's."""
 
     camera_from_world: Tensor
     seconds: float
@@ -87,10 +112,11 @@ class RegistrationResult:
     warnings: list[str] = field(default_factory=list)
     covariance: Tensor | None = None
     uncertainty: dict | None = None
+    views: list[ViewResult] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        """result.json of the conventions, with each stage's summary."""
-        return {
+        """result.json of the conventions, with each stage's summary (and each view's, for several)."""
+        out = {
             "camera_from_world": self.camera_from_world.tolist(),
             "seconds": self.seconds,
             "similarity": self.similarity,
@@ -101,4 +127,8 @@ class RegistrationResult:
             "stages": {name: stage.to_json() for name, stage in self.stages.items()},
             "warnings": self.warnings,
             "uncertainty": self.uncertainty,
+            "views": max(1, len(self.views)),
         }
+        if len(self.views) > 1:
+            out["per_view"] = [v.to_json() for v in self.views]
+        return out

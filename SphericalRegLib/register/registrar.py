@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -13,16 +14,21 @@ from ..geometry import transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
 from ..quality import model_quality
+from ..optimize import twist_jacobian
+from ..views import IDENTITY, View, view_poses
 from ..volume import Volume, hu_to_mu
 from .context import RegistrationContext
 from .options import RegisterOptions
 from .pyramid import XrayPyramid
-from .records import RegistrationResult, StageRecord
-from .uncertainty import point_standard_deviations, twist_covariance
+from .records import RegistrationResult, StageRecord, ViewResult
+from .uncertainty import covariance, point_standard_deviations
 from .stages import initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
     translation_search
 
-__all__ = ["Registrar"]
+__all__ = ["Registrar", "VIEW_NCC_GAP"]
+
+VIEW_NCC_GAP = 0.25
+"""A view whose final NCC is this far below the best view's is named in a warning."""
 
 
 class Registrar:
@@ -50,25 +56,32 @@ class Registrar:
                 self.attenuation[level.spacing_mm] = Volume(mu, coarse.ijk_to_ras)
 
     def context(self, image: Tensor, camera: Camera, *, photometric: str = "MONOCHROME2",
-                line_integrals: bool = False, progress=None, cancel=None) -> RegistrationContext:
-        """The shared state of one registration of ``image`` (rows, cols) seen by ``camera``."""
-        xray = XrayPyramid(image, camera, photometric, line_integrals, self.device)
-        return RegistrationContext(self.model, self.options, self.attenuation, xray,
+                line_integrals: bool = False, other_views: Sequence[View] = (), progress=None,
+                cancel=None) -> RegistrationContext:
+        """The shared state of one registration of ``image`` (rows, cols) seen by ``camera``
+        (view 0), and of ``other_views`` (view 1, 2, ...) with it."""
+        pyramids = [XrayPyramid(image, camera, photometric, line_integrals, self.device)]
+        pyramids += [XrayPyramid(v.xray, v.camera, v.photometric, line_integrals, self.device) for v in other_views]
+        relative = torch.stack([IDENTITY, *(torch.as_tensor(v.camera_from_reference, dtype=torch.float64)
+                                            for v in other_views)])
+        return RegistrationContext(self.model, self.options, self.attenuation, pyramids, relative,
                                    progress or (lambda stage, fraction: None), cancel)
 
     def register(self, image: Tensor, camera: Camera, init: Tensor | None = None, *,
-                 photometric: str = "MONOCHROME2", line_integrals: bool = False,
+                 photometric: str = "MONOCHROME2", line_integrals: bool = False, other_views: Sequence[View] = (),
                  progress=None, cancel=None) -> RegistrationResult:
-        """Register ``image`` (rows, cols) seen by ``camera``.
+        """Register ``image`` (rows, cols) seen by ``camera``, jointly with ``other_views`` when given.
 
         ``image`` holds detector intensities (air bright; MONOCHROME1 inverted) unless
-        ``line_integrals`` says it already holds -log(I/I0); ``init`` (4, 4) skips the regressor.
+        ``line_integrals`` says it already holds -log(I/I0); ``init`` (4, 4), view 0's pose, skips
+        the regressor. ``other_views``: further X-rays of the same patient position, each with its
+        ``camera_from_reference``; the answer is still view 0's pose, pinned by all of them.
         ``progress(stage, fraction)`` is called as work advances; ``cancel`` is anything with
         ``is_set()`` (raises :class:`~SphericalRegLib.errors.Cancelled`).
         """
         opt, t0 = self.options, time.perf_counter()
         ctx = self.context(image, camera, photometric=photometric, line_integrals=line_integrals,
-                           progress=progress, cancel=cancel)
+                           other_views=other_views, progress=progress, cancel=cancel)
         stages = {"initial": initial_pose(ctx, init)}
         pose, search = stages["initial"].pose, None
         if opt.optimizer != "none":
@@ -89,30 +102,70 @@ class Registrar:
 
     def _result(self, ctx: RegistrationContext, pose: Tensor, stages: dict[str, StageRecord], failed: bool,
                 seconds_so_far: float) -> RegistrationResult:
-        """The final images, NCC, checks and confidence of ``pose`` (4, 4)."""
+        """The final images, NCC, checks, confidence and uncertainty of ``pose`` (4, 4), per view and joint."""
         t0 = time.perf_counter()
         level = self.options.refine_levels[-1]
-        x, camera, _ = ctx.xray.level(level.image_size)
         mu = self.attenuation[level.spacing_mm]
         T = pose.to(self.device, torch.float64)[None]
+        poses = view_poses(ctx.camera_from_reference.to(T), T)[:, 0]
         with torch.no_grad():
-            drr = ctx.renderer(camera, mu)(mu.data, T)[0, 0]
-            final_ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
             similarity = (stages["similarity"].cost[-1] if "similarity" in stages
                           else float(0.5 * learnt_residual(ctx)(T).pow(2).sum()))
-        diverged = failed or not torch.isfinite(pose).all() or not self._plausible(pose, camera)
+        views = []
+        for k, pyramid in enumerate(ctx.pyramids):
+            x, camera, _ = pyramid.level(level.image_size)
+            with torch.no_grad():
+                drr = ctx.renderer(camera, mu)(mu.data, poses[k][None])[0, 0]
+                ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
+            views.append(ViewResult(self._view_name(k), camera, poses[k].cpu(), ncc, drr=drr.cpu(),
+                                    xray=x[0, 0].cpu()))
+        diverged = failed or not torch.isfinite(pose).all() or not all(
+            self._plausible(v.camera_from_world, v.camera) for v in views)
+        for v in views:
+            v.confidence = self._confidence(v.final_ncc, similarity, diverged)
         covariance, uncertainty = None, None
         if "intensity" in stages and not diverged:
-            covariance = twist_covariance(ctx.intensity_residual(level), T[0]).cpu()
-            scale = (self.calibration or {}).get("uncertainty_scale")
-            uncertainty = {**point_standard_deviations(pose, covariance, self.ct.centre, scale),
-                           "point": "CT centre", "calibrated": scale is not None}
+            covariance, uncertainty = self._uncertainty(ctx, level, pose, views)
+        confidences = [v.confidence for v in views]
         return RegistrationResult(
             camera_from_world=pose, seconds=seconds_so_far + time.perf_counter() - t0, similarity=similarity,
             iterations=sum(s.iterations for s in stages.values()),
-            confidence=self._confidence(final_ncc, similarity, diverged), diverged=bool(diverged), camera=camera,
-            drr=drr.cpu(), xray=x[0, 0].cpu(), final_ncc=final_ncc, stages=stages, warnings=list(self.warnings),
-            covariance=covariance, uncertainty=uncertainty)
+            confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
+            camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
+            stages=stages, warnings=list(self.warnings) + self._view_warnings(views), covariance=covariance,
+            uncertainty=uncertainty, views=views)
+
+    def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):
+        """The joint covariance of view 0's twist and its standard deviations at the CT centre;
+        with several views, also each view's own (in view 0's frame), which sets it in ``views``."""
+        scale = (self.calibration or {}).get("uncertainty_scale")
+        T = pose.to(self.device, torch.float64)[None]
+
+        def at_centre(cov):
+            return {**point_standard_deviations(pose, cov, self.ct.centre, scale), "point": "CT centre",
+                    "calibrated": scale is not None}
+
+        parts = [twist_jacobian(ctx.intensity_residual(level, views=[k]), T) for k in range(ctx.n_views)]
+        joint = covariance(torch.cat([r[0] for r, _ in parts]), torch.cat([J[0] for _, J in parts])).cpu()
+        if len(parts) > 1:
+            for v, (r, J) in zip(views, parts):
+                v.uncertainty = at_centre(covariance(r[0], J[0]).cpu())
+        return joint, at_centre(joint)
+
+    @staticmethod
+    def _view_name(k: int) -> str:
+        """As the case folder names it (conventions: view 0 at the top, ``view_k/`` beside it)."""
+        return "view 0" if k == 0 else f"view_{k}"
+
+    @staticmethod
+    def _view_warnings(views: list[ViewResult]) -> list[str]:
+        """A view that images far worse than the best one: other anatomy, or a wrong relative pose."""
+        if len(views) < 2:
+            return []
+        best = max(v.final_ncc for v in views)
+        return [f"{v.name}: its final NCC {v.final_ncc:.2f} is far below the best view's {best:.2f}; it may show "
+                "other anatomy, or its camera_from_reference may be wrong" for v in views
+                if best - v.final_ncc > VIEW_NCC_GAP]
 
     def _plausible(self, pose: Tensor, camera: Camera) -> bool:
         """The CT centre must lie in front of the source and project onto the detector."""

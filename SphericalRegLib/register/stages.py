@@ -12,7 +12,7 @@ import time
 import torch
 from torch import Tensor
 
-from ..geometry import perturb_left
+from ..geometry import perturb_left, se3_inverse
 from ..optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
 from .context import RegistrationContext
 from .records import StageRecord
@@ -24,11 +24,20 @@ __all__ = ["initial_pose", "learnt_similarity", "keep_or_discard", "translation_
 @torch.no_grad()
 def initial_pose(ctx: RegistrationContext, given: Tensor | None = None) -> StageRecord:
     """The regressor's pose for the X-ray (seen in the model's training intrinsics, so that any
-    C-arm's image reaches it as trained), or ``given`` (4, 4) when the caller has one."""
+    C-arm's image reaches it as trained), or ``given`` (4, 4) when the caller has one.
+
+    With several views the regressor reads each, each answer is carried back to view 0's pose,
+    and the one that images every view best (coarse NCC) is the start: a regressor trained on AP
+    views may suit the AP view of a pair far better than the lateral one.
+    """
     t0 = time.perf_counter()
     if given is None:
-        x, _, _ = ctx.xray.in_camera(ctx.model.camera)
-        pose, source = ctx.model.regressor(x)[0].double(), "regressor"
+        C = ctx.camera_from_reference.to(ctx.device, torch.float64)
+        guesses = torch.stack([
+            se3_inverse(C[k]) @ ctx.model.regressor(pyramid.in_camera(ctx.model.camera)[0])[0].double()
+            for k, pyramid in enumerate(ctx.pyramids)])
+        best = int(ctx.coarse_cost(guesses).argmin()) if len(guesses) > 1 else 0
+        pose, source = guesses[best], "regressor" if best == 0 else f"regressor on view {best}"
     else:
         pose, source = torch.as_tensor(given, dtype=torch.float64, device=ctx.device), "given"
     ctx.progress("initial", 1.0)
@@ -39,14 +48,18 @@ def initial_pose(ctx: RegistrationContext, given: Tensor | None = None) -> Stage
 def learnt_residual(ctx: RegistrationContext):
     """``pose (B, 4, 4) -> (B, N)``: per-token spherical distances between the X-ray's embedding
     and the embedding of the CT feature volume's DRR at the pose (the learnt similarity), both in
-    the intrinsics the model was trained for."""
+    the intrinsics the model was trained for; stacked over the views."""
     model = ctx.model
-    x, camera, _ = ctx.xray.in_camera(model.camera)
-    with torch.no_grad():
-        zx = model.similarity.embed_xray(x)
-    render = ctx.renderer(camera, model.feature_volume, model.config.n_samples)
     features = model.feature_volume.data.float()
-    return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T)))
+
+    def one(pyramid):
+        x, camera, _ = pyramid.in_camera(model.camera)
+        with torch.no_grad():
+            zx = model.similarity.embed_xray(x)
+        render = ctx.renderer(camera, model.feature_volume, model.config.n_samples)
+        return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T)))
+
+    return ctx.over_views(one)
 
 
 def learnt_similarity(ctx: RegistrationContext, pose: Tensor) -> StageRecord:

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..geometry import skew, transform_points
 from ..optimize import twist_jacobian
 
-__all__ = ["twist_covariance", "point_standard_deviations", "fit_scale", "describe", "CHI2_MEDIAN"]
+__all__ = ["twist_covariance", "covariance", "point_standard_deviations", "fit_scale", "describe", "CHI2_MEDIAN"]
 
 CHI2_MEDIAN = {"depth": 0.4549, "inplane": 0.6931}
 """Median of (error / sd)^2 for a calibrated sd: chi-square with 1 dof; with 2 dof, halved (the
@@ -35,7 +35,15 @@ def fit_scale(errors, sds, kind: str) -> float:
 def twist_covariance(residual_fn, pose: Tensor, damping: float = 1e-9) -> Tensor:
     """``(6, 6)`` covariance of the left twist at ``pose`` (4, 4), rotation (rad) then translation (mm)."""
     r, J = twist_jacobian(residual_fn, pose.to(torch.float64)[None])
-    r, J = r[0].double(), J[0].double()
+    return covariance(r[0], J[0], damping)
+
+
+def covariance(r: Tensor, J: Tensor, damping: float = 1e-9) -> Tensor:
+    """``(6, 6)`` Gauss-Newton covariance from a residual ``(M,)`` and its twist Jacobian ``(M, 6)``.
+
+    Several views' residuals and Jacobians concatenated give the joint covariance (a common
+    scale of the stacked residual cancels between the variance and ``(J^T J)^-1``)."""
+    r, J = r.double(), J.double()
     dof = max(1, r.numel() - 6)
     variance = float(r.pow(2).sum()) / dof
     JtJ = J.T @ J

@@ -1,0 +1,76 @@
+"""Joint registration of several views (Registrar with other_views, register_case, outputs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from SphericalRegLib import cli
+from SphericalRegLib.evaluation.rows import errors
+from SphericalRegLib.io import read_case, read_truth
+from SphericalRegLib.model import load_model
+from SphericalRegLib.register import RegisterOptions, Registrar, write_outputs
+from SphericalRegLib.simulate import simulate_case, write_cases
+from fixtures import tiny_ct, tiny_levels, write_ct
+
+OPTIONS = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=10), search_steps=(1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def two_view_case(tiny_volume, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two_view_case")
+    write_ct(tiny_volume, folder / "ct.nii.gz")
+    write_cases(folder / "ct.nii.gz", folder / "cases", 1, seed=5, size=48, views=2, log=lambda m: None)
+    return folder / "cases" / "case_000"
+
+
+@pytest.fixture(scope="module")
+def registrar(two_view_case, tiny_model_file):
+    ct = read_case(two_view_case).ct
+    return Registrar(load_model(tiny_model_file, ct), ct, OPTIONS)
+
+
+def test_a_second_view_pins_the_depth_that_one_view_cannot_see(two_view_case, registrar):
+    case = read_case(two_view_case)
+    truth, landmarks = read_truth(two_view_case)
+    single = registrar.register(case.xray, case.camera, case.init)
+    joint = registrar.register(case.xray, case.camera, case.init, other_views=case.views[1:])
+    e1 = errors(single.camera_from_world, truth, landmarks, case.camera)
+    e2 = errors(joint.camera_from_world, truth, landmarks, case.camera)
+    assert e2["depth"] < 1.0 and e2["depth"] < 0.5 * e1["depth"]
+    # J^T J of both views says so too: the joint depth sd is far below view 0's alone
+    assert joint.uncertainty["depth_sd_mm"] < 0.5 * joint.views[0].uncertainty["depth_sd_mm"]
+    assert joint.views[0].uncertainty["depth_sd_mm"] == pytest.approx(single.uncertainty["depth_sd_mm"], rel=0.5)
+    summary = joint.to_json()
+    assert summary["views"] == 2 and [v["name"] for v in summary["per_view"]] == ["view 0", "view_1"]
+    assert single.to_json()["views"] == 1 and "per_view" not in single.to_json()
+    assert torch.allclose(joint.views[1].camera_from_world, case.views[1].camera_from_reference @ joint.camera_from_world)
+
+
+def test_a_view_of_other_anatomy_is_named_in_a_warning(two_view_case, registrar):
+    case = read_case(two_view_case)
+    truth, _ = read_truth(two_view_case)
+    elsewhere = tiny_ct(blobs=((-0.3, 0.35, 0.0), (0.3, -0.3, 0.3), (0.05, 0.05, -0.4)), n=24)
+    elsewhere.data[:, :, :12] = -1000.0  # half a body
+    view = case.views[1]
+    image = simulate_case(elsewhere, view.camera_from_reference @ truth, view.camera, torch.Generator().manual_seed(0))
+    result = registrar.register(case.xray, case.camera, case.init, other_views=[dataclasses.replace(view, xray=image)])
+    assert any(w.startswith("view_1: its final NCC") for w in result.warnings), result.warnings
+
+
+def test_multi_view_outputs_and_the_register_command(two_view_case, tiny_model_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["register", str(two_view_case), "--model", str(tiny_model_file), "--init", "--out", str(out),
+            "--optimizer", "none", "--no-refine"]
+    assert cli.main(args + ["--views", "3"]) == 2
+    assert "--views: is 3 but" in capsys.readouterr().err
+    assert cli.main(args) in (0, 3)
+    result = json.loads((out / "result.json").read_text())
+    assert result["views"] == 2 and len(result["per_view"]) == 2
+    assert {p.name for p in out.iterdir()} >= {"overlay.png", "overlay_view_1.png", "world_from_camera_view_1.tfm"}
+    assert "view_1" in json.loads((out / "transform.json").read_text())["views"]
+    assert cli.main(args + ["--views", "1", "--overwrite"]) in (0, 3)
+    assert json.loads((out / "result.json").read_text())["views"] == 1
