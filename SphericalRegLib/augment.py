@@ -7,6 +7,11 @@ warp ``I + a sin(b I + c)``, inversion, random erasing and collimation (a border
 to the image's minimum or maximum, as shutters or a cropped detector leave it). Intensity-shape
 transforms (gamma, sine, inversion) act on the image's own [min, max] range and map back to it,
 so they apply to line integrals of any scale. All randomness comes from the given generator.
+
+:func:`randomise_physics` (opt-in: ``TrainConfig.physics_p``) covers the physics family of
+:mod:`SphericalRegLib.physics` in the image domain: each training DRR (line integrals) is taken
+through a random X-ray system and back to line integrals as ``xray.preprocess`` would read the
+exported frame.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor
 
 from .errors import InputError
 
-__all__ = ["randomise_xray", "random_bone_scale"]
+__all__ = ["randomise_xray", "random_bone_scale", "randomise_physics"]
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, like: Tensor) -> Tensor:
@@ -112,3 +117,132 @@ def randomise_xray(img: Tensor, generator: torch.Generator, p: float = 0.5) -> T
 def random_bone_scale(batch: int, generator: torch.Generator, low: float = 0.7, high: float = 1.5) -> Tensor:
     """``(batch,)`` float64 factors for :func:`volume.hu_to_mu`'s ``bone_scale``, uniform in [low, high)."""
     return low + (high - low) * torch.rand(batch, generator=generator, dtype=torch.float64)
+
+
+def _log_uniform(n: int, low: float, high: float, g: torch.Generator, like: Tensor) -> Tensor:
+    return torch.exp(_uniform(n, math.log(low), math.log(high), g, like))
+
+
+def _blur_each(img: Tensor, sigma_px: Tensor) -> Tensor:
+    """Separable Gaussian blur of each ``(1, H, W)`` image with its own sigma (px), reflected borders."""
+    out = []
+    for x, sigma in zip(img, sigma_px.flatten().tolist()):
+        x = x[None]
+        if sigma >= 0.3:
+            for dim in (2, 3):
+                radius = max(1, min(int(3 * sigma), x.shape[dim] - 1))
+                t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+                k = torch.exp(-0.5 * (t / sigma) ** 2)
+                k = k / k.sum()
+                pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
+                kernel = k.view(1, 1, -1, 1) if dim == 2 else k.view(1, 1, 1, -1)
+                x = F.conv2d(F.pad(x, pad, mode="reflect"), kernel)
+        out.append(x[0])
+    return torch.stack(out)
+
+
+def _hardening(L: Tensor, g: torch.Generator) -> Tensor:
+    """Polychromatic line integrals of water-equivalent paths: kVp U(60, 125), U(2.5, 8) mm Al."""
+    from .physics import REFERENCE_KEV, mass_attenuation, spectrum
+
+    B = L.shape[0]
+    kvp = (60 + 65 * torch.rand(B, generator=g, dtype=torch.float64)).tolist()
+    al = (2.5 + 5.5 * torch.rand(B, generator=g, dtype=torch.float64)).tolist()
+    E = torch.arange(11.0, 125.0, 2.0, dtype=torch.float64)
+    weights = torch.zeros(B, E.numel(), dtype=torch.float64)
+    for b in range(B):
+        e, w = spectrum(kvp[b], al[b], step_kev=2.0)
+        weights[b, :e.numel()] = w
+    ratio = (mass_attenuation("water", E) / mass_attenuation("water", torch.tensor(REFERENCE_KEV))).to(L)
+    w = weights.to(L).reshape(B, 1, 1, 1, -1)
+    intensity = (w * torch.exp(-L[..., None] * ratio)).sum(-1)
+    return -torch.log(intensity.clamp_min(1e-12))
+
+
+def _instrument_paths(img: Tensor, g: torch.Generator, pixel_mm: float) -> Tensor:
+    """``(B, 1, H, W)`` line integrals (60 keV) of random screws, K-wires and retractors (physics._instruments)."""
+    from .camera import Camera
+    from .physics import Physics, _instruments
+
+    B, _, H, W = img.shape
+    camera = Camera(1020.0, (pixel_mm, pixel_mm), ((W - 1) / 2, (H - 1) / 2), (H, W))
+    out = []
+    for _ in range(B):
+        n = torch.randint(0, 7, (3,), generator=g).tolist()
+        physics = Physics(screws=n[0], kwires=n[1] % 3, retractors=int(n[2] >= 5))
+        out.append(_instruments(physics, camera, g)[0].sum(0))
+    return torch.stack(out)[:, None].to(img)
+
+
+def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, pixel_mm: float = 1.0) -> Tensor:
+    """Line-integral DRRs ``(B, 1, H, W)`` as a random X-ray system would image and export them, read
+    back as line integrals; the input is left unchanged.
+
+    Each effect is applied to each image with probability ``p``, in the order the X-rays meet
+    them (ranges as ``physics.RANDOM``): instruments (screws, K-wires, retractors) added to the
+    line integrals; beam hardening (the water-equivalent polychromatic curve of a random spectrum);
+    then on intensities: the heel effect (up to 30% across the field), collimator shutters (up
+    to 30% of each side, 2% transmission), scatter (log-uniform 0.01-1.5 of the primary blurred by
+    10-120 mm), grid lines (1-10% deep, 2.2-12 px period), quantum noise (Gaussian approximation
+    of Poisson at 100-30,000 photons per pixel in air), detector blur (0-2 mm); processing
+    (log, linear or S-curve LUT, windowing at the 0-3% and 97-100% quantiles, gamma 0.6-1.6,
+    unsharp masking, 8-bit quantisation), after which air is re-estimated as the 99.5th percentile
+    like ``xray.to_line_integrals``. A shuttered band is set to 0 (as ``xray.preprocess`` masks a
+    detected collimator) in half the images with shutters. ``pixel_mm`` is the detector pixel
+    size, for the kernels given in mm. Images no effect was drawn for come back unchanged.
+    """
+    if img.dim() != 4 or img.shape[1] != 1:
+        raise InputError("img", f"has shape {tuple(img.shape)}", "(B, 1, H, W) line integrals")
+    g, B, x = generator, img.shape[0], img.clamp_min(0)
+    H, W = img.shape[-2:]
+    coins = {name: _coin(B, p, g, x) for name in
+             ("instruments", "hardening", "heel", "shutters", "scatter", "grid", "noise", "blur", "processing")}
+    applied = torch.stack(list(coins.values())).any(0)
+
+    L = torch.where(coins["instruments"], x + _instrument_paths(x, g, pixel_mm), x)
+    L = torch.where(coins["hardening"], _hardening(L, g), L)
+    intensity = torch.exp(-L)
+    rows = torch.linspace(0, 1, H, device=x.device, dtype=x.dtype)[None, None, :, None]
+    cols = torch.linspace(0, 1, W, device=x.device, dtype=x.dtype)[None, None, None, :]
+    along_rows = _coin(B, 0.5, g, x)
+    t = torch.where(along_rows, rows.expand(B, 1, H, W), cols.expand(B, 1, H, W))
+    t = torch.where(_coin(B, 0.5, g, x), t, 1 - t)
+    heel = 1 + _uniform(B, 0.0, 0.3, g, x) * (0.5 - t)
+    intensity = torch.where(coins["heel"], intensity * heel, intensity)
+    shutter = _border_mask(x, g, 0.3) & coins["shutters"]
+    intensity = torch.where(shutter, 0.02 * intensity, intensity)
+    sigma = _uniform(B, 10.0, 120.0, g, x) / pixel_mm
+    scatter = _log_uniform(B, 0.01, 1.5, g, x) * _blur_each(intensity, sigma)
+    intensity = torch.where(coins["scatter"], intensity + scatter, intensity)
+    period, depth = _uniform(B, 2.2, 12.0, g, x), _uniform(B, 0.01, 0.1, g, x)
+    phase = _uniform(B, 0.0, 2 * math.pi, g, x)
+    index = torch.where(along_rows, rows.expand(B, 1, H, W) * (H - 1), cols.expand(B, 1, H, W) * (W - 1))
+    lines = 1 - depth * 0.5 * (1 + torch.cos(2 * math.pi * index / period + phase))
+    intensity = torch.where(coins["grid"], intensity * lines, intensity)
+    photons = _log_uniform(B, 100.0, 30000.0, g, x)
+    noise = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x)
+    noisy = (intensity + (intensity.clamp_min(0) / photons).sqrt() * noise).clamp_min(0.5 / photons)
+    intensity = torch.where(coins["noise"], noisy, intensity)
+    blurred = _blur_each(intensity, _uniform(B, 0.0, 2.0, g, x) / pixel_mm)
+    intensity = torch.where(coins["blur"], blurred, intensity)
+
+    # processing: a LUT over a window, gamma, unsharp mask, 8 bits; then read back by to_line_integrals
+    kind = torch.randint(0, 3, (B,), generator=g).to(x.device).reshape(B, 1, 1, 1)  # 0 linear, 1 log, 2 sigmoid
+    y = torch.where(kind > 0, torch.log(intensity.clamp_min(1e-6)), intensity)
+    amount = _uniform(B, 0.0, 2.0, g, x)
+    y = y + amount * (y - _blur_each(y, _uniform(B, 2.0, 15.0, g, x) / pixel_mm))
+    flat = y.flatten(1)
+    lo = torch.stack([flat[b].quantile(q) for b, q in enumerate(_uniform(B, 0.0, 0.03, g, x).flatten().tolist())])
+    hi = torch.stack([flat[b].quantile(q) for b, q in enumerate(_uniform(B, 0.97, 1.0, g, x).flatten().tolist())])
+    z = ((y - lo.reshape(B, 1, 1, 1)) / (hi - lo).clamp_min(1e-12).reshape(B, 1, 1, 1)).clamp(0, 1)
+    s0, s1 = 1 / (1 + math.exp(3.0)), 1 / (1 + math.exp(-3.0))
+    z = torch.where(kind == 2, ((torch.sigmoid(6 * (z - 0.5)) - s0) / (s1 - s0)).clamp(0, 1), z)
+    z = z ** _log_uniform(B, 0.6, 1.6, g, x)
+    z = torch.where(_coin(B, 0.5, g, x), (z * 255).round() / 255, z)
+    intensity = torch.where(coins["processing"], z, intensity)
+
+    estimate = torch.quantile(intensity.flatten(1), 0.995, dim=1).reshape(B, 1, 1, 1)
+    air = torch.where(coins["processing"], estimate, torch.ones_like(estimate))
+    out = -torch.log(intensity.clamp_min(1e-6 * air) / air)
+    out = torch.where(shutter & _coin(B, 0.5, g, x), torch.zeros_like(out), out.clamp_min(0))
+    return torch.where(applied, out, img)

@@ -70,6 +70,10 @@ class TrainConfig:
     moving_scale: tuple = (0.1, 2.5)
     bone_scale: tuple = (0.7, 1.5)
     augment_p: float = 0.5  # probability of each X-ray randomisation (method notes: 0.5)
+    # probability of each physics-family effect per training X-ray (augment.randomise_physics: spectrum,
+    # scatter, noise, blur, heel, grid, shutters, instruments, processing), before the randomisation
+    # above; 0 (the default in every preset) leaves training as it was
+    physics_p: float = 0.0
     # optimisation
     steps: int = 2000
     batch_size: int = 4
@@ -96,6 +100,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(name, f"is {getattr(self, name)!r}", " or ".join(allowed))
+        if not 0 <= self.physics_p <= 1:
+            raise InputError("physics_p", f"is {self.physics_p}", "a probability from 0 (off) to 1")
         if self.steps < 1 or self.batch_size < 1 or self.image_size < 8:
             raise InputError("config", f"steps={self.steps}, batch_size={self.batch_size}, "
                              f"image_size={self.image_size}", "steps >= 1, batch >= 1, images >= 8 px")

@@ -97,7 +97,7 @@ class Trainer:
 
     def sample(self, n: int, generator: torch.Generator, augment: bool = True) -> dict[str, Tensor]:
         """Ground truths, moving poses ``(n, 4, 4)`` float64 and X-rays ``(n, 1, rows, cols)``."""
-        from ..augment import random_bone_scale, randomise_xray
+        from ..augment import random_bone_scale, randomise_physics, randomise_xray
 
         c = self.config
         truth = sample_offsets(n, c.truth_rot_deg, c.truth_trans_mm, self.depth, generator) @ self.reference
@@ -110,6 +110,8 @@ class Trainer:
         moving = camera_frame_offset(angles, trans, self.depth) @ truth
         bone = random_bone_scale(n, generator, *c.bone_scale) if augment else torch.ones(n, dtype=torch.float64)
         xray = self.simulate(truth, bone)
+        if augment and c.physics_p > 0:
+            xray = randomise_physics(xray, generator, p=c.physics_p, pixel_mm=min(self.camera.pixel_spacing))
         if augment:
             xray = randomise_xray(xray, generator, p=c.augment_p)
         return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray)

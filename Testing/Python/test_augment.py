@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from SphericalRegLib.augment import random_bone_scale, randomise_xray
+from SphericalRegLib.augment import random_bone_scale, randomise_physics, randomise_xray
+from SphericalRegLib.errors import InputError
 from fixtures import one_torch_thread
 
 
@@ -39,3 +40,56 @@ def test_random_bone_scale():
     assert s.shape == (1000,) and s.min() >= 0.7 and s.max() < 1.5
     assert s.std() > 0.1
     torch.testing.assert_close(s, random_bone_scale(1000, torch.Generator().manual_seed(0)))
+
+
+def _drrs(n=6, size=40, seed=0):
+    """Line-integral images of a body (an ellipse, 1-3) with a bone-like disc and air around."""
+    g = torch.Generator().manual_seed(seed)
+    v, u = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    body = (1 - u**2 / 0.6 - v**2 / 0.9).clamp_min(0).sqrt() * 3
+    bone = ((u - 0.1) ** 2 + v**2 < 0.05).float() * 1.5
+    return (body + bone)[None, None].repeat(n, 1, 1, 1) * (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=g))
+
+
+def test_randomise_physics_is_seeded_pure_and_finite():
+    img = _drrs()
+    before = img.clone()
+    a = randomise_physics(img, torch.Generator().manual_seed(7), pixel_mm=4.0)
+    b = randomise_physics(img, torch.Generator().manual_seed(7), pixel_mm=4.0)
+    c = randomise_physics(img, torch.Generator().manual_seed(8), pixel_mm=4.0)
+    assert torch.equal(img, before) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == img.shape and torch.isfinite(a).all() and (a >= 0).all()
+    assert torch.equal(randomise_physics(img, torch.Generator().manual_seed(1), p=0.0), img)
+    every = randomise_physics(img, torch.Generator().manual_seed(1), p=1.0, pixel_mm=4.0)
+    assert torch.isfinite(every).all() and (every.std(dim=(1, 2, 3)) > 0).all()
+    assert ((every - img).abs().amax(dim=(1, 2, 3)) > 0.05).all()
+    with pytest.raises(InputError):
+        randomise_physics(img[:, 0], torch.Generator())
+
+
+def test_randomise_physics_effects():
+    from SphericalRegLib import augment
+
+    img = _drrs(n=4)
+    L = augment._hardening(img, torch.Generator().manual_seed(0))
+    for b in range(4):  # the hardening curve is increasing and concave: thick paths are hardened most
+        x, y = img[b].flatten(), L[b].flatten()
+        order = x.argsort()
+        assert (y[order].diff() >= -1e-5).all()
+        thin, thick = (x > 0.3) & (x < 1.0), x > 3.0
+        assert (y[thick] / x[thick]).mean() < 0.97 * (y[thin] / x[thin]).mean()
+    tools = augment._instrument_paths(img, torch.Generator().manual_seed(3), pixel_mm=4.0)
+    assert tools.shape == img.shape and (tools >= 0).all() and (tools.amax(dim=(1, 2, 3)) > 0).sum() >= 2
+    # with the effects of intensity alone, the output is the line integral of what was imaged: air stays at 0
+    # only when no processing re-estimates it; the mean stays near the input's where nothing large was drawn
+    out = randomise_physics(img, torch.Generator().manual_seed(2), p=0.3, pixel_mm=4.0)
+    assert (out.mean(dim=(1, 2, 3)) / img.mean(dim=(1, 2, 3))).sub(1).abs().max() < 2.0
+
+
+def test_train_config_physics_option():
+    from SphericalRegLib.training.config import PRESETS, TrainConfig
+
+    assert TrainConfig().physics_p == 0.0 and all(c.physics_p == 0.0 for c in PRESETS.values())
+    assert TrainConfig(physics_p=0.3).physics_p == 0.3
+    with pytest.raises(InputError):
+        TrainConfig(physics_p=1.5)
