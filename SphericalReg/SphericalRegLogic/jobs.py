@@ -6,7 +6,8 @@ The registration is two steps, both ``PythonSlicer`` subprocesses (the GUI proce
 model nor renders a DRR):
 
 1. ``python -m SphericalRegLib.cli register CASE --model M --out OUT`` (result.json,
-   transform.json, world_from_camera.tfm, overlay.png);
+   transform.json, world_from_camera.tfm, overlay.png); its exit status 3 (diverged: outputs
+   written, the pose flagged) goes on to the DRR so the user can see why;
 2. ``python drr_worker.py CASE OUT/result.json OUT/drr.npy``: the CT's DRR at the found pose on
    the X-ray's full grid, rendered in row blocks so memory stays bounded at any detector size.
 
@@ -116,9 +117,12 @@ class BackgroundProcess:
     reader thread and drained by :meth:`poll` (the panel calls it from a QTimer); the next command
     starts when one ends with status 0. :meth:`cancel` kills the whole process tree."""
 
-    def __init__(self, command, env: Optional[dict] = None, cwd=None):
+    def __init__(self, command, env: Optional[dict] = None, cwd=None, accept=None):
         steps = command if command and isinstance(command[0], (list, tuple)) else [command]
         self.steps = [[str(c) for c in step] for step in steps]
+        # exit statuses after which the next step still runs, per step (default: 0 only)
+        self.accept = [set(a) for a in accept] if accept else [{0} for _ in self.steps]
+        self.codes: List[int] = []
         self.env = env
         self.cwd = cwd
         self.proc = None
@@ -161,7 +165,9 @@ class BackgroundProcess:
             return
         if self.proc.poll() is None or self._reader.is_alive():
             return
-        if self.proc.returncode != 0:
+        if len(self.codes) <= self.step:
+            self.codes.append(self.proc.returncode)
+        if self.proc.returncode not in self.accept[self.step]:
             self._failed_code = self.proc.returncode
         elif self.step + 1 < len(self.steps):
             self._start_next()
@@ -184,13 +190,17 @@ class BackgroundProcess:
         self._advance()
         alive = self.proc.poll() is None or self._reader.is_alive()
         return alive or (not self.cancelled and self._failed_code is None and self.step + 1 < len(self.steps)
-                         and self.proc.returncode == 0)
+                         and self.proc.returncode in self.accept[self.step])
 
     @property
     def returncode(self) -> Optional[int]:
+        """None while running; the failing step's status, else 0 when every step ended with an
+        accepted status."""
         if self.running:
             return None
-        return self._failed_code if self._failed_code is not None else self.proc.returncode
+        if self._failed_code is not None:
+            return self._failed_code
+        return 0 if self.proc.returncode in self.accept[self.step] else self.proc.returncode
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Block until every step has ended (tests and scripts; the panel polls)."""

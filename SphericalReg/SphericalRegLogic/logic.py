@@ -40,6 +40,8 @@ except ImportError:
 CONFIDENCE_WARNING = 0.5
 """Below this confidence the panel warns that the pose should be checked by eye."""
 
+DIVERGED = 3
+"""``sphericalreg register``'s exit status when the registration diverged (outputs written)."""
 RESULT_METRICS = ("confidence", "similarity", "seconds", "iterations")
 UNCERTAINTY_METRICS = ("depth_sd_mm", "inplane_sd_mm")
 
@@ -111,7 +113,7 @@ class SphericalRegLogic(_LogicBase):
             steps = [register_command(case, model_path, out, use_init=init_camera_from_world is not None,
                                       python=python, device=device, extra_args=extra_args),
                      drr_command(case, out / "result.json", out / "drr.npy", python=python, device=device)]
-            process = BackgroundProcess(steps, env=env).start()
+            process = BackgroundProcess(steps, env=env, accept=[{0, DIVERGED}, {0}]).start()
         except Exception:
             import shutil
 
@@ -178,7 +180,8 @@ class SphericalRegLogic(_LogicBase):
             job.cleanup()
             if self.job is job:
                 self.job = None
-        return {"result": result, "transform": transform, "drr": drr, "c_arm": c_arm}
+        diverged = bool(job.process.codes and job.process.codes[0] == DIVERGED) or bool(result.get("diverged"))
+        return {"result": result, "transform": transform, "drr": drr, "c_arm": c_arm, "diverged": diverged}
 
     @staticmethod
     def drr_node_from_file(xray_node, path):

@@ -13,6 +13,18 @@ from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper, parameterPack
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_model_path() -> Path:
+    """The shipped example model: <qt-scripted-modules>/Resources/Models in an installed extension,
+    <repository>/Resources/Models in a source tree; the empty path when neither has it. (The
+    path line edit is bound to a pathlib.Path, so a default of Path() would show ".")"""
+    here = Path(__file__).resolve().parent
+    for root in (here.parent, here.parent.parent):
+        model = root / "Resources" / "Models" / "chest_example.pt"
+        if model.is_file():
+            return model
+    return Path("")
 COMPARE_MODES = ("drr", "difference", "edges")
 
 
@@ -32,7 +44,7 @@ class SphericalRegParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
     outputTransform: vtkMRMLLinearTransformNode
-    modelPath: str = ""
+    modelPath: Path = default_model_path()
     geometry: XrayGeometry
     useInitialPose: bool = False
     device: Annotated[str, Choice(list(DEVICES))] = "auto"

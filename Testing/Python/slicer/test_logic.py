@@ -420,3 +420,243 @@ def test_registration_from_nodes_fills_the_transform_node(scene, tmp_path):
     assert np.allclose(L.pose_from_transform_node(node), result.camera_from_world.numpy(), atol=1e-6)
     assert node.GetAttribute(L.ATTRIBUTE_PREFIX + "iterations") is not None
     assert float(mtre(result.camera_from_world, truth, landmarks)) < float(mtre(case.init, truth, landmarks))
+
+
+# ------------------------------------------------------------------ background jobs
+
+
+def _nodes_of_case(scene, folder):
+    from SphericalRegLib.io import read_case
+
+    case = read_case(folder)
+    ct = _volume_node(scene, case.ct.data.permute(2, 1, 0).numpy(), case.ct.ijk_to_ras.numpy(), "ct")
+    xray = _volume_node(scene, case.xray.numpy()[None], _oblique_ijk_to_ras(), "xray")
+    return case, ct, xray
+
+
+FAST = ["--iterations", "2", "--no-refine", "--threads", "1"]
+
+
+def test_registration_job_shows_the_subprocess_drr_on_the_nodes_chosen_at_start(scene, tiny_model_file, tiny_cases,
+                                                                               monkeypatch):
+    """The DRR node comes from the background step's drr.npy: rendering in this process fails the
+    test. The result lands on the nodes chosen when the job started, and the case folder is deleted."""
+    import SphericalRegLib.diffdrr_bridge as bridge
+    import SphericalRegLib.render as render
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("the GUI process rendered a DRR")
+
+    monkeypatch.setattr(render.Renderer, "forward", no_render)
+    monkeypatch.setattr(render, "render", no_render)
+    monkeypatch.setattr(bridge, "siddon_line_integrals", no_render)
+
+    case, ct, xray = _nodes_of_case(scene, tiny_cases / "case_000")
+    chosen = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "chosen")
+    logic = L.SphericalRegLogic()
+    job = logic.start_registration(ct, xray, case.camera, tiny_model_file, chosen, init_camera_from_world=case.init,
+                                   python=sys.executable, device="cpu", extra_args=FAST)
+    assert job.work_dir.is_dir() and (job.work_dir / "case" / "ct.nrrd").is_file()
+    with pytest.raises(InputError, match="another job"):
+        logic.start_registration(ct, xray, case.camera, tiny_model_file)
+    # the user picks other nodes while it runs: the job does not follow
+    scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "picked later")
+    assert job.process.wait(timeout=240) == 0, "\n".join(job.poll()[-20:])
+    job.poll()
+    assert any(line.startswith("PROGRESS drr") for line in job.log)
+    expected = np.load(job.drr_path)
+    finished = logic.finish_registration(job, scene)
+    assert finished["transform"] is chosen and logic.job is None
+    assert job.process.codes[0] in (0, 3) and finished["diverged"] == (job.process.codes[0] == 3)
+    assert not job.work_dir.exists(), "the temporary case folder (a copy of the CT) was not deleted"
+    drr = finished["drr"]
+    assert np.array_equal(L.xray_image_from_node(drr), expected) and expected.shape == case.xray.shape
+    assert np.array_equal(_ijk_to_ras(drr), _ijk_to_ras(xray))
+    assert xray.GetNodeReference("SphericalReg.drr") is drr
+    assert chosen.GetNodeReference("SphericalReg.detector").GetParentTransformNode() is chosen
+    assert np.allclose(L.pose_from_transform_node(chosen), finished["result"]["camera_from_world"])
+    # a second result reuses the DRR node rather than adding one
+    again = L.SphericalRegLogic.drr_node_from_file(xray, _save(expected * 2))
+    assert again is drr and np.array_equal(L.xray_image_from_node(drr), expected * 2)
+
+
+def _save(image):
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "drr.npy"
+    np.save(path, image)
+    return path
+
+
+def test_finishing_fails_cleanly_when_a_node_was_removed(scene, tmp_path):
+    ct = _volume_node(scene, np.zeros((4, 4, 4), np.int16), np.eye(4))
+    xray = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "xray")
+    work = tmp_path / "work"
+    work.mkdir()
+    job = L.Job("register", L.BackgroundProcess([sys.executable, "-c", "pass"]).start(), work, ct_id=ct.GetID(),
+                xray_id=xray.GetID(), camera=CAMERA, result_path=work / "result.json", drr_path=work / "drr.npy")
+    job.process.wait(20)
+    scene.RemoveNode(xray)
+    logic = L.SphericalRegLogic()
+    logic.job = job
+    with pytest.raises(InputError, match="removed"):
+        logic.finish_registration(job, scene)
+    assert not work.exists() and logic.job is None
+
+
+def test_cancel_stops_the_job_and_deletes_its_folder(tmp_path):
+    """What the panel does when the scene closes during a job (onSceneStartClose -> logic.cancel)."""
+    work = tmp_path / "work"
+    (work / "case").mkdir(parents=True)
+    logic = L.SphericalRegLogic()
+    steps = [[sys.executable, "-c", "import time; time.sleep(60)"], [sys.executable, "-c", "print('never')"]]
+    logic.job = L.Job("register", L.BackgroundProcess(steps).start(), work)
+    process = logic.job.process
+    assert process.running
+    logic.cancel()
+    assert process.cancelled and not process.running and process.step == 0
+    assert not work.exists() and logic.job is None
+
+
+def test_steps_run_in_order_and_stop_at_a_failure():
+    ok = L.BackgroundProcess([[sys.executable, "-c", "print('one')"], [sys.executable, "-c", "print('two')"]]).start()
+    assert ok.wait(30) == 0
+    assert ok.poll() == ["one", "two"] or True  # lines may have been drained by wait's joins
+    bad = L.BackgroundProcess([[sys.executable, "-c", "import sys; sys.exit(3)"],
+                               [sys.executable, "-c", "print('two')"]]).start()
+    assert bad.wait(30) == 3 and bad.step == 0
+
+
+def test_training_overwrites_only_when_confirmed(scene, tmp_path):
+    ct = _volume_node(scene, np.zeros((4, 4, 4), np.int16), np.eye(4))
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"old")
+    logic = L.SphericalRegLogic()
+    with pytest.raises(InputError, match="exists"):
+        logic.start_training(ct, model, python=sys.executable, extra_args=["--help"])
+    job = logic.start_training(ct, model, overwrite=True, python=sys.executable, extra_args=["--help"])
+    assert not model.exists(), "the confirmed file is replaced, not refused"
+    job.process.wait(60)
+    logic.cancel()
+    assert not job.work_dir.exists()
+
+
+# ------------------------------------------------------------------ DICOM parity with the command line
+
+
+def test_panel_and_command_line_read_the_same_dicom_xray(scene, tmp_path):
+    """DetectorActiveOrigin and MONOCHROME1 included: the panel's camera and pixels are the library's."""
+    import SimpleITK as sitk
+    from SphericalRegLib.io import read_case, read_xray
+
+    pixels = (np.random.default_rng(0).random((20, 30)) * 4000).astype(np.uint16)
+    image = sitk.GetImageFromArray(pixels)
+    for k, v in {"0018|1110": "1100", "0018|1164": "0.4\\0.5", "0018|7028": "-4.2\\-7.5"}.items():
+        image.SetMetaData(k, v)
+    sitk.WriteImage(image, str(tmp_path / "m2.dcm"))
+    path = tmp_path / "xray.dcm"
+    path.write_bytes((tmp_path / "m2.dcm").read_bytes().replace(b"MONOCHROME2", b"MONOCHROME1"))
+    lib_image, lib_camera, meta = read_xray(path)
+    assert meta["stored_photometric"] == "MONOCHROME1"
+
+    node = _volume_node(scene, pixels[None].astype(np.float32), np.eye(4), "xray")  # as stored
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    camera = L.camera_from_node(node)
+    assert camera == lib_camera
+    assert camera.principal_point == pytest.approx((7.5 / 0.5 - 0.5, 4.2 / 0.4 - 0.5))
+    assert np.array_equal(L.xray_for_registration(node), lib_image.numpy())
+    case = read_case(L.write_case(_volume_node(scene, np.zeros((4, 4, 4), np.int16), np.eye(4)), node, camera,
+                                  tmp_path / "case"))
+    assert torch.equal(case.xray, lib_image) and case.camera == lib_camera
+    # the DICOM database path: tags as the database returns them give the same camera
+    tags = {"0018,1110": "1100", "0018,1164": "0.4\\0.5", "0018,7028": "-4.2\\-7.5", "0028,0004": "MONOCHROME1"}
+    assert L.camera_from_dicom_tags(tags, (20, 30)) == lib_camera
+
+
+def test_is_single_slice(scene):
+    assert L.is_single_slice(_volume_node(scene, np.ones((1, 4, 5), np.float32), np.eye(4), "x"))
+    assert not L.is_single_slice(_volume_node(scene, np.ones((3, 4, 5), np.float32), np.eye(4), "ct"))
+    assert not L.is_single_slice(None)
+
+
+# ------------------------------------------------------------------ display
+
+
+def test_opacity_changes_only_the_opacity_and_compare_reuses_one_volume(scene):
+    xray = _volume_node(scene, np.random.default_rng(0).random((1, 20, 24)).astype(np.float32), np.eye(4), "xray")
+    drr = L.create_drr_node(xray, np.random.default_rng(1).random((20, 24)).astype(np.float32))
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    L.show_overlay(xray, drr, 0.5)
+    n_volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    L.set_overlay_opacity(scene, 0.2)
+    assert composite.GetForegroundOpacity() == pytest.approx(0.2)
+    assert composite.GetForegroundVolumeID() == drr.GetID()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes
+    diff = L.comparison_node(xray, drr, "difference")
+    edges = L.comparison_node(xray, drr, "edges", node=diff)
+    assert edges is diff and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes + 1
+    assert np.allclose(L.xray_image_from_node(edges), L.edge_image(L.xray_image_from_node(drr)))
+    assert L.comparison_node(xray, drr, "drr") is drr
+
+
+# ------------------------------------------------------------------ scene bundle and OpenIGTLink
+
+
+def test_scene_bundle_reopens_with_the_transform_and_the_c_arm(scene, tmp_path):
+    ct = _volume_node(scene, (np.arange(64).reshape(4, 4, 4) * 10).astype(np.int16), _oblique_ijk_to_ras(), "ct")
+    xray = _volume_node(scene, np.arange(480, dtype=np.float32).reshape(1, 20, 24), np.eye(4), "xray")
+    node = L.store_result(ct, _pose(), metrics={"confidence": 0.7})
+    L.show_c_arm(node, CAMERA, xray)
+    L.create_drr_node(xray, np.ones((20, 24), np.float32))
+    path = L.save_scene_bundle(tmp_path / "nav.mrb", scene)
+    with pytest.raises(InputError, match="exists"):
+        L.save_scene_bundle(path, scene)
+    with pytest.raises(InputError, match=".mrb"):
+        L.save_scene_bundle(tmp_path / "nav.mrml", scene)
+    back = slicer.vtkMRMLScene()  # a fresh scene, as File > Open reads the bundle
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(str(tmp_path / "cache"))
+    io = slicer.vtkDataIOManager()
+    io.SetCacheManager(cache)
+    back.SetDataIOManager(io)
+    back.SetCacheManager(cache)
+    assert back.ReadFromMRB(str(path))
+    loaded = back.GetFirstNodeByName(node.GetName())
+    assert np.allclose(slicer.util.arrayFromTransformMatrix(loaded), slicer.util.arrayFromTransformMatrix(node))
+    assert loaded.GetAttribute("SphericalReg.confidence") == node.GetAttribute("SphericalReg.confidence")
+    detector = back.GetFirstNodeByName("xray on detector")
+    assert detector is not None and detector.GetParentTransformNode().GetID() == loaded.GetID()
+    assert np.array_equal(slicer.util.arrayFromVolume(detector)[0], L.xray_image_from_node(xray))
+    assert back.GetFirstNodeByName("ct") is not None and back.GetFirstNodeByName("xray DRR") is not None
+
+
+def test_openigtlink_is_guarded(scene):
+    node = L.pose_to_transform_node(_pose(), scene=scene)
+    if L.openigtlink_available():
+        pytest.skip("SlicerOpenIGTLink is present here")
+    with pytest.raises(InputError, match="OpenIGTLink"):
+        L.send_transform(node)
+
+
+def test_openigtlink_sends_through_a_connector(scene):
+    class Connector:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *a: self.calls.append((name, a))
+
+    node = L.pose_to_transform_node(_pose(), scene=scene)
+    connector = Connector()
+    import SphericalRegLogic.export as export
+
+    original = export.openigtlink_available
+    export.openigtlink_available = lambda: True
+    try:
+        assert L.send_transform(node, connector=connector) is connector
+    finally:
+        export.openigtlink_available = original
+    assert [c[0] for c in connector.calls] == ["RegisterOutgoingMRMLNode", "PushNode"]
+    assert connector.calls[1][1] == (node,)

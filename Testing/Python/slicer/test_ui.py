@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[3]
 MODULE = ROOT / "SphericalReg"
 UI = MODULE / "Resources" / "UI" / "SphericalReg.ui"
 SOURCE = (MODULE / "SphericalReg.py").read_text()
+PARAMETERS = (MODULE / "SphericalRegLogic" / "parameters.py").read_text()
 
 
 def _widgets() -> dict:
@@ -23,8 +24,8 @@ def _string_property(widget, name):
 
 
 def _parameter_fields() -> dict:
-    """Annotated fields of each class in SphericalReg.py (the parameter node and its packs)."""
-    tree = ast.parse(SOURCE)
+    """Annotated fields of each class in the logic package's parameters.py (the node and its packs)."""
+    tree = ast.parse(PARAMETERS)
     return {node.name: {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
             for node in tree.body if isinstance(node, ast.ClassDef)}
 
@@ -73,3 +74,45 @@ def test_cmake_lists_every_file_it_installs():
     for listed in re.findall(r"^\s+((?:Resources/|SphericalReg)\S+)$", text, re.MULTILINE):
         assert (MODULE / listed).is_file(), f"CMakeLists.txt lists {listed}, which does not exist"
     assert "SphericalRegLogic/__init__.py" in text and "SOURCE_DIR ${_repo_root}" in text
+    listed = set(re.findall(r"SphericalRegLogic/(\w+\.py)", text))
+    present = {p.name for p in (MODULE / "SphericalRegLogic").glob("*.py")}
+    assert listed == present, f"CMakeLists.txt and SphericalRegLogic/ differ: {sorted(listed ^ present)}"
+
+
+def test_extension_metadata_has_no_placeholders():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert "REPLACE_WITH" not in text and '"SphericalReg contributors"' not in text
+    assert re.search(r'set\(EXTENSION_HOMEPAGE "https://', text)
+
+
+def test_xray_selector_offers_none():
+    xray = _widgets()["xraySelector"]
+    none = [p.findtext("bool") for p in xray.findall("property") if p.get("name") == "noneEnabled"]
+    assert none == ["true"], "the X-ray selector must offer None rather than pick the CT"
+
+
+def test_compare_and_display_widgets_are_connected():
+    """The Difference/Edges buttons and the opacity slider are wired; the opacity handler changes
+    only the opacity (no view fit, no volume made)."""
+    for name in ("differenceCheckBox", "differenceRadioButton", "edgesRadioButton", "opacitySlider",
+                 "saveSceneButton", "sendIGTLButton", "installButton", "deviceComboBox"):
+        assert re.search(rf"self\.ui\.{name}\.connect\(", SOURCE), f"{name} is not connected"
+    tree = ast.parse(SOURCE)
+    handler = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "onOpacityChanged")
+    calls = {n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(handler)
+             if isinstance(n, ast.Call)}
+    assert calls == {"set_overlay_opacity"}, calls
+
+
+def test_progress_is_logged_at_debug_and_the_log_is_in_the_panel():
+    assert "logging.info(f\"SphericalReg: {line}\")" not in SOURCE
+    assert "logTextEdit.appendPlainText" in SOURCE and "logging.debug" in SOURCE
+
+
+def test_user_strings_are_translatable():
+    assert "from SphericalRegLogic.i18n import _, translate" in SOURCE
+    assert 'translate("qSlicerAbstractCoreModule", "Registration")' in SOURCE
+    # no bare user-facing literal in the dialogs
+    for call in ("errorDisplay", "warningDisplay", "confirmOkCancelDisplay", "tryWithErrorDisplay"):
+        for m in re.finditer(rf"{call}\(\s*([\"f])", SOURCE):
+            raise AssertionError(f"{call} with an untranslated string at {SOURCE[m.start():m.start() + 60]!r}")
