@@ -160,9 +160,9 @@ def _hardening(L: Tensor, g: torch.Generator) -> Tensor:
 
 
 def _instrument_paths(img: Tensor, g: torch.Generator, pixel_mm: float) -> Tensor:
-    """``(B, 1, H, W)`` line integrals (60 keV) of random screws, K-wires and retractors (physics._instruments)."""
+    """``(B, 1, H, W)`` line integrals (60 keV) of random screws, K-wires and retractors (physics._instruments_2d)."""
     from .camera import Camera
-    from .physics import Physics, _instruments
+    from .physics import Physics, _instruments_2d
 
     B, _, H, W = img.shape
     camera = Camera(1020.0, (pixel_mm, pixel_mm), ((W - 1) / 2, (H - 1) / 2), (H, W))
@@ -170,7 +170,7 @@ def _instrument_paths(img: Tensor, g: torch.Generator, pixel_mm: float) -> Tenso
     for _ in range(B):
         n = torch.randint(0, 7, (3,), generator=g).tolist()
         physics = Physics(screws=n[0], kwires=n[1] % 3, retractors=int(n[2] >= 5))
-        out.append(_instruments(physics, camera, g)[0].sum(0))
+        out.append(_instruments_2d(physics, camera, g)[0].sum(0))
     return torch.stack(out)[:, None].to(img)
 
 

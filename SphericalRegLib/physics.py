@@ -41,7 +41,7 @@ from .errors import InputError
 from .volume import MU_WATER, Volume, hu_to_mu
 
 __all__ = ["Physics", "PRESETS", "EFFECTS", "RANDOM", "physics_for", "prepare", "simulate_frame", "Prepared",
-           "mass_attenuation", "spectrum", "MATERIALS", "REFERENCE_KEV"]
+           "draw_instruments", "mass_attenuation", "spectrum", "MATERIALS", "REFERENCE_KEV"]
 
 # -- defaults of simulate.simulate_case (kept here so that simulate.py can import them unchanged)
 PHOTONS = 10_000.0
@@ -501,8 +501,9 @@ def _rectangle(X: Tensor, Y: Tensor, centre, angle: float, half: tuple[float, fl
     return ((half[0] - x.abs()).clamp(0, 1) * (half[1] - y.abs()).clamp(0, 1))
 
 
-def _instruments(physics: Physics, camera: Camera, g: torch.Generator) -> tuple[Tensor, list]:
-    """``(4, rows, cols)`` reference-attenuation path integrals of screws, K-wires and retractors.
+def _instruments_2d(physics: Physics, camera: Camera, g: torch.Generator) -> tuple[Tensor, list]:
+    """``(4, rows, cols)`` reference-attenuation path integrals of screws, K-wires and retractors
+    drawn flat on the detector (the training randomisation's model; frames use :func:`draw_instruments`).
 
     Drawn in the plane through the isocentre parallel to the detector (object mm, magnified onto
     the detector by 1 / ISOCENTRE_FRACTION): a flat, 2D model of instruments lying near the
@@ -549,6 +550,114 @@ def _instruments(physics: Physics, camera: Camera, g: torch.Generator) -> tuple[
         out[3] += fe * (blade + _cylinder(X, Y, centre, end, 4.0))
         drawn.append({"kind": "retractor", "centre_mm": list(centre), "blade_mm": [2 * w, 2 * h]})
     return out, drawn
+
+
+def draw_instruments(physics: Physics, ct: Volume, generator: torch.Generator) -> list[dict]:
+    """Instruments in 3D, world (RAS) mm about the CT's centre, as JSON-able dicts.
+
+    Pass the same list to :func:`simulate_frame` for every view of a case so that all views see
+    the same instruments. Screws (titanium): in pairs either side of a sagittal plane within 15 mm
+    of the centre, heads 20-50 mm posterior of the centre, 35-55 mm shafts of 6.5 mm aimed
+    anteriorly, converging 5-25 deg towards the midline and tilted up to 10 deg cranio-caudally,
+    a 12 mm tulip head behind; levels within 80 mm of the centre. K-wires (steel): 1.6-2.5 mm,
+    100-250 mm, any direction, through a point within 60 mm of the centre. Retractors (steel):
+    a blade 20-40 mm (S-I) by 60-120 mm (A-P), 1.5-3 mm thick, standing in the wound 25-50 mm
+    lateral of the midline and 40-80 mm posterior, on an 8 mm handle running 150 mm back and out.
+    Each is ``{"kind", "material", "cylinders": [[a, b, radius]...], "plates": [{"centre", "axes",
+    "half"}...]}`` with ``axes`` three orthonormal rows and ``half`` the half sizes along them.
+    """
+    g, c = generator, [float(x) for x in ct.centre]
+    out = []
+    midline = c[0] + _u(g, -15.0, 15.0)
+
+    def unit(v):
+        n = math.sqrt(sum(x * x for x in v))
+        return [x / n for x in v]
+
+    for i in range(physics.screws):
+        side = 1.0 if i % 2 == 0 else -1.0
+        if i % 2 == 0:
+            level = c[2] + _u(g, -80.0, 80.0)
+        head = [midline + side * _u(g, 15.0, 25.0), c[1] - _u(g, 20.0, 50.0), level]
+        converge, tilt = math.radians(_u(g, 5.0, 25.0)), math.radians(_u(g, -10.0, 10.0))
+        d = unit([-side * math.sin(converge), math.cos(converge), math.sin(tilt)])
+        length = _u(g, 35.0, 55.0)
+        tip = [h + length * x for h, x in zip(head, d)]
+        back = [h - 12.0 * x for h, x in zip(head, d)]
+        out.append({"kind": "screw", "material": "titanium", "cylinders": [[head, tip, 3.25], [back, head, 6.0]],
+                    "plates": []})
+    for _ in range(physics.kwires):
+        centre = [x + _u(g, -60.0, 60.0) for x in c]
+        z, phi = _u(g, -1.0, 1.0), _u(g, 0.0, 2 * math.pi)
+        d = [math.sqrt(1 - z * z) * math.cos(phi), math.sqrt(1 - z * z) * math.sin(phi), z]
+        half = _u(g, 50.0, 125.0)
+        a, b = [x - half * e for x, e in zip(centre, d)], [x + half * e for x, e in zip(centre, d)]
+        out.append({"kind": "kwire", "material": "iron", "cylinders": [[a, b, _u(g, 0.8, 1.25)]], "plates": []})
+    for _ in range(physics.retractors):
+        side = 1.0 if _u(g) < 0.5 else -1.0
+        height, width, thick = _u(g, 60.0, 120.0), _u(g, 20.0, 40.0), _u(g, 1.5, 3.0)
+        centre = [midline + side * _u(g, 25.0, 50.0), c[1] - _u(g, 40.0, 80.0), c[2] + _u(g, -60.0, 60.0)]
+        plate = {"centre": centre, "axes": [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]],
+                 "half": [height / 2, width / 2, thick / 2]}
+        grip = [centre[0], centre[1] - height / 2, centre[2]]
+        end = [grip[0] + side * 100.0, grip[1] - 110.0, grip[2]]
+        out.append({"kind": "retractor", "material": "iron", "cylinders": [[grip, end, 4.0]], "plates": [plate]})
+    return out
+
+
+def _cylinder_length(source: Tensor, pixels: Tensor, a, b, radius: float) -> Tensor:
+    """Exact length (mm) of each segment source -> pixel inside the cylinder of ``radius`` about a-b."""
+    a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    length = float((b - a).norm())
+    e = (b - a) / max(length, 1e-9)
+    d = pixels - source  # (rows, cols, 3), t in [0, 1]
+    w = source - a
+    de, we = d @ e, float(w @ e)
+    d_perp = d - de[..., None] * e
+    w_perp = w - we * e
+    A = (d_perp * d_perp).sum(-1)
+    B = 2 * (d_perp @ w_perp)
+    C = float(w_perp @ w_perp) - radius**2
+    disc = B * B - 4 * A * C
+    root = disc.clamp_min(0).sqrt()
+    safe_A = A.clamp_min(1e-12)
+    t0, t1 = (-B - root) / (2 * safe_A), (-B + root) / (2 * safe_A)
+    parallel = A < 1e-12
+    t0 = torch.where(parallel, torch.where(torch.tensor(C < 0), -1e30, 1e30), t0)
+    t1 = torch.where(parallel, torch.where(torch.tensor(C < 0), 1e30, -1e30), t1)
+    t0 = torch.where(disc < 0, torch.full_like(t0, 1e30), t0)
+    # along the axis: 0 <= we + t de <= length
+    safe_de = torch.where(de.abs() < 1e-12, torch.full_like(de, 1e-12), de)
+    s0, s1 = (0 - we) / safe_de, (length - we) / safe_de
+    lo, hi = torch.minimum(s0, s1), torch.maximum(s0, s1)
+    inside_axis = (we >= 0) & (we <= length)
+    lo = torch.where(de.abs() < 1e-12, torch.full_like(lo, -1e30 if inside_axis else 1e30), lo)
+    hi = torch.where(de.abs() < 1e-12, torch.full_like(hi, 1e30 if inside_axis else -1e30), hi)
+    start = torch.maximum(torch.maximum(t0, lo), torch.zeros_like(t0))
+    stop = torch.minimum(torch.minimum(t1, hi), torch.ones_like(t1))
+    return (stop - start).clamp_min(0) * d.norm(dim=-1)
+
+
+def _plate_length(source: Tensor, pixels: Tensor, plate: dict) -> Tensor:
+    """Length (mm) of each segment source -> pixel inside an oriented box (a retractor blade)."""
+    R = torch.tensor(plate["axes"], dtype=torch.float64)  # rows: the box's axes in world
+    centre = torch.tensor(plate["centre"], dtype=torch.float64)
+    half = torch.tensor(plate["half"], dtype=torch.float64)
+    s, p = R @ (source - centre), (pixels - centre) @ R.T
+    return _slab_length(s.expand_as(p), p, -half, half)
+
+
+def _render_instruments(instruments: list[dict], source: Tensor, pixels: Tensor) -> Tensor:
+    """``(4, rows, cols)`` reference-attenuation path integrals of 3D instruments."""
+    out = torch.zeros(4, *pixels.shape[:2], dtype=torch.float64)
+    for tool in instruments:
+        channel = MATERIALS.index(tool["material"])
+        mu = reference_mu(tool["material"])
+        for a, b, r in tool["cylinders"]:
+            out[channel] += mu * _cylinder_length(source, pixels, a, b, float(r))
+        for plate in tool["plates"]:
+            out[channel] += mu * _plate_length(source, pixels, plate)
+    return out
 
 
 def _table(prepared: Prepared, source: Tensor, pixels: Tensor) -> Tensor:
@@ -643,14 +752,16 @@ def _process(counts: Tensor, physics: Physics, exposed: Tensor, camera: Camera) 
 
 
 def simulate_frame(ct: Volume, camera_from_world: Tensor, camera: Camera, physics: Physics,
-                   generator: torch.Generator, prepared: Prepared | None = None) -> tuple[Tensor, dict]:
+                   generator: torch.Generator, prepared: Prepared | None = None,
+                   instruments: list[dict] | None = None) -> tuple[Tensor, dict]:
     """One exported X-ray ``(rows, cols)`` float64 (16-bit counts, or 0 .. 2^bits - 1 processed) and its meta.
 
     ``ct`` in HU, ``camera_from_world`` (4, 4). ``prepared`` (:func:`prepare` of this CT and
     camera) may be passed to reuse the renderer. The meta holds ``bits``, ``photometric``
     ("MONOCHROME2": air bright; "MONOCHROME1": inverted, bone bright), ``processed``, ``physics``
     (:meth:`Physics.to_json`) and what was drawn: ``shutters_px`` (top, bottom, left, right),
-    ``instruments`` (object mm at the isocentre plane, camera axes).
+    ``instruments`` (:func:`draw_instruments`' list, world mm). ``instruments``: such a list to use
+    instead of drawing one (the same for every view of a case); only drawn when the physics has any.
     """
     from .diffdrr_bridge import siddon_line_integrals
 
@@ -675,7 +786,7 @@ def simulate_frame(ct: Volume, camera_from_world: Tensor, camera: Camera, physic
         else:
             paths = prepared.materials(T, p.ct_metal)
         paths = paths.clamp_min(0)
-        if p.truncation > 0 or p.table:
+        if p.truncation > 0 or p.table or p.screws or p.kwires or p.retractors:
             source, pixels = _pixel_rays(T[0], camera)
         if p.truncation > 0:
             inside = _ray_in_ct(ct, source, pixels) > 1.0
@@ -683,8 +794,8 @@ def simulate_frame(ct: Volume, camera_from_world: Tensor, camera: Camera, physic
         if p.table:
             paths = paths + _table(prepared, source, pixels)
         if p.screws or p.kwires or p.retractors:
-            tools, meta["instruments"] = _instruments(p, camera, g)
-            paths = paths + tools
+            meta["instruments"] = draw_instruments(p, ct, g) if instruments is None else instruments
+            paths = paths + _render_instruments(meta["instruments"], source, pixels)
         if p.kvp is None:
             primary = torch.exp(-paths.sum(0))
         else:

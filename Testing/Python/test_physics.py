@@ -3,6 +3,7 @@ plain is the old simulator bit for bit, random draws are seeded, and every prese
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import replace
 
@@ -170,16 +171,57 @@ def test_shutters_flatten_the_border(setup):
 def test_an_instrument_raises_attenuation_only_where_drawn(setup):
     ct, camera, pose, prepared = setup
     base = frame(setup, replace(P.PRESETS["plain"], **QUIET))[0]
-    physics = replace(P.PRESETS["plain"], kwires=1, screws=2, **QUIET)
-    tools, drawn = P._instruments(physics, camera, torch.Generator().manual_seed(3))
+    physics = replace(P.PRESETS["plain"], kwires=1, screws=2, retractors=1, **QUIET)
+    tools = P.draw_instruments(physics, ct, torch.Generator().manual_seed(3))
     image, meta = frame(setup, physics, seed=3)
-    assert [d["kind"] for d in meta["instruments"]] == ["screw", "screw", "kwire"] == [d["kind"] for d in drawn]
-    where = tools.sum(0) > 0
+    assert [d["kind"] for d in meta["instruments"]] == ["screw", "screw", "kwire", "retractor"]
+    assert meta["instruments"] == tools  # drawn from the frame's generator, before anything else
+    source, pixels = P._pixel_rays(pose, camera)
+    where = P._render_instruments(tools, source, pixels).sum(0) > 0
     assert 0.005 < where.float().mean() < 0.5
     assert (image[where] <= base[where]).all() and (image[where] < base[where]).float().mean() > 0.9
     assert torch.equal(image[~where], base[~where])
     table = frame(setup, replace(P.PRESETS["plain"], table=True, **QUIET))[0]
     assert (table <= base).all() and (table < base).float().mean() > 0.5  # AP: every ray crosses the table
+
+
+def test_instruments_are_3d_and_the_same_in_every_view(setup):
+    from SphericalRegLib.camera import project
+    from SphericalRegLib.geometry import make_pose, so3_exp
+
+    ct, camera, pose, prepared = setup
+    wire = [{"kind": "kwire", "material": "iron", "cylinders": [[(ct.centre + torch.tensor(a)).tolist(),
+                                                                  (ct.centre + torch.tensor(b)).tolist(), 4.0]],
+             "plates": []} for a, b in [([-40.0, 10.0, -30.0], [40.0, -10.0, 30.0])]]
+    turned = pose @ make_pose(so3_exp(torch.tensor([0.0, 0.0, 0.6], dtype=torch.float64)), ct.centre
+                              - so3_exp(torch.tensor([0.0, 0.0, 0.6], dtype=torch.float64)) @ ct.centre)
+    for T in (pose, turned):
+        source, pixels = P._pixel_rays(T, camera)
+        metal = P._render_instruments(wire, source, pixels)[3] / P.reference_mu("iron")  # mm of steel
+        for t in (0.2, 0.5, 0.8):  # points along the wire project onto pixels that see it
+            a, b = (torch.tensor(x, dtype=torch.float64) for x in wire[0]["cylinders"][0][:2])
+            uv = project((a + t * (b - a))[None], T, camera)[0]
+            assert metal[int(uv[1].round()), int(uv[0].round())] > 6.0  # nearly the 8 mm diameter
+        assert 8.0 < metal.max() < 8.0 / 0.5 and (metal > 0).float().mean() < 0.3
+    # a cylinder seen end-on: the path is its length
+    source, pixels = P._pixel_rays(pose, camera)
+    axis = (pixels[SIZE // 2, SIZE // 2] - source) / (pixels[SIZE // 2, SIZE // 2] - source).norm()
+    rod = ct.centre - 10 * axis, ct.centre + 10 * axis
+    end_on = P._cylinder_length(source, pixels, rod[0].tolist(), rod[1].tolist(), 2.0)
+    assert abs(float(end_on[SIZE // 2, SIZE // 2]) - 20.0) < 1e-6 and float(end_on.max()) < 20.01
+    # a plate edge-on and face-on
+    plate = {"centre": ct.centre.tolist(), "axes": _axes_with_normal(axis), "half": [30.0, 20.0, 1.0]}
+    length = P._plate_length(source, pixels, plate)
+    assert abs(float(length[SIZE // 2, SIZE // 2]) - 2.0) < 1e-6
+
+
+def _axes_with_normal(normal):
+    """Three orthonormal rows, the last ``normal``."""
+    helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    u = torch.linalg.cross(normal, helper)
+    u = u / u.norm()
+    v = torch.linalg.cross(normal, u)
+    return [u.tolist(), v.tolist(), normal.tolist()]
 
 
 def test_truncation_continues_the_body_past_the_ct(setup):
