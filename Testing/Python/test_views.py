@@ -106,3 +106,24 @@ def test_a_broken_view_is_named_in_the_error(two_view_cases, tmp_path, damage, m
         (folder / "view_1" / "xray.png").unlink()
     with pytest.raises(InputError, match=message):
         read_case(folder)
+
+
+def test_every_view_has_its_own_physics_draw_but_the_same_instruments(tmp_path):
+    from fixtures import tiny_ct
+
+    write_ct(tiny_ct(), tmp_path / "ct.nii.gz")
+    write_cases(tmp_path / "ct.nii.gz", tmp_path / "cases", 3, seed=11, size=32, views=2, physics="random",
+                log=lambda m: None)
+    drawn = []
+    for i in range(3):
+        views = json.loads((tmp_path / "cases" / f"case_{i:03d}.truth.json").read_text())["physics"]
+        assert len(views) == 2 and views[0]["physics"] != views[1]["physics"]
+        assert views[0].get("instruments") == views[1].get("instruments")
+        assert views[0]["physics"]["table"] == views[1]["physics"]["table"]
+        drawn.append(views[0]["physics"])
+        case = read_case(tmp_path / "cases" / f"case_{i:03d}")
+        assert len(case.views) == 2 and all(torch.isfinite(v.xray).all() for v in case.views)
+    assert drawn[0] != drawn[1]
+    with pytest.raises(InputError, match="physics: is 'xray-tube'.*one of plain"):
+        write_cases(tmp_path / "ct.nii.gz", tmp_path / "other", 1, seed=1, size=32, physics="xray-tube")
+    assert not (tmp_path / "other").exists()
