@@ -93,3 +93,18 @@ def test_train_config_physics_option():
     assert TrainConfig(physics_p=0.3).physics_p == 0.3
     with pytest.raises(InputError):
         TrainConfig(physics_p=1.5)
+
+
+def test_the_trainer_draws_physics_only_when_asked():
+    from SphericalRegLib.training import Trainer, TrainConfig
+    from fixtures import TINY, tiny_ct
+
+    ct = tiny_ct()
+    plain, physics = Trainer(ct, TrainConfig(**TINY)), Trainer(ct, TrainConfig(**{**TINY, "physics_p": 1.0}))
+    a = plain.sample(3, torch.Generator().manual_seed(0))
+    b = physics.sample(3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a["truth"], b["truth"])  # the poses are drawn before the images
+    assert torch.isfinite(b["xray"]).all() and b["xray"].shape == a["xray"].shape
+    assert not torch.allclose(a["xray"], b["xray"])
+    assert torch.equal(plain.sample(3, torch.Generator().manual_seed(0))["xray"], a["xray"])
+    assert torch.isfinite(torch.tensor(physics.train_step()["loss"]))
