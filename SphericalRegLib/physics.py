@@ -126,7 +126,9 @@ class Physics:
     ``filtration_mm_al`` total filtration; ``ct_metal`` what the CT's metal voxels (>= 2500 HU) are,
     "titanium" or "iron". Scatter: ``scatter_fraction`` scatter added as that share of the primary
     blurred by a Gaussian of ``scatter_sigma_mm`` (the scatter-to-primary ratio in open field; behind
-    the body it is larger) [0]. Dose: ``photons`` per pixel in air; ``quantum_noise`` Poisson
+    the body it is larger) [0]; ``scatter_model`` "blur" (of the primary, the old model) or
+    "thickness" (of the primary times its line integral: scatter arises where the beam is attenuated,
+    none from open field; scaled so that ``scatter_fraction`` is the share behind one mean free path). Dose: ``photons`` per pixel in air; ``quantum_noise`` Poisson
     [False: the expected value]; ``read_noise`` electronic noise, counts sd [0]. Detector: ``gain``
     counts per photon, ``offset`` dark counts; ``blur_mm`` Gaussian sd of the detector's and focal
     spot's blur [0]; ``gain_variation`` per-pixel sd left after flat-field correction [0];
@@ -151,6 +153,7 @@ class Physics:
     ct_metal: str = "titanium"
     scatter_fraction: float = SCATTER_FRACTION
     scatter_sigma_mm: float = SCATTER_SIGMA_MM
+    scatter_model: str = "blur"
     photons: float = PHOTONS
     quantum_noise: bool = True
     read_noise: float = 0.0
@@ -187,6 +190,7 @@ class Physics:
         checks = [
             ("kvp", self.kvp is None or 20 <= self.kvp <= 150, "None or 20-150 kVp"),
             ("ct_metal", self.ct_metal in ("titanium", "iron"), "titanium or iron"),
+            ("scatter_model", self.scatter_model in ("blur", "thickness"), "blur or thickness"),
             ("mapping", self.mapping in ("none", "linear", "log", "sigmoid"), "none, linear, log or sigmoid"),
             ("bits", self.bits in (8, 10, 12, 16) and (self.mapping != "none" or self.bits == 16),
              "8, 10, 12 or 16, and 16 for raw counts (mapping none)"),
@@ -221,7 +225,7 @@ EFFECT_PRESETS = {
     # each effect alone: plain with that one effect switched on (or, for scatter and noise, which
     # plain has mildly, turned up)
     "spectrum": replace(PLAIN, kvp=70.0, filtration_mm_al=3.0),
-    "scatter": replace(PLAIN, scatter_fraction=1.0, scatter_sigma_mm=60.0),
+    "scatter": replace(PLAIN, scatter_fraction=1.0, scatter_sigma_mm=60.0, scatter_model="thickness"),
     "noise": replace(PLAIN, photons=300.0, gain=150.0, read_noise=20.0),
     "blur": replace(PLAIN, blur_mm=2.0),
     "detector": replace(PLAIN, gain_variation=0.02, defect_fraction=1e-3, defect_lines=2, offset=800.0),
@@ -251,6 +255,7 @@ PRESETS: dict[str, Physics] = {
                                  window=(0.01, 0.99), gamma=0.7, bits=8),
     # a mobile C-arm in theatre: higher kVp, no grid (more scatter), table and instruments, S-curve LUT, 8 bits
     "mobile-c-arm": replace(PLAIN, kvp=95.0, filtration_mm_al=5.0, scatter_fraction=0.8, scatter_sigma_mm=80.0,
+                            scatter_model="thickness",
                             photons=1000.0, gain=40.0, read_noise=8.0, blur_mm=1.0, gain_variation=0.01,
                             defect_fraction=5e-4, heel=0.15, shutters=0.2, table=True, screws=2, kwires=1,
                             mapping="sigmoid", window=(0.01, 0.99), unsharp_amount=0.8, unsharp_sigma_mm=10.0,
@@ -309,6 +314,7 @@ RANDOM = {
     "unsharp_sigma_mm": ("uniform", 2.0, 15.0),
     "invert": ("coin", 0.3),
     "bits": ("choice", (8, 12, 16)),
+    "scatter_model": ("choice", ("blur", "thickness")),
 }
 """The ranges ``physics_for("random", ...)`` draws from (docs/physics.md gives their sources)."""
 
@@ -805,6 +811,7 @@ def simulate_frame(ct: Volume, camera_from_world: Tensor, camera: Camera, physic
             primary = torch.zeros(rows, cols, dtype=torch.float64)
             for e in range(E.numel()):
                 primary += w[e] * torch.exp(-torch.einsum("m,mhw->hw", ratios[e], paths))
+    open_primary = primary
     if p.heel > 0:
         axis = int(_u(g) < 0.5)
         n = (rows, cols)[axis]
@@ -818,7 +825,8 @@ def simulate_frame(ct: Volume, camera_from_world: Tensor, camera: Camera, physic
         if bands:
             meta["shutters_px"] = bands
     if p.scatter_fraction > 0:
-        scatter = p.scatter_fraction * _gaussian_blur(primary, (p.scatter_sigma_mm / du, p.scatter_sigma_mm / dv))
+        source = primary if p.scatter_model == "blur" else primary * -torch.log(open_primary.clamp_min(1e-12)) * math.e
+        scatter = p.scatter_fraction * _gaussian_blur(source, (p.scatter_sigma_mm / du, p.scatter_sigma_mm / dv))
         signal = primary + scatter
     else:
         signal = primary

@@ -140,6 +140,11 @@ def test_scatter_raises_the_minimum_and_noise_falls_with_dose(setup):
     low = frame(setup, replace(P.PRESETS["plain"], **QUIET))[0]
     high = frame(setup, replace(P.PRESETS["plain"], quantum_noise=False, scatter_fraction=1.0))[0]
     assert high.min() > low.min() + 0.2 * (low.max() - low.min())
+    thick = frame(setup, replace(P.PRESETS["plain"], quantum_noise=False, scatter_fraction=1.0,
+                                 scatter_model="thickness", scatter_sigma_mm=10.0))[0] - low
+    broad = frame(setup, replace(P.PRESETS["plain"], quantum_noise=False, scatter_fraction=1.0,
+                                 scatter_sigma_mm=10.0))[0] - low
+    assert thick[0, 0] < 0.2 * broad[0, 0] and thick.max() > 0.1 * broad.max()  # none from open field
     spreads = []
     for photons in (200.0, 20000.0):
         physics = replace(P.PRESETS["plain"], photons=photons, gain=50000.0 / photons, scatter_fraction=0.0)
