@@ -67,6 +67,9 @@ NOT_NEEDED = frozenset(canonicalize_name(n) for n in ("pyvista",))
 IMPORT_CHECK = ("torch", "torchvision", "diffdrr", "e3nn", "timm", "roma", "kornia", "torchio",
                 "matplotlib.pyplot", "SimpleITK", "numpy")
 
+#: What imports without torch (checked when torch is still to come from the PyTorch extension).
+IMPORT_CHECK_WITHOUT_TORCH = ("matplotlib.pyplot", "SimpleITK", "numpy", "scipy", "nibabel")
+
 _PROVIDED = SLICER_BUNDLED | frozenset(canonicalize_name(Requirement(r).name) for r in TORCH_REQUIREMENTS)
 
 
@@ -252,8 +255,7 @@ def main(argv=None) -> int:
     for text in left.conflicts:
         print(f"conflict: {text}")
     if args[0] == "install" and not left.to_install:
-        problem = check_imports(modules=[m for m in IMPORT_CHECK if not m.startswith("torch")]
-                                if left.torch_missing else IMPORT_CHECK)
+        problem = check_imports(modules=IMPORT_CHECK_WITHOUT_TORCH if left.torch_missing else IMPORT_CHECK)
         if problem:
             print(f"import failed: {problem}")
             return 1

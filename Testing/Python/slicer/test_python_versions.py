@@ -10,7 +10,6 @@ function and class is.
 """
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,33 +19,9 @@ ROOT = Path(__file__).resolve().parents[3]
 CHECK = Path(__file__).with_name("import_check.py")
 
 
-def _interpreter(version: str):
-    names = [f"python{version}"]
-    pyenv_root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
-    try:
-        pyenv_root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=10).stdout.strip() \
-            or pyenv_root
-    except (OSError, subprocess.SubprocessError):
-        pass
-    versions = Path(pyenv_root) / "versions"
-    candidates = []
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            candidates.append(Path(found))
-    candidates += sorted(versions.glob(f"{version}.*/bin/python{version}")) if versions.is_dir() else []
-    for candidate in reversed(candidates):  # a pyenv shim on PATH may name a version that is absent
-        try:
-            if subprocess.run([str(candidate), "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
-                return str(candidate)
-        except (OSError, subprocess.SubprocessError):
-            continue
-    return None
-
-
 @pytest.mark.parametrize("version, args", [("3.9", []), ("3.12", ["--all-hints"])])
-def test_package_imports_and_annotations_evaluate(version, args):
-    python = _interpreter(version)
+def test_package_imports_and_annotations_evaluate(version, args, find_python):
+    python = find_python(version)
     if python is None:
         pytest.skip(f"no Python {version} interpreter here (pyenv or python{version} on PATH)")
     done = subprocess.run([python, str(CHECK), str(ROOT), *args], capture_output=True, text=True, timeout=300,
