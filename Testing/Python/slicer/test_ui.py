@@ -116,3 +116,40 @@ def test_user_strings_are_translatable():
     for call in ("errorDisplay", "warningDisplay", "confirmOkCancelDisplay", "tryWithErrorDisplay"):
         for m in re.finditer(rf"{call}\(\s*([\"f])", SOURCE):
             raise AssertionError(f"{call} with an untranslated string at {SOURCE[m.start():m.start() + 60]!r}")
+
+
+def _function(name):
+    return next(f for f in ast.walk(ast.parse(SOURCE)) if isinstance(f, ast.FunctionDef) and f.name == name)
+
+
+def _attribute_calls(function) -> set:
+    return {ast.unparse(n.func) for n in ast.walk(function) if isinstance(n, ast.Call)}
+
+
+def test_scene_close_cancels_a_running_job():
+    assert "self.logic.cancel" in _attribute_calls(_function("onSceneStartClose"))
+
+
+def test_nothing_heavy_is_imported_when_the_module_loads():
+    """The module must load (and its self-test be collected) in a Slicer without torch: no top-level
+    import of torch or SphericalRegLib, and the self-test checks the packages before importing them."""
+    tree = ast.parse(SOURCE)
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert not {n for n in names if n and (n.split(".")[0] in ("torch", "SphericalRegLib", "numpy"))}
+    run = _function("runTest")
+    assert "dependencies.missing_packages" in _attribute_calls(run)
+    # the one question about packages comes from the logic; the module never asks twice
+    assert SOURCE.count("install_dependencies(") == 1
+
+
+def test_geometry_fill_on_xray_change_never_pops_up():
+    calls = _attribute_calls(_function("onXrayChanged"))
+    assert not {c for c in calls if c.endswith(("Display", "errorDisplay"))}, calls
+    assert "is_single_slice" in calls and "dependencies.installed_version" in calls
+
+
+def test_results_come_from_the_job_not_from_the_current_selection():
+    calls = _attribute_calls(_function("_poll"))
+    assert "self.logic.finish_registration" in calls
+    assert "render" not in " ".join(_attribute_calls(_function("_showResult")))
