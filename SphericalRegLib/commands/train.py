@@ -14,6 +14,7 @@ from ..camera import Camera
 from ..checkpoint import read_checkpoint
 from ..devices import resolve_device
 from ..errors import InputError
+from ..evaluation.calibration import calibrate_model
 from ..io import read_ct
 from ..training import Trainer, TrainConfig, load_config, run
 from . import flags_for_fields
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="training image rows = cols")
     parser.add_argument("--spacing", type=float, help="working voxel size of the CT (mm)")
     parser.add_argument("--seed", type=int, help="seed of all sampling (default 0)")
+    parser.add_argument("--calibration-cases", type=int,
+                        help="simulated held-out cases the confidence is calibrated on after training "
+                             "(default from the config: 8; 0 skips, leaving the model without a confidence)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -95,6 +99,9 @@ def main(args) -> int:
         if state is not None:
             trainer.restore(state)
         run(trainer, out, main_process=rank == 0)
+        cases = config.calibration_cases if args.calibration_cases is None else args.calibration_cases
+        if rank == 0 and cases > 0:
+            calibrate_model(out, args.ct, cases=cases, physics=config.calibration_physics, device=device)
     finally:
         if world_size > 1:
             import torch.distributed as dist

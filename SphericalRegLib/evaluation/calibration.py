@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from ..confidence import fit
+import tempfile
+from pathlib import Path
+
+from ..confidence import calibration_path, fit
 from ..errors import InputError
+from ..io import write_json
 from ..register.uncertainty import fit_scale
 from .rows import Row
 
-__all__ = ["fit_confidence", "CALIBRATION_METHODS"]
+__all__ = ["fit_confidence", "calibrate_model", "CALIBRATION_METHODS", "CALIBRATION_SEED"]
+
+CALIBRATION_SEED = 7_700_000
+"""Seeds of the cases a model is calibrated on at the end of training: apart from every seed the
+results tables use, so that those stay held out."""
 
 CALIBRATION_METHODS = ("ours", "ours-init", "ours-far")
 
@@ -20,10 +28,58 @@ def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS) -> dict:
                          f"{sum(r.mTRE < 1 for r in rs)} sub-millimetre",
                          "at least 5 runs with both successes and failures")
     calibration = fit([r.final_ncc for r in rs], [r.cost for r in rs], [r.mTRE < 1 for r in rs])
-    scaled = [r for r in rs if r.depth_sd is not None and not r.diverged and r.mTRE < 5]  # the spread of
-    if len(scaled) >= 5:  # registrations that worked; gross failures are the confidence's job
-        calibration["uncertainty_scale"] = {
-            "depth": fit_scale([r.depth for r in scaled], [r.depth_sd for r in scaled], "depth"),
-            "inplane": fit_scale([r.inplane for r in scaled], [r.inplane_sd for r in scaled], "inplane"),
-            "cases": len(scaled)}
+    return {**calibration, **_uncertainty_only(rs)}
+
+
+def _uncertainty_only(rows: list[Row]) -> dict:
+    """``{"uncertainty_scale": ...}`` from the registrations that worked (gross failures are the
+    confidence's job), or ``{}`` with fewer than five."""
+    scaled = [r for r in rows if r.depth_sd is not None and not r.diverged and r.mTRE < 5]
+    if len(scaled) < 5:
+        return {}
+    return {"uncertainty_scale": {
+        "depth": fit_scale([r.depth for r in scaled], [r.depth_sd for r in scaled], "depth"),
+        "inplane": fit_scale([r.inplane for r in scaled], [r.inplane_sd for r in scaled], "inplane"),
+        "cases": len(scaled)}}
+
+
+def calibrate_model(model_path, ct_path, *, cases: int = 8, physics: str = "random", seed: int = CALIBRATION_SEED,
+                    size: int = 256, device="cpu", log=print) -> dict | None:
+    """Calibrate a freshly trained model on its own CT: ``cases`` simulated X-rays (``physics``, a
+    preset or ``random``) registered from the regressor and from far starts, the confidence and the
+    uncertainty scale fitted on them and written beside the model. The cases are deleted after.
+
+    The X-rays have ``size`` pixels over the model's training field, as a C-arm gives them. Returns the
+    calibration; when the runs hold no failures (or no successes) Platt scaling cannot be fitted,
+    and only the uncertainty scale is written, which is said in the log and in the file.
+    """
+    from ..camera import Camera
+    from ..checkpoint import read_checkpoint
+    from ..io import read_ct
+    from ..simulate import write_cases
+    from .runner import evaluate
+
+    model_path = Path(model_path)
+    log(f"calibrating on {cases} simulated held-out cases (physics {physics}, seed {seed}): "
+        "about half a minute per case on two CPU cores")
+    camera = Camera.from_json(read_checkpoint(model_path, read_ct(ct_path))["camera"], model_path)
+    spacing = camera.pixel_spacing[0] * camera.cols / size
+    with tempfile.TemporaryDirectory(prefix="sphericalreg-calibration-") as tmp:
+        folder = Path(tmp)
+        write_cases(ct_path, folder / "cases", cases, seed, size=size, sdd=camera.sdd, pixel_spacing=spacing,
+                    physics=physics, log=lambda m: None)
+        result = evaluate(folder / "cases", {"main": model_path}, list(CALIBRATION_METHODS[::2]), folder / "eval",
+                          device=device, log=lambda m: log(f"  {m}"))
+    rows = result["rows"]
+    source = f"{cases} cases simulated at the end of training (physics {physics}, seed {seed})"
+    try:
+        calibration = fit_confidence(rows)
+    except InputError as e:
+        calibration = _uncertainty_only(rows)
+        calibration["confidence"] = f"not fitted: {e.problem}"
+        log(f"confidence not calibrated ({e.problem}); registrations report none until "
+            "'sphericalreg evaluate --calibrate' is run on more cases")
+    calibration["cases_dir"] = source
+    write_json(calibration_path(model_path), calibration, overwrite=True)
+    log(f"calibration written to {calibration_path(model_path)}")
     return calibration

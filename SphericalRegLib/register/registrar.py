@@ -180,6 +180,6 @@ class Registrar:
         """Platt-scaled probability of a sub-millimetre result, from the model's calibration."""
         if diverged:
             return 0.0
-        if not self.calibration:
+        if not self.calibration or "weights" not in self.calibration:  # none, or the uncertainty's only
             return None
         return predict(self.calibration, final_ncc, cost)

@@ -90,6 +90,10 @@ class TrainConfig:
     val_size: int = 16
     val_seed: int = 1_000_003
     checkpoint_every: int = 250
+    # after training: simulated held-out cases of the CT on which the confidence and the uncertainty
+    # are calibrated (evaluation.calibration.calibrate_model); 0 leaves the model uncalibrated
+    calibration_cases: int = 8
+    calibration_physics: str = "random"
 
     def __post_init__(self):
         for name in ("truth_rot_deg", "truth_trans_mm", "moving_rot_deg", "moving_trans_mm",
@@ -102,6 +106,13 @@ class TrainConfig:
                 raise InputError(name, f"is {getattr(self, name)!r}", " or ".join(allowed))
         if not 0 <= self.physics_p <= 1:
             raise InputError("physics_p", f"is {self.physics_p}", "a probability from 0 (off) to 1")
+        if self.calibration_cases < 0:
+            raise InputError("calibration_cases", f"is {self.calibration_cases}", "0 (no calibration) or more cases")
+        from ..physics import PRESETS as PHYSICS
+
+        if self.calibration_physics not in (*PHYSICS, "random"):
+            raise InputError("calibration_physics", f"is {self.calibration_physics!r}",
+                             "one of " + ", ".join([*PHYSICS, "random"]))
         if self.steps < 1 or self.batch_size < 1 or self.image_size < 8:
             raise InputError("config", f"steps={self.steps}, batch_size={self.batch_size}, "
                              f"image_size={self.image_size}", "steps >= 1, batch >= 1, images >= 8 px")

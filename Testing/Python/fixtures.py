@@ -19,7 +19,7 @@ TINY = dict(
     preset="tiny", spacing_mm=6.0, max_size=24, image_size=32, batch_size=2, steps=20,
     feature_kwargs=dict(channels=2, scalars=2, vectors=1, tensors=1),
     similarity_kwargs=dict(embed_dim=8, tokens=4), regressor_kwargs=dict(backbone="resnet10t"),
-    val_size=2, val_every=1000, checkpoint_every=1000, warmup_steps=1,
+    val_size=2, val_every=1000, checkpoint_every=1000, warmup_steps=1, calibration_cases=0,
 )
 
 

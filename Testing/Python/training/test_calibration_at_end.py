@@ -1,0 +1,32 @@
+"""A model comes calibrated: the train command ends by calibrating on simulated held-out cases
+(evaluation.calibration.calibrate_model)."""
+
+from __future__ import annotations
+
+import json
+
+from SphericalRegLib import cli
+from SphericalRegLib.confidence import calibration_path
+from fixtures import TINY_MODEL_CONFIG, write_training_inputs
+
+
+def test_train_ends_with_a_calibration_beside_the_model_and_no_cases_left(tiny_volume, tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    ct, config = write_training_inputs(tiny_volume, tmp_path, TINY_MODEL_CONFIG)
+    out = tmp_path / "model.pt"
+    assert cli.main(["train", "--ct", str(ct), "--out", str(out), "--config", str(config), "--steps", "1",
+                     "--calibration-cases", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrating on 3 simulated held-out cases" in printed
+    calibration = json.loads(calibration_path(out).read_text())
+    assert calibration["cases_dir"].startswith("3 cases simulated at the end of training (physics random")
+    if "weights" in calibration:  # Platt scaling needs successes and failures among the 6 runs
+        assert calibration["cases"] == 6
+    else:
+        assert calibration["confidence"].startswith("not fitted") and "confidence not calibrated" in printed
+    assert list((tmp_path / "tmp").iterdir()) == []  # the simulated cases are gone
