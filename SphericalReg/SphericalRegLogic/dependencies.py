@@ -160,10 +160,17 @@ def plan(requirements: Iterable[str] = REQUIREMENTS) -> Plan:
                 conflicts.append(f"{requirement} (Slicer has {installed_version(requirement.name)})")
             continue
         if not satisfied(requirement):
-            to_install.append(str(requirement))
+            to_install.append(_pip_argument(requirement))
             continue
         queue.extend(requirements_of(requirement.name, requirement.extras))
     return Plan(_unique(to_install), torch_missing, _unique(conflicts))
+
+
+def _pip_argument(requirement: Requirement) -> str:
+    """``name[extras]specifier``: the marker was evaluated already, and without it the argument has
+    no spaces, so it survives any way of splitting a pip command line."""
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    return f"{requirement.name}{extras}{requirement.specifier}"
 
 
 def _unique(items):
@@ -187,8 +194,8 @@ def install(requirements: Iterable[str] = REQUIREMENTS, pip: Callable[[List[str]
     """Install what :func:`plan` lists, each package ``--no-deps``, then the requirements the
     installed packages name, level by level, skipping what Slicer and PyTorch provide.
 
-    ``pip(args)`` runs ``pip install args`` (``slicer.util.pip_install`` inside Slicer, which takes a
-    list). ``force`` reinstalls every package of the set once (``--force-reinstall``), for a
+    ``pip(args)`` runs ``pip install args`` (inside Slicer ``slicer.util.pip_install`` given the
+    arguments joined by spaces, the form every release accepts; no argument holds a space). ``force`` reinstalls every package of the set once (``--force-reinstall``), for a
     broken installation. torch and torchvision are not installed here (the PyTorch extension's
     job); returns the plan that is left afterwards (empty ``missing`` when all is well).
     """

@@ -267,7 +267,8 @@ class SphericalRegLogic(_LogicBase):
             if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=dependencies.TORCH_VERSION,
                                         torchvisionVersionRequirement=dependencies.TORCHVISION_VERSION) is None:
                 return False
-        dependencies.install(pip=slicer.util.pip_install, force=force, log=log)
+        # one string: Slicer 5.6+ splits it with shlex, older releases with str.split
+        dependencies.install(pip=lambda args: slicer.util.pip_install(" ".join(args)), force=force, log=log)
         from .jobs import python_executable, subprocess_environment
 
         env = slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None

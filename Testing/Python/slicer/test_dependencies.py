@@ -67,6 +67,7 @@ def test_walks_each_package_s_own_requirements(deps, monkeypatch):
     assert {"kiwisolver", "cycler"} <= flat, "matplotlib's own requirements are installed"
     assert not flat & {"numpy", "scipy", "pillow", "torch", "torchvision", "pyvista", "vtk", "simpleitk"}
     assert all(call[0] == "--no-deps" for call in calls)
+    assert not any(" " in a for call in calls for a in call), "arguments are joined by spaces for pip_install"
 
 
 def test_a_missing_requirement_of_an_installed_package_is_noticed(deps, monkeypatch):
