@@ -187,7 +187,9 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     of Poisson at 100-30,000 photons per pixel in air), detector blur (0-2 mm); processing
     (log, linear or S-curve LUT, windowing at the 0-3% and 97-100% quantiles, gamma 0.6-1.6,
     unsharp masking, 8-bit quantisation), after which air is re-estimated as the 99.5th percentile
-    like ``xray.to_line_integrals``. A shuttered band is set to 0 (as ``xray.preprocess`` masks a
+    like ``xray.to_line_integrals``; detector gain non-uniformity (0-3%) and defective pixels
+    (0.01-0.2%, half dead, half saturated) come after the blur. A shuttered band (or, in 30% of the
+    images with shutters, the outside of a round image-intensifier field) is set to 0 (as ``xray.preprocess`` masks a
     detected collimator) in half the images with shutters. ``pixel_mm`` is the detector pixel
     size, for the kernels given in mm. Images no effect was drawn for come back unchanged.
     """
@@ -196,7 +198,8 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     g, B, x = generator, img.shape[0], img.clamp_min(0)
     H, W = img.shape[-2:]
     coins = {name: _coin(B, p, g, x) for name in
-             ("instruments", "hardening", "heel", "shutters", "scatter", "grid", "noise", "blur", "processing")}
+             ("instruments", "hardening", "heel", "shutters", "scatter", "grid", "noise", "blur", "detector",
+              "processing")}
     applied = torch.stack(list(coins.values())).any(0)
 
     L = torch.where(coins["instruments"], x + _instrument_paths(x, g, pixel_mm), x)
@@ -209,7 +212,10 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     t = torch.where(_coin(B, 0.5, g, x), t, 1 - t)
     heel = 1 + _uniform(B, 0.0, 0.3, g, x) * (0.5 - t)
     intensity = torch.where(coins["heel"], intensity * heel, intensity)
-    shutter = _border_mask(x, g, 0.3) & coins["shutters"]
+    v = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)[None, None, :, None]
+    u = torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype)[None, None, None, :]
+    iris = (u**2 + v**2).sqrt() > _uniform(B, 0.9, 1.1, g, x)  # an image intensifier's round field
+    shutter = torch.where(_coin(B, 0.3, g, x), iris, _border_mask(x, g, 0.3)) & coins["shutters"]
     intensity = torch.where(shutter, 0.02 * intensity, intensity)
     sigma = _uniform(B, 10.0, 120.0, g, x) / pixel_mm
     scatter = _log_uniform(B, 0.01, 1.5, g, x) * _blur_each(intensity, sigma)
@@ -225,6 +231,13 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     intensity = torch.where(coins["noise"], noisy, intensity)
     blurred = _blur_each(intensity, _uniform(B, 0.0, 2.0, g, x) / pixel_mm)
     intensity = torch.where(coins["blur"], blurred, intensity)
+    # detector: gain non-uniformity (0-3%) and defective pixels (0.01-0.2%, half dead, half saturated)
+    spread = _uniform(B, 0.0, 0.03, g, x) * torch.randn(x.shape, generator=g, dtype=torch.float64).to(x)
+    defect = torch.rand(x.shape, generator=g, dtype=torch.float64).to(x) < _log_uniform(B, 1e-4, 2e-3, g, x)
+    hot = torch.rand(x.shape, generator=g, dtype=torch.float64).to(x) < 0.5
+    faulty = torch.where(defect, torch.where(hot, intensity.amax(dim=(-2, -1), keepdim=True), torch.zeros_like(x)),
+                         intensity * (1 + spread))
+    intensity = torch.where(coins["detector"], faulty, intensity)
 
     # processing: a LUT over a window, gamma, unsharp mask, 8 bits; then read back by to_line_integrals
     kind = torch.randint(0, 3, (B,), generator=g).to(x.device).reshape(B, 1, 1, 1)  # 0 linear, 1 log, 2 sigmoid
