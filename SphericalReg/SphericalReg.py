@@ -3,8 +3,8 @@
 The panel is thin: it binds the .ui to the parameter node (SphericalRegLogic.parameters) and calls
 SphericalRegLogic, which does the work without Qt. Registration and training run as ``PythonSlicer``
 subprocesses so the application stays responsive; a QTimer polls their output for progress and
-the log. Supported releases: Slicer 5.6 and 5.8 (Python 3.9) and 5.10 (Python 3.12); see
-docs/slicer.md.
+the log. Supported releases: Slicer 5.6 and 5.8 (Python 3.9) and the current previews (Python
+3.12); see docs/slicer.md.
 """
 
 import logging
@@ -379,7 +379,7 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateComparison(fit=True)
         uncertainty = result.get("uncertainty") or {}
         confidence = result.get("confidence")
-        low = confidence is None or confidence < CONFIDENCE_WARNING
+        low = confidence is None or confidence < CONFIDENCE_WARNING or finished.get("diverged")
         self.ui.confidenceLabel.text = _("n/a (model not calibrated)") if confidence is None else f"{confidence:.2f}"
         self.ui.confidenceWarningLabel.visible = low
         self.ui.progressBar.setValue(100)
@@ -389,6 +389,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 depth=uncertainty["depth_sd_mm"], inplane=uncertainty["inplane_sd_mm"])
             if not uncertainty.get("calibrated"):
                 status += " " + _("(uncalibrated)")
+        if finished.get("diverged"):
+            status += "\n" + _("The registration diverged: do not use this pose (start from a better one).")
         for warning in result.get("warnings") or []:
             status += "\n" + _("Warning: {warning}").format(warning=warning)
         self.ui.statusLabel.text = status
