@@ -41,7 +41,7 @@ from .errors import InputError
 from .volume import MU_WATER, Volume, hu_to_mu
 
 __all__ = ["Physics", "PRESETS", "EFFECTS", "RANDOM", "physics_for", "prepare", "simulate_frame", "Prepared",
-           "draw_instruments", "mass_attenuation", "spectrum", "MATERIALS", "REFERENCE_KEV"]
+           "draw_instruments", "crop_ct", "mass_attenuation", "spectrum", "MATERIALS", "REFERENCE_KEV"]
 
 # -- defaults of simulate.simulate_case (kept here so that simulate.py can import them unchanged)
 PHOTONS = 10_000.0
@@ -688,6 +688,26 @@ def _table(prepared: Prepared, source: Tensor, pixels: Tensor) -> Tensor:
     for x0 in (cx - 260.0, cx + 250.0):
         out[3] += fe * box(x0, x0 + 10.0, top - 40.0, top - 10.0)
     return out
+
+
+def crop_ct(ct: Volume, fraction: float, generator: torch.Generator) -> Volume:
+    """The CT with ``fraction`` of its slices along the axis nearest S-I removed (split at random
+    between the two ends): give registration this CT and simulate the frame from the whole one,
+    and the X-ray shows anatomy the CT does not have, as a short CT scan range leaves it.
+    The voxel grid of what is kept is unchanged (``ijk_to_ras`` shifted by the slices cut)."""
+    if not 0 <= fraction < 1:
+        raise InputError("truncation", f"is {fraction}", "a share of the CT's slices from 0 to below 1")
+    axis = int(ct.ijk_to_ras[2, :3].abs().argmax())  # the voxel axis that runs most along S
+    n = ct.shape[axis]
+    cut = min(int(round(fraction * n)), n - 2)
+    first = int(round(_u(generator) * cut))
+    keep = slice(first, first + n - cut)
+    index = [slice(None)] * 3
+    index[axis] = keep
+    data = ct.data[(..., *index)]
+    A = ct.ijk_to_ras.clone()
+    A[:3, 3] = A[:3, 3] + A[:3, axis] * first
+    return Volume(data.clone(), A)
 
 
 def _truncation(paths: Tensor, inside: Tensor, factor: float) -> Tensor:

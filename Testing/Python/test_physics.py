@@ -247,6 +247,18 @@ def test_truncation_continues_the_body_past_the_ct(setup):
     assert (truncated[miss] <= open_[miss]).all() and truncated[miss].mean() < open_[miss].mean() - 1000
 
 
+def test_crop_ct_keeps_the_voxel_grid(setup):
+    ct = setup[0]
+    cropped = P.crop_ct(ct, 0.25, torch.Generator().manual_seed(1))
+    assert cropped.shape == (24, 24, 18)
+    first = int(round(float((cropped.ijk_to_ras[2, 3] - ct.ijk_to_ras[2, 3]) / ct.spacing[2])))
+    assert 0 <= first <= 6 and torch.equal(cropped.data, ct.data[:, :, first:first + 18])
+    centre = cropped.ijk_to_ras[:3, :3] @ torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64) + cropped.ijk_to_ras[:3, 3]
+    torch.testing.assert_close(centre, ct.ijk_to_ras[:3, :3] @ torch.tensor([3.0, 4.0, 5.0 + first],
+                                                                           dtype=torch.float64) + ct.ijk_to_ras[:3, 3])
+    assert torch.equal(P.crop_ct(ct, 0.0, torch.Generator()).data, ct.data)
+
+
 def test_heel_grid_blur_distortion_and_detector(setup):
     base = frame(setup, replace(P.PRESETS["plain"], **QUIET))[0]
     heel = frame(setup, replace(P.PRESETS["heel"], **QUIET), seed=1)[0]
