@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..confidence import calibration_path, fit
+from ..confidence import DEFAULT_SIGNALS, calibration_path, fit
 from ..errors import InputError
 from ..io import write_json
 from ..register.uncertainty import fit_scale
@@ -20,15 +20,22 @@ results tables use, so that those stay held out."""
 CALIBRATION_METHODS = ("ours", "ours-init", "ours-far")
 
 
-def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS) -> dict:
+def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS, signals=DEFAULT_SIGNALS) -> dict:
     """Platt scaling on every run of the main model: the signals describe the final pose, whatever its start."""
     rs = [r for r in rows if r.method in methods and r.final_ncc is not None and r.cost is not None]
     if len(rs) < 5 or len({r.mTRE < 1 for r in rs}) < 2:
         raise InputError("calibration", f"{len(rs)} runs of {'/'.join(methods)} with "
                          f"{sum(r.mTRE < 1 for r in rs)} sub-millimetre",
                          "at least 5 runs with both successes and failures")
-    calibration = fit([r.final_ncc for r in rs], [r.cost for r in rs], [r.mTRE < 1 for r in rs])
+    calibration = fit([signal_values(r) for r in rs], [r.mTRE < 1 for r in rs], signals)
     return {**calibration, **_uncertainty_only(rs)}
+
+
+def signal_values(row: Row) -> dict:
+    """The confidence's inputs from a table row; tables written before ``centre_inplane_sd`` was
+    recorded give the sd at the landmarks' centroid instead (a few cm away: nearly the same)."""
+    sd = row.centre_inplane_sd if row.centre_inplane_sd is not None else row.inplane_sd
+    return {"final_ncc": row.final_ncc, "cost": row.cost, "inplane_sd": sd}
 
 
 def _uncertainty_only(rows: list[Row]) -> dict:

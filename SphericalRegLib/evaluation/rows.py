@@ -29,7 +29,9 @@ def errors(pose: Tensor, truth: Tensor, landmarks: Tensor, camera: Camera) -> di
 @dataclass
 class Row:
     """A method's answer on one case and its errors (mm); confidence, final_ncc and cost are None
-    where the method has none (peers, rows derived from a stage)."""
+    where the method has none (peers, rows derived from a stage). depth_sd, inplane_sd: the raw
+    Gauss-Newton sds at the landmarks' centroid (what the uncertainty scale is fitted on);
+    centre_inplane_sd: the raw in-plane sd at the CT centre (a signal of the confidence)."""
 
     method: str
     case: str
@@ -46,6 +48,7 @@ class Row:
     depth_sd: float | None = None
     inplane_sd: float | None = None
     views: int | None = None
+    centre_inplane_sd: float | None = None
 
     @classmethod
     def from_result(cls, method: str, case: str, result: RegistrationResult, truth, landmarks) -> "Row":
@@ -54,6 +57,8 @@ class Row:
         if result.covariance is not None:  # raw (uncalibrated) sds at the landmarks' centroid
             sd = point_standard_deviations(result.camera_from_world, result.covariance, landmarks.mean(0))
             sds = {"depth_sd": sd["depth_sd_mm"], "inplane_sd": sd["inplane_sd_mm"]}
+        if result.uncertainty is not None:
+            sds["centre_inplane_sd"] = result.uncertainty["raw_inplane_sd_mm"]
         return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
                    result.final_ncc, similarity.cost[-1] if similarity is not None else None,
                    **errors(result.camera_from_world, truth, landmarks, result.camera), **sds,

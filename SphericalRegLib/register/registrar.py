@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera, project
-from ..confidence import predict
+from ..confidence import confidence_values, predict
 from ..geometry import transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
@@ -121,11 +121,11 @@ class Registrar:
                                     xray=x[0, 0].cpu()))
         diverged = failed or not torch.isfinite(pose).all() or not all(
             self._plausible(v.camera_from_world, v.camera) for v in views)
-        for v in views:
-            v.confidence = self._confidence(v.final_ncc, similarity, diverged)
         covariance, uncertainty = None, None
-        if "intensity" in stages and not diverged:
+        if not diverged:  # whatever stages ran: the conditioning is also a signal of the confidence
             covariance, uncertainty = self._uncertainty(ctx, level, pose, views)
+        for v in views:
+            v.confidence = self._confidence(v, similarity, diverged)
         confidences = [v.confidence for v in views]
         return RegistrationResult(
             camera_from_world=pose, seconds=seconds_so_far + time.perf_counter() - t0, similarity=similarity,
@@ -136,20 +136,22 @@ class Registrar:
             uncertainty=uncertainty, views=views)
 
     def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):
-        """The joint covariance of view 0's twist and its standard deviations at the CT centre;
-        with several views, also each view's own (in view 0's frame), which sets it in ``views``."""
+        """The joint covariance of view 0's twist and its standard deviations at the CT centre, and
+        each view's own (what that view alone would leave, in view 0's frame), set in ``views``.
+
+        Beside the calibrated figures, the raw ones (``raw_*``): the confidence reads those."""
         scale = (self.calibration or {}).get("uncertainty_scale")
         T = pose.to(self.device, torch.float64)[None]
 
         def at_centre(cov):
+            raw = point_standard_deviations(pose, cov, self.ct.centre)
             return {**point_standard_deviations(pose, cov, self.ct.centre, scale), "point": "CT centre",
-                    "calibrated": scale is not None}
+                    "calibrated": scale is not None, **{f"raw_{k}": v for k, v in raw.items()}}
 
         parts = [twist_jacobian(ctx.intensity_residual(level, views=[k]), T) for k in range(ctx.n_views)]
         joint = covariance(torch.cat([r[0] for r, _ in parts]), torch.cat([J[0] for _, J in parts])).cpu()
-        if len(parts) > 1:
-            for v, (r, J) in zip(views, parts):
-                v.uncertainty = at_centre(covariance(r[0], J[0]).cpu())
+        for v, (r, J) in zip(views, parts):
+            v.uncertainty = at_centre(covariance(r[0], J[0]).cpu() if len(parts) > 1 else joint)
         return joint, at_centre(joint)
 
     @staticmethod
@@ -176,10 +178,11 @@ class Registrar:
         u, v = project(centre, pose, camera)[0].tolist()
         return -0.5 * camera.cols <= u <= 1.5 * camera.cols and -0.5 * camera.rows <= v <= 1.5 * camera.rows
 
-    def _confidence(self, final_ncc: float, cost: float, diverged: bool) -> float | None:
-        """Platt-scaled probability of a sub-millimetre result, from the model's calibration."""
+    def _confidence(self, view: ViewResult, cost: float, diverged: bool) -> float | None:
+        """Platt-scaled probability that ``view``'s pose is sub-millimetre, from the model's
+        calibration: the view's final NCC, the learnt cost, the view's own raw in-plane sd."""
         if diverged:
             return 0.0
         if not self.calibration or "weights" not in self.calibration:  # none, or the uncertainty's only
             return None
-        return predict(self.calibration, final_ncc, cost)
+        return predict(self.calibration, confidence_values(view.final_ncc, cost, view.uncertainty))

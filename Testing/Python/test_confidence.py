@@ -1,14 +1,23 @@
 import math
 
-from SphericalRegLib.confidence import fit, predict
+from SphericalRegLib.confidence import LEGACY_SIGNALS, fit, predict
 
 
 def test_platt_scaling_separates_good_from_bad_registrations():
-    good = [(0.995 - 0.002 * i, 0.01 * (1 + i)) for i in range(10)]  # high NCC, low similarity cost
-    bad = [(0.90 - 0.01 * i, 5.0 * (1 + i)) for i in range(6)]
-    cal = fit([g[0] for g in good + bad], [g[1] for g in good + bad], [True] * 10 + [False] * 6)
-    assert cal["cases"] == 16 and cal["positives"] == 10
-    p_good = [predict(cal, *g) for g in good]
-    p_bad = [predict(cal, *b) for b in bad]
+    good = [{"final_ncc": 0.995 - 0.002 * i, "cost": 0.01 * (1 + i), "inplane_sd": 0.02} for i in range(10)]
+    bad = [{"final_ncc": 0.90 - 0.01 * i, "cost": 5.0 * (1 + i), "inplane_sd": 0.05 + 0.01 * i} for i in range(6)]
+    cal = fit(good + bad, [True] * 10 + [False] * 6)
+    assert cal["cases"] == 16 and cal["positives"] == 10 and len(cal["weights"]) == 3
+    p_good = [predict(cal, g) for g in good]
+    p_bad = [predict(cal, b) for b in bad]
     assert min(p_good) > 0.5 > max(p_bad)
     assert all(0.0 <= p <= 1.0 and math.isfinite(p) for p in p_good + p_bad)
+    assert predict(cal, {"final_ncc": 0.99, "cost": 0.01}) is None  # a signal missing: no confidence, not a guess
+
+
+def test_a_calibration_of_the_first_format_still_predicts():
+    old = {"weights": [1.13, -0.71], "bias": 1.22, "mean": [0.955, -2.43], "std": [0.152, 4.5],
+           "signals": list(LEGACY_SIGNALS)}
+    assert predict(old, {"final_ncc": 0.99, "cost": 0.01}) > predict(old, {"final_ncc": 0.6, "cost": 0.01})
+    del old["signals"]
+    assert 0 < predict(old, {"final_ncc": 0.99, "cost": 0.01}) < 1
