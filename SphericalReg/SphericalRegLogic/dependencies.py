@@ -241,7 +241,7 @@ def check_imports(python: Optional[str] = None, modules: Iterable[str] = IMPORT_
     shows here, where version metadata looks fine."""
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
     done = subprocess.run([python or sys.executable, "-c", code, *modules], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          encoding="utf-8", errors="replace", env=env, timeout=timeout)
     if done.returncode == 0:
         return None
     lines = (done.stderr or done.stdout).strip().splitlines()

