@@ -660,3 +660,44 @@ def test_openigtlink_sends_through_a_connector(scene):
         export.openigtlink_available = original
     assert [c[0] for c in connector.calls] == ["RegisterOutgoingMRMLNode", "PushNode"]
     assert connector.calls[1][1] == (node,)
+
+
+# ------------------------------------------------------------------ Sample Data
+
+
+def test_sample_data_sources_are_local_files_slicer_can_fetch(monkeypatch):
+    import types
+    import urllib.request
+
+    import SphericalRegLogic.sampledata as sampledata
+
+    sources = sampledata.sources()
+    names = [s["sampleName"] for s in sources]
+    assert names == ["SphericalReg chest CT", "SphericalReg chest X-ray (simulated)"]
+    for source in sources:
+        (uri,) = source["uris"]
+        assert uri.startswith("file://") and Path(urllib.request.url2pathname(uri[len("file://"):])).is_file()
+        assert source["loadFileType"] == "VolumeFile" and Path(source["thumbnailFileName"]).is_file()
+    registered = []
+    fake = types.SimpleNamespace(SampleDataLogic=types.SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kwargs: registered.append(kwargs)))
+    monkeypatch.setitem(sys.modules, "SampleData", fake)
+    assert sampledata.register_sample_data() == 2 and registered == sources
+
+
+def test_sample_xray_carries_its_geometry(scene, tmp_path):
+    """Loaded from Sample Data's cache (a copy of the file), the X-ray's camera comes from its tags."""
+    import shutil
+
+    from SphericalRegLib.io import read_xray
+    from SphericalRegLogic.sampledata import SAMPLE_XRAY
+
+    copy = tmp_path / SAMPLE_XRAY.name
+    shutil.copy(SAMPLE_XRAY, copy)
+    image, camera, meta = read_xray(copy)
+    assert meta["geometry_source"] == "dicom" and camera.image_size == (256, 256)
+    node = _volume_node(scene, image.numpy()[None], np.eye(4), "SphericalReg chest X-ray")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(copy))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert L.camera_from_node(node) == camera
