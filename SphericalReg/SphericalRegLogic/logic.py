@@ -237,10 +237,6 @@ class SphericalRegLogic(_LogicBase):
     # ------------------------------------------------------------------ dependencies
 
     @staticmethod
-    def missing_packages():
-        return dependencies.missing_packages()
-
-    @staticmethod
     def install_dependencies(confirm: bool = True, force: bool = False, log=print) -> bool:
         """Install what is missing inside Slicer after one question to the user (torch and
         torchvision through the PyTorch extension, each other package with the requirements
