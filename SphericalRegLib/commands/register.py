@@ -51,7 +51,7 @@ def main(args) -> int:
               + ", ".join(f"{v.name} NCC {v.final_ncc:.2f}" for v in result.views))
     if result.uncertainty is not None:
         print(describe_uncertainty(result.uncertainty))
-        for view in result.views:
+        for view in result.views if len(result.views) > 1 else ():
             if view.uncertainty is not None:
                 print(f"  {view.name} alone: " + describe_uncertainty(view.uncertainty))
     for warning in result.warnings:

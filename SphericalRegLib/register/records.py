@@ -66,9 +66,9 @@ class StageRecord:
 class ViewResult:
     """One view's share of a registration: its name and camera, its pose
     (``camera_from_reference @ camera_from_world``), the final DRR and X-ray of the last
-    intensity level, their NCC, the confidence that NCC gives, and the uncertainty (mm, at the CT
-    centre in view 0's frame) this view alone would leave: beside the joint figure it shows what
-    each further view adds."""
+    intensity level, their NCC, the confidence they give, and the uncertainty (mm, at the CT centre,
+    along this view's central ray and in its detector plane) this view alone would leave: view 0's
+    beside the joint figure shows what the further views add."""
 
     name: str
     camera: Camera

@@ -136,22 +136,25 @@ class Registrar:
             uncertainty=uncertainty, views=views)
 
     def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):
-        """The joint covariance of view 0's twist and its standard deviations at the CT centre, and
-        each view's own (what that view alone would leave, in view 0's frame), set in ``views``.
+        """The joint covariance of view 0's twist and its standard deviations at the CT centre (in
+        view 0's frame), and each view's own (what that view alone would leave, along its own
+        central ray and in its own detector plane), set in ``views``: view 0's alone beside the
+        joint figure shows what the further views add.
 
         Beside the calibrated figures, the raw ones (``raw_*``): the confidence reads those."""
         scale = (self.calibration or {}).get("uncertainty_scale")
         T = pose.to(self.device, torch.float64)[None]
 
-        def at_centre(cov):
-            raw = point_standard_deviations(pose, cov, self.ct.centre)
-            return {**point_standard_deviations(pose, cov, self.ct.centre, scale), "point": "CT centre",
+        def at_centre(cov, relative=None):
+            raw = point_standard_deviations(pose, cov, self.ct.centre, None, relative)
+            return {**point_standard_deviations(pose, cov, self.ct.centre, scale, relative), "point": "CT centre",
                     "calibrated": scale is not None, **{f"raw_{k}": v for k, v in raw.items()}}
 
         parts = [twist_jacobian(ctx.intensity_residual(level, views=[k]), T) for k in range(ctx.n_views)]
         joint = covariance(torch.cat([r[0] for r, _ in parts]), torch.cat([J[0] for _, J in parts])).cpu()
-        for v, (r, J) in zip(views, parts):
-            v.uncertainty = at_centre(covariance(r[0], J[0]).cpu() if len(parts) > 1 else joint)
+        for k, (v, (r, J)) in enumerate(zip(views, parts)):
+            alone = covariance(r[0], J[0]).cpu() if len(parts) > 1 else joint
+            v.uncertainty = at_centre(alone, ctx.camera_from_reference[k].cpu())
         return joint, at_centre(joint)
 
     @staticmethod

@@ -51,10 +51,13 @@ def covariance(r: Tensor, J: Tensor, damping: float = 1e-9) -> Tensor:
     return variance * torch.linalg.inv(JtJ)
 
 
-def point_standard_deviations(pose: Tensor, covariance: Tensor, point_world: Tensor, scale: dict | None = None) -> dict:
+def point_standard_deviations(pose: Tensor, covariance: Tensor, point_world: Tensor, scale: dict | None = None,
+                              camera_from_reference: Tensor | None = None) -> dict:
     """Standard deviations (mm) of ``point_world`` (3,) in the camera frame: along the central ray
     (camera z, depth) and in the detector plane (camera x and y together, the RMS of the 2-D
     error), each times its ``scale`` (``{"depth": a, "inplane": b}``, from the calibration).
+    ``covariance`` is of ``pose``'s left twist; ``camera_from_reference`` (4, 4) gives the figures
+    in another view's camera frame instead (that view's ray and detector plane).
 
     A left twist moves a camera point ``y`` by ``-[y]x omega + v``, so ``Cov(y) = A Sigma A^T``
     with ``A = [-[y]x, I]``.
@@ -62,6 +65,9 @@ def point_standard_deviations(pose: Tensor, covariance: Tensor, point_world: Ten
     y = transform_points(pose.to(torch.float64), point_world.to(torch.float64)[None])[0]
     A = torch.cat([-skew(y), torch.eye(3, dtype=torch.float64, device=y.device)], dim=-1)
     C = A @ covariance.to(torch.float64) @ A.T
+    if camera_from_reference is not None:
+        R = camera_from_reference[:3, :3].to(C)
+        C = R @ C @ R.T
     scale = scale or {}
     return {"depth_sd_mm": float(scale.get("depth", 1.0) * C[2, 2].clamp_min(0).sqrt()),
             "inplane_sd_mm": float(scale.get("inplane", 1.0) * (C[0, 0] + C[1, 1]).clamp_min(0).sqrt())}

@@ -44,6 +44,8 @@ def test_a_second_view_pins_the_depth_that_one_view_cannot_see(two_view_case, re
     # J^T J of both views says so too: the joint depth sd is far below view 0's alone
     assert joint.uncertainty["depth_sd_mm"] < 0.5 * joint.views[0].uncertainty["depth_sd_mm"]
     assert joint.views[0].uncertainty["depth_sd_mm"] == pytest.approx(single.uncertainty["depth_sd_mm"], rel=0.5)
+    for view in joint.views:  # each view alone: blind along its own central ray, sharp across it
+        assert view.uncertainty["depth_sd_mm"] > 3 * view.uncertainty["inplane_sd_mm"]
     summary = joint.to_json()
     assert summary["views"] == 2 and [v["name"] for v in summary["per_view"]] == ["view 0", "view_1"]
     assert single.to_json()["views"] == 1 and "per_view" not in single.to_json()
