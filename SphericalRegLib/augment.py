@@ -186,11 +186,12 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     10-120 mm), grid lines (1-10% deep, 2.2-12 px period), quantum noise (Gaussian approximation
     of Poisson at 100-30,000 photons per pixel in air), detector blur (0-2 mm); processing
     (log, linear or S-curve LUT, windowing at the 0-3% and 97-100% quantiles, gamma 0.6-1.6,
-    unsharp masking, 8-bit quantisation), after which air is re-estimated as the 99.5th percentile
-    like ``xray.to_line_integrals``; detector gain non-uniformity (0-3%) and defective pixels
-    (0.01-0.2%, half dead, half saturated) come after the blur. A shuttered band (or, in 30% of the
-    images with shutters, the outside of a round image-intensifier field) is set to 0 (as ``xray.preprocess`` masks a
-    detected collimator) in half the images with shutters. ``pixel_mm`` is the detector pixel
+    unsharp masking, 8-bit quantisation); detector gain non-uniformity (0-3%) and defective pixels
+    (0.01-0.2%, half dead, half saturated) come after the blur. Read back as ``xray.preprocess``
+    reads it: a processed image affinely (``LOG_SPAN (1 - v)``), raw intensities as ``-log I`` with
+    defects replaced by their 3 x 3 median; shuttered bands are set to 0 (as the reader masks the
+    blades it finds); the outside of a round image-intensifier field (30% of the images with
+    shutters) is not, as the reader does not find it. ``pixel_mm`` is the detector pixel
     size, for the kernels given in mm. Images no effect was drawn for come back unchanged.
     """
     if img.dim() != 4 or img.shape[1] != 1:
@@ -215,7 +216,8 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     v = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)[None, None, :, None]
     u = torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype)[None, None, None, :]
     iris = (u**2 + v**2).sqrt() > _uniform(B, 0.9, 1.1, g, x)  # an image intensifier's round field
-    shutter = torch.where(_coin(B, 0.3, g, x), iris, _border_mask(x, g, 0.3)) & coins["shutters"]
+    iris_drawn = _coin(B, 0.3, g, x)
+    shutter = torch.where(iris_drawn, iris, _border_mask(x, g, 0.3)) & coins["shutters"]
     intensity = torch.where(shutter, 0.02 * intensity, intensity)
     sigma = _uniform(B, 10.0, 120.0, g, x) / pixel_mm
     scatter = _log_uniform(B, 0.01, 1.5, g, x) * _blur_each(intensity, sigma)
@@ -254,8 +256,16 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     z = torch.where(_coin(B, 0.5, g, x), (z * 255).round() / 255, z)
     intensity = torch.where(coins["processing"], z, intensity)
 
-    estimate = torch.quantile(intensity.flatten(1), 0.995, dim=1).reshape(B, 1, 1, 1)
-    air = torch.where(coins["processing"], estimate, torch.ones_like(estimate))
-    out = -torch.log(intensity.clamp_min(1e-6 * air) / air)
-    out = torch.where(shutter & _coin(B, 0.5, g, x), torch.zeros_like(out), out.clamp_min(0))
+    # read back as xray.preprocess reads such a frame: a processed export affinely (LOG_SPAN over its
+    # window, air bright, clipped pixels keep their clipped value), raw intensities as -log(I / I0)
+    # with dead and hot pixels replaced by their 3 x 3 median; rectangular blades are found and set
+    # to 0 (xray.shutter_mask), a round field is not
+    from .xray import LOG_SPAN, _median3
+
+    raw = -torch.log(intensity.clamp_min(1e-6))
+    median = torch.stack([_median3(r[0])[None] for r in raw])
+    raw = torch.where((raw - median).abs() > 2.0, median, raw)
+    out = torch.where(coins["processing"], LOG_SPAN * (1 - intensity), raw)
+    blades = shutter & ~iris_drawn
+    out = torch.where(blades, torch.zeros_like(out), out.clamp_min(0))
     return torch.where(applied, out, img)

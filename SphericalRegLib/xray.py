@@ -16,7 +16,14 @@ from torch import Tensor
 from .camera import Camera
 from .errors import InputError
 
-__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "resample", "preprocess"]
+__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "describe",
+           "defects", "resample", "preprocess", "LOG_SPAN"]
+
+LOG_SPAN = 5.0
+"""A processed (windowed, log-like) export is read as line integrals ``LOG_SPAN (white - v) / (white - black)``
+(air bright): its scale is unknown, NCC does not need it, and 0-5 is a chest's range."""
+
+_BITS = (8, 10, 12, 14, 16)
 
 
 def _as_intensity(image: Tensor, photometric: str) -> Tensor:
@@ -164,26 +171,178 @@ def _target_size(camera: Camera, size) -> tuple[int, int]:
     return int(rows), int(cols)
 
 
-def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photometric: str = "MONOCHROME2",
-               air: float | None = None, dark: float = 0.0,
-               line_integrals: bool = False) -> tuple[Tensor, Camera, Tensor]:
-    """A detector frame made ready for registration: ``(line integrals, camera, exposed mask)``.
+def _plateaus(x: Tensor) -> tuple[float, float]:
+    """Shares of the pixels exactly at the image's minimum and at its maximum."""
+    return float((x == x.min()).double().mean()), float((x == x.max()).double().mean())
 
-    ``size`` is the longer side in pixels (aspect kept) or ``(rows, cols)``. The collimator is found
-    on the full-resolution frame, I0 among its exposed pixels; the mask is resampled with the image
-    and keeps only pixels wholly inside the exposed field. Line integrals are float32, 0 outside.
-    With ``line_integrals`` the image already holds -log(I/I0): it is only resampled, every pixel valid.
+
+def _median3(x: Tensor) -> Tensor:
+    """3 x 3 median (reflected at the borders, so a dead line at the edge is still a minority)."""
+    p = F.pad(x[None, None], (1, 1, 1, 1), mode="reflect")[0, 0]
+    return p.unfold(0, 3, 1).unfold(1, 3, 1).reshape(*x.shape, 9).median(-1).values
+
+
+def defects(L: Tensor, threshold: float = 2.0) -> Tensor:
+    """Pixels of line integrals ``L`` (rows, cols) that differ from their 3 x 3 median by more than
+    ``threshold``: dead and hot pixels, dead lines, photon-starved pixels. Quantum noise at any
+    usual dose is far below it (at 10,000 photons in air, L = 6 has a noise sd of 0.2)."""
+    return (L - _median3(L)).abs() > threshold
+
+
+def shutter_mask(L: Tensor, step: float = 0.4, agree: float = 0.25, max_fraction: float = 0.4,
+                 span: int = 4) -> Tensor:
+    """Exposed pixels ``(rows, cols)`` bool of line integrals ``L``: False behind collimator blades.
+
+    A blade adds the same large attenuation (lead passes ~2%: 3.9 in L, less where scatter fills
+    the shadow in) to every ray behind it, so at its inner edge L steps down along the whole line,
+    whatever the anatomy. From each edge, the line ``r`` (up to ``max_fraction`` of the image)
+    where ``L[r] - L[r + span]`` is largest is the blade's edge when that step exceeds ``step`` in
+    the median over the line and ``step / 2`` in its ``agree`` quantile (nearly every ray steps
+    down), and the shadow as a whole lies ``step`` above the open field next to it; the blade is
+    masked up to ``span // 2`` lines past the step (its penumbra). Anatomy's edges (the diaphragm,
+    the lung apices) are curved and cross only part of a line. Blades not aligned with the pixel
+    grid are not found.
+    """
+    x = torch.as_tensor(L, dtype=torch.float64)
+
+    def depth(lines: Tensor) -> int:  # lines (n, length), from the edge inwards
+        n = lines.shape[0]
+        limit = int(max_fraction * n)
+        if limit < 2 or n <= span + 2:
+            return 0
+        length = lines.shape[1]  # the middle 40% of each line: the blades across it never reach there
+        middle = lines[:, int(0.3 * length):max(int(0.3 * length) + 1, int(0.7 * length))]
+        d = middle[:limit] - middle[span:limit + span]
+        q = torch.quantile(d, torch.tensor([agree, 0.5], dtype=x.dtype), dim=1)
+        ok = (q[0] > step / 2) & (q[1] > step)
+        if not ok.any():
+            return 0
+        r = int(torch.where(ok, q[1], torch.full_like(q[1], -1e9)).argmax())
+        edge = r + span // 2 + 1  # first line past the step's middle
+        shadow = lines[:max(1, r + 1)].median()
+        inside = lines[r + span:r + span + max(r + 1, span)].median()
+        if not shadow - inside > step:
+            return 0
+        return min(edge + span // 2, limit)
+
+    top, bottom = depth(x), depth(x.flip(0))
+    left, right = depth(x.T), depth(x.T.flip(0))
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[top:x.shape[0] - bottom, left:x.shape[1] - right] = True
+    return mask
+
+
+def describe(image: Tensor, photometric: str | None = None) -> dict:
+    """What the pixels of an X-ray ``(rows, cols)`` say about how to read them.
+
+    ``encoding``: "processed" for an export windowed onto a full range of 2^bits levels (8-bit
+    values, or black at exactly 0 and white at exactly 2^bits - 1 with a plateau at either: the
+    window clips), "intensity" otherwise (raw detector counts: an offset above 0, no window).
+    A processed export is read as affine in the line integrals (log and S-curve LUTs are nearly
+    so over a chest's range; NCC needs no more); raw counts as ``-log(I / I0)``.
+    ``photometric``: the argument when given (a DICOM's tag wins); otherwise raw counts are taken
+    as MONOCHROME2 (air bright), and a processed export as bone bright (MONOCHROME1) when the
+    clipped plateau along the image border is the white one (shutters and the body's thickest
+    parts are black in an air-bright export), else by the spine: the middle third of the columns
+    brighter than the outer quarters (by 5% of the range) means bone bright. ``evidence`` says which cue decided;
+    ``confident`` is False when the cue was weak.
+    """
+    x = torch.as_tensor(image, dtype=torch.float64)
+    lo, hi = float(x.min()), float(x.max())
+    low, high = _plateaus(x)
+    integer = bool(torch.equal(x, x.round()))
+    full = integer and lo == 0 and any(hi == 2 ** b - 1 for b in _BITS)
+    processed = integer and hi <= 255 and lo >= 0 or full and max(low, high) >= 0.002
+    out = {"encoding": "processed" if processed else "intensity", "clipped_low": low, "clipped_high": high}
+    if photometric:
+        return {**out, "photometric": photometric.upper(), "photometric_source": "argument", "confident": True,
+                "evidence": "given"}
+    if not processed:
+        return {**out, "photometric": "MONOCHROME2", "photometric_source": "pixels", "confident": True,
+                "evidence": "raw detector counts are air bright"}
+    border = torch.cat([x[:3].flatten(), x[-3:].flatten(), x[:, :3].flatten(), x[:, -3:].flatten()])
+    b_lo, b_hi = float((border == lo).double().mean()), float((border == hi).double().mean())
+    if max(b_lo, b_hi) >= 0.15 and min(b_lo, b_hi) < 0.02:
+        inverted = b_hi > b_lo
+        evidence, confident = f"the border is clipped {'white' if inverted else 'black'} ({max(b_lo, b_hi):.0%})", True
+    else:
+        ok = (x > lo) & (x < hi)
+        cols = torch.nanmedian(torch.where(ok, x, torch.nan), 0).values
+        W = x.shape[1]
+        middle = torch.nanmedian(cols[W // 3:2 * W // 3])
+        outer = torch.nanmedian(torch.cat([cols[:max(1, W // 4)], cols[-max(1, W // 4):]]))
+        band = float((middle - outer) / max(hi - lo, 1e-12))
+        if band != band:  # nan: nothing unclipped
+            band = 0.0
+        inverted, confident = band >= 0.05, abs(band) >= 0.05  # weak: the default, air bright
+        evidence = f"the middle columns are {'brighter' if inverted else 'darker'} than the outer ones ({band:+.2f})"
+    return {**out, "photometric": "MONOCHROME1" if inverted else "MONOCHROME2", "photometric_source": "pixels",
+            "confident": confident, "evidence": evidence}
+
+
+def _read(image: Tensor, photometric: str, air, dark, encoding: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Full-resolution ``(L, field, unclipped)``: line integrals, the exposed field (collimator and
+    shutters) and the pixels not clipped by saturation or a display window."""
+    x = torch.as_tensor(image, dtype=torch.float64)
+    if encoding == "processed":
+        v = _as_intensity(x, photometric)  # air bright
+        lo, hi = float(v.min()), float(v.max())
+        L = LOG_SPAN * (hi - v) / max(hi - lo, 1e-12)
+        low, high = _plateaus(v)
+        unclipped = ~(((v == lo) & (low >= 0.0005)) | ((v == hi) & (high >= 0.0005)))
+        field = collimator_mask(x, photometric) & shutter_mask(torch.where(unclipped, L, _median3(L)))
+        return torch.where(field, L, torch.zeros_like(L)), field, unclipped
+    # raw detector counts: the old reading, exactly, when nothing is found
+    field = collimator_mask(x, photometric)
+    probe = to_line_integrals(x, photometric, air=air, mask=field, dark=dark, check=False)
+    bad = defects(probe)
+    field = field & shutter_mask(torch.where(bad, _median3(probe), probe))
+    L = to_line_integrals(x, photometric, air=air, mask=field, dark=dark)
+    v = _as_intensity(x, photometric)
+    top = float(x.max())  # saturation: a plateau at the converter's full scale
+    saturated = (x == top) & (_plateaus(x)[1] >= 0.001) & any(top == 2 ** b - 1 for b in _BITS)
+    bad = defects(L) & field
+    if bad.any():
+        L = torch.where(bad, _median3(L), L)
+    return L, field, ~saturated
+
+
+def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photometric: str = "MONOCHROME2",
+               air: float | None = None, dark: float = 0.0, line_integrals: bool = False,
+               encoding: str = "auto") -> tuple[Tensor, Camera, Tensor]:
+    """A detector frame made ready for registration: ``(line integrals, camera, valid mask)``.
+
+    ``size`` is the longer side in pixels (aspect kept) or ``(rows, cols)``. ``encoding``: "auto"
+    (:func:`describe` decides from the pixels), "intensity" (raw counts: ``-log(I / I0)``, I0 among
+    the exposed pixels) or "processed" (a windowed export, read affinely, :data:`LOG_SPAN`);
+    ``photometric`` "AUTO" lets :func:`describe` choose it too. The exposed field (collimator
+    blades, :func:`collimator_mask` and :func:`shutter_mask`) is found on the full-resolution frame;
+    dead and hot pixels (:func:`defects`) are replaced by their 3 x 3 median. The mask is resampled
+    with the image: a pixel is valid when it lies wholly inside the exposed field and most of it
+    is not clipped (saturated, or black or white in a window). Line integrals are float32, 0
+    outside the field (clipped pixels keep their clipped value). With ``line_integrals`` the image
+    already holds -log(I/I0): it is only resampled, every pixel valid.
     """
     rows, cols = _target_size(camera, size)
     if line_integrals:
         L, new_camera = resample(torch.as_tensor(image).float(), camera, rows, cols)
         return L, new_camera, torch.ones_like(L, dtype=torch.bool)
-    mask = collimator_mask(image, photometric)
-    L = to_line_integrals(image, photometric, air=air, mask=mask, dark=dark)
+    if encoding not in ("auto", "intensity", "processed"):
+        raise InputError("encoding", f"is {encoding!r}", "auto, intensity or processed")
+    if encoding == "auto" or (photometric or "").upper() == "AUTO":
+        found = describe(image, None if (photometric or "").upper() == "AUTO" else photometric)
+        photometric = found["photometric"]
+        encoding = found["encoding"] if encoding == "auto" else encoding
+    L, field, unclipped = _read(image, photometric, air, dark, encoding)
     L, new_camera = resample(L.float(), camera, rows, cols)
-    m, _ = resample(mask.float(), camera, rows, cols)
+    m, _ = resample(field.float(), camera, rows, cols)
     m = m > 0.999
-    return torch.where(m, L, torch.zeros_like(L)), new_camera, m
+    if not unclipped.all():
+        c, _ = resample(unclipped.float(), camera, rows, cols)
+        valid = m & (c >= 0.5)
+    else:
+        valid = m
+    return torch.where(m, L, torch.zeros_like(L)), new_camera, valid
 
 
 def warp_to_camera(image: Tensor, camera: Camera, target: Camera) -> Tensor:

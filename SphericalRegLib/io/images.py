@@ -86,9 +86,13 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None) -> 
 
     Geometry comes from, in order: ``geometry`` when it is a Camera; a DICOM's own tags
     (DistanceSourceToDetector, ImagerPixelSpacing or PixelSpacing, DetectorActiveOrigin); the
-    ``geometry`` path or ``geometry.json`` beside the X-ray. Values come back as MONOCHROME2
-    (``meta["photometric"]``): a MONOCHROME1 DICOM is inverted by the reader, and its tag is kept
-    in ``meta["stored_photometric"]``; see :func:`SphericalRegLib.xray.to_line_integrals`.
+    ``geometry`` path or ``geometry.json`` beside the X-ray. Values come back as stored, and
+    ``meta["photometric"]`` says how to read them: for a DICOM, MONOCHROME2 (a MONOCHROME1 DICOM is
+    inverted by the reader; its tag is kept in ``meta["stored_photometric"]``); for other files
+    (which cannot say), what :func:`SphericalRegLib.xray.describe` decides from the pixels, with
+    ``photometric_source`` ("dicom" or "pixels"), ``photometric_evidence`` and
+    ``photometric_confident``. ``meta["encoding"]``: "intensity" (raw detector counts) or
+    "processed" (a windowed export, read affinely).
     """
     path = Path(path)
     require_file(path, "a 2D X-ray (.dcm, .png, .tif or .npy)")
@@ -112,6 +116,13 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None) -> 
     meta = {"path": str(path), "dtype": str(arr.dtype), "photometric": "MONOCHROME2"}
     if dicom.PHOTOMETRIC in tags:
         meta["stored_photometric"] = tags[dicom.PHOTOMETRIC].upper()
+    # how to read the pixels: a DICOM's photometric wins; otherwise the pixels decide (xray.describe)
+    from ..xray import describe
+
+    found = describe(torch.from_numpy(image), "MONOCHROME2" if dicom.PHOTOMETRIC in tags else None)
+    meta.update(photometric=found["photometric"], encoding=found["encoding"],
+                photometric_source="dicom" if dicom.PHOTOMETRIC in tags else "pixels",
+                photometric_evidence=found["evidence"], photometric_confident=found["confident"])
     for key, name in ((dicom.PRIMARY_ANGLE, "positioner_primary_angle"), (dicom.SECONDARY_ANGLE, "positioner_secondary_angle")):
         if key in tags:
             try:

@@ -41,6 +41,8 @@ class RegistrationContext:
     camera_from_reference: Tensor
     progress: Callable[[str, float], None]
     cancel: object | None = None
+    noise_scale: float = 1.0
+    """How much larger the pose errors are than the raw J^T J says (the calibration's in-plane factor)."""
 
     @property
     def device(self) -> torch.device:
@@ -77,14 +79,27 @@ class RegistrationContext:
 
     def intensity_residual(self, level: IntensityLevel, form: str | None = None, views=None):
         """``pose (B, 4, 4) -> residual (B, M)`` of line-integral DRRs against the X-rays at
-        ``level``, stacked over ``views`` (indices; default all)."""
+        ``level``, stacked over ``views`` (indices; default all).
+
+        Only the X-ray's valid pixels count (the pyramid's mask: inside the exposed field, not
+        clipped or dead), less those far brighter than anything the DRR at that pose shows
+        (metal that is not in the CT, :func:`~.residuals.bright_outliers`); masked entries are 0,
+        so the length stays fixed. With nothing masked the residual is the unmasked one to the bit."""
+        from .residuals import bright_outliers
+
         mu = self.attenuation[level.spacing_mm]
         residual = ncc_residual(level.patch, form or level.form)
 
         def one(pyramid: XrayPyramid):
-            x, camera, _ = pyramid.level(level.image_size)
+            x, camera, valid = pyramid.level(level.image_size)
             render = self.renderer(camera, mu)
-            return lambda T: residual(x.expand(len(T), -1, -1, -1), render(mu.data, T))
+            valid = valid.to(x.device)[None, None]
+
+            def r(T):
+                drr = render(mu.data, T)
+                xs = x.expand(len(T), -1, -1, -1)
+                return residual(xs, drr, valid & ~bright_outliers(xs, drr, valid))
+            return r
 
         return self.over_views(one, views)
 

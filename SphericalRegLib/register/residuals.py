@@ -1,21 +1,65 @@
-"""The intensity stage's residual: patch and global NCC of intensities and of edges."""
+"""The intensity stage's residual: patch and global NCC of intensities and of edges, over the
+X-ray's valid pixels."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
 from ..intensity import sobel, standardise
 
-__all__ = ["ncc_residual", "FORMS"]
+__all__ = ["ncc_residual", "bright_outliers", "FORMS", "MIN_VALID", "OUTLIER_MARGIN"]
 
 FORMS = ("difference", "ncc")
 
+MIN_VALID = 0.5
+"""A patch counts only where at least this share of its pixels is valid; the others' entries are 0."""
 
-def ncc_residual(patch: int, form: str = "difference"):
+OUTLIER_MARGIN = 0.5
+""":func:`bright_outliers`: how far above the DRR's brightest pixel (in the DRR's 10-80% ranges) an
+X-ray pixel must be to be taken for something the CT does not hold (metal)."""
+
+
+def bright_outliers(x: Tensor, drr: Tensor, valid: Tensor, margin: float = OUTLIER_MARGIN) -> Tensor:
+    """Pixels of ``x`` (B, 1, H, W) far brighter than anything ``drr`` (B, 1, H, W) shows: instruments
+    and implants that are not in the CT. ``valid`` (B or 1, 1, H, W) bool.
+
+    The X-ray's line integrals are put on the DRR's scale by matching their 10th and 80th
+    percentiles over the valid pixels (the reader's scale is not the DRR's: scatter, spectra and a
+    processed export's unknown window all change it); a pixel is an outlier where it lies more than
+    ``margin`` of the DRR's 10-80% range above the DRR's maximum. Dilated by one pixel (the blur
+    around metal). No gradient flows through the mask."""
+    with torch.no_grad():
+        B = x.shape[0]
+        v = valid.expand(B, -1, -1, -1).flatten(1)
+        q = torch.tensor([0.1, 0.8], dtype=x.dtype, device=x.device)
+        out = torch.zeros_like(v)
+        for k in range(B):  # quantiles over each image's own valid pixels
+            xs, ds = x[k].flatten()[v[k]], drr[k].flatten().to(x.dtype)[v[k]]
+            if xs.numel() < 16:
+                continue
+            qx, qd = torch.quantile(xs, q), torch.quantile(ds, q)
+            if not (qd[1] - qd[0]) > 0 or not (qx[1] - qx[0]) > 0:
+                continue
+            scale = (qx[1] - qx[0]) / (qd[1] - qd[0])
+            limit = qx[0] + scale * (ds.max() - qd[0] + margin * (qd[1] - qd[0]))
+            out[k] = x[k].flatten() > limit
+        out = out.reshape(x.shape)
+        return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
+
+
+def _erode(mask: Tensor) -> Tensor:
+    """A pixel stays valid only with its 8 neighbours (outside the image counts as valid): the
+    3 x 3 Sobel of a masked X-ray sees the mask's edge."""
+    inverted = (~mask).to(torch.float32)
+    return ~(F.max_pool2d(inverted, 3, stride=1, padding=1) > 0)
+
+
+def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VALID):
     """The LM residual of patch NCC on intensities and on edges (Sobel), ``(B, 1, H, W) x 2 -> (B, M)``.
 
     ``0.5 ||r||^2`` is the mean of four costs either way: ``1 - NCC`` over patches and over the whole
@@ -25,6 +69,12 @@ def ncc_residual(patch: int, form: str = "difference"):
     ``form="ncc"``: one entry ``sqrt(2 (1 - NCC))`` per patch; a few smooth entries that carry LM
     far from the optimum, but quadratic at it, where LM stalls. Coarse levels use the second, fine
     levels the first.
+
+    ``residual(a, b, mask)``: ``mask`` (B or 1, 1, H, W) bool, the pixels that count (the X-ray's
+    valid pixels): NCC is taken over them only, masked entries are 0 and the length M stays that of
+    the unmasked residual (LM needs a fixed M). A patch with fewer than ``min_valid`` of its pixels
+    valid gives 0 entries; the edge terms use the mask shrunk by one pixel. With no mask, or an
+    all-true one, the result is the unmasked residual to the bit.
     """
     if form not in FORMS:
         raise InputError("form", f"is {form!r}", " or ".join(FORMS))
@@ -34,7 +84,7 @@ def ncc_residual(patch: int, form: str = "difference"):
         x = x[..., :h, :w].reshape(B, c, h // patch, patch, w // patch, patch)
         return x.permute(0, 2, 4, 1, 3, 5).reshape(B, -1, c * patch * patch)
 
-    def residual(a: Tensor, b: Tensor) -> Tensor:
+    def unmasked(a: Tensor, b: Tensor) -> Tensor:
         H, W = a.shape[-2:]
         h, w = (H // patch) * patch, (W // patch) * patch
         parts = []
@@ -48,5 +98,31 @@ def ncc_residual(patch: int, form: str = "difference"):
                 whole = whole.flatten(1).pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
             parts += [local.flatten(1), whole.flatten(1)]
         return torch.cat(parts, dim=-1) / 2
+
+    def masked(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+        H, W = a.shape[-2:]
+        h, w = (H // patch) * patch, (W // patch) * patch
+        mask = mask.expand(a.shape[0], 1, H, W)
+        parts = []
+        for fa, fb, m in ((a, b, mask), (sobel(a), sobel(b), _erode(mask).expand(-1, 2, -1, -1))):
+            wm = m.to(fa.dtype)
+            ta, tb, tm = tiles(fa, h, w), tiles(fb, h, w), tiles(wm, h, w)
+            n = ta.shape[2]
+            n_valid = tm.sum(-1, keepdim=True)  # (B, tiles, 1)
+            ok = (n_valid >= min_valid * n).to(fa.dtype)
+            n_ok = ok.sum(1, keepdim=True).clamp_min(1)
+            local = (standardise(ta, -1, tm) - standardise(tb, -1, tm)) * ok / (n_valid.clamp_min(1) * n_ok).sqrt()
+            total = wm.sum((1, 2, 3), keepdim=True).clamp_min(1)
+            whole = (standardise(fa, (1, 2, 3), wm) - standardise(fb, (1, 2, 3), wm)) / total.sqrt()
+            if form == "ncc":
+                local = local.pow(2).sum(-1).clamp_min(1e-12).sqrt() * ok[..., 0]
+                whole = whole.flatten(1).pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
+            parts += [local.flatten(1), whole.flatten(1)]
+        return torch.cat(parts, dim=-1) / 2
+
+    def residual(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None or bool(mask.all()):
+            return unmasked(a, b)
+        return masked(a, b, mask.to(torch.bool))
 
     return residual
