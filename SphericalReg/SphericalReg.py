@@ -208,7 +208,7 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if gpu is None:
             note = _("PyTorch is not installed yet: the GPU is checked after installing the Python packages.")
         elif not gpu:
-            note = _("No CUDA GPU found: registration runs on the CPU (about a minute; training takes hours).")
+            note = _("No CUDA GPU found: registration and training run on the CPU (training takes hours).")
         else:
             note = ""
         self.ui.deviceNoteLabel.text = note
@@ -346,7 +346,7 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if progress is None:
                 continue
             if progress.fraction is not None:
-                self.ui.progressBar.setValue(int(round(100 * progress.fraction)))
+                self.ui.progressBar.setValue(self._percent(job, progress))
             self.ui.statusLabel.text = progress.message[:120]
         if job.running:
             return
@@ -370,6 +370,15 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Could not read the registration result."), waitCursor=True):
                 self._showResult(self.logic.finish_registration(job))
         self._updateButtons()
+
+    @staticmethod
+    def _percent(job, progress) -> int:
+        """One bar over a registration's two steps: register to 90 %, the DRR from 90 to 100 %."""
+        if job.kind != "register":
+            return int(round(100 * progress.fraction))
+        if progress.message == "drr":
+            return int(round(90 + 10 * progress.fraction))
+        return int(round(90 * progress.fraction))
 
     def _showResult(self, finished: dict) -> None:
         p = self._parameterNode
