@@ -9,7 +9,8 @@ from ..register import RegisterOptions, register_case
 from ..register.uncertainty import describe as describe_uncertainty
 from . import flags_for_fields, set_threads
 
-FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device", "views": "--views"}
+FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device", "views": "--views",
+         "relative_rotation_sd_deg": "--relative-sd"}
 
 
 def add_arguments(p) -> None:
@@ -18,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--init", action="store_true", help="start from the case's init.json instead of the regressor")
     p.add_argument("--views", type=int, default=None,
                    help="register the first N views of a multi-view case jointly (default: all it holds)")
+    p.add_argument("--relative-sd", type=float, default=0.0, metavar="DEG",
+                   help="how well the further views' camera_from_reference is known (1 sd, deg): above 0 it is "
+                        "refined as positioner angles about the isocentre and reported per view (default 0: exact)")
     p.add_argument("--out", help="output folder (default: the case folder)")
     p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"])
     p.add_argument("--iterations", type=int, default=RegisterOptions.iterations)
@@ -30,7 +34,8 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     set_threads(args.threads)
     with flags_for_fields(FLAGS):
-        options = RegisterOptions(optimizer=args.optimizer, iterations=args.iterations, refine=not args.no_refine)
+        options = RegisterOptions(optimizer=args.optimizer, iterations=args.iterations, refine=not args.no_refine,
+                                  relative_rotation_sd_deg=args.relative_sd)
         device = resolve_device(args.device)
     last = {"stage": None}
 
@@ -49,6 +54,10 @@ def main(args) -> int:
     if len(result.views) > 1:
         print(f"{len(result.views)} views registered jointly: "
               + ", ".join(f"{v.name} NCC {v.final_ncc:.2f}" for v in result.views))
+        for view in result.views:
+            if view.relative is not None:
+                print(f"  {view.name}: relative pose refined by {view.relative['rotation_deg']:.2f} deg "
+                      f"({view.relative['centre_shift_mm']:.2f} mm at the CT centre)")
     if result.uncertainty is not None:
         print(describe_uncertainty(result.uncertainty))
         for view in result.views if len(result.views) > 1 else ():

@@ -41,6 +41,10 @@ class RegisterOptions:
         IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
         IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=12),
     )
+    # how well each further view's camera_from_reference is known (1 sd): 0 takes it as exact; above
+    # 0 it is refined after the intensity stage, as positioner angles about the isocentre
+    relative_rotation_sd_deg: float = 0.0
+    relative_isocentre_sd_mm: float = 1.0
     max_rotation_deg: float = 45.0
     max_translation_mm: float = 200.0
     # coarse search over camera-frame translations before the intensity levels (0 switches it off)
@@ -53,6 +57,10 @@ class RegisterOptions:
             raise InputError("optimizer", f"is {self.optimizer!r}", ", ".join(OPTIMIZERS[:-1]) + " or none")
         if self.iterations < 1:
             raise InputError("iterations", f"is {self.iterations}", "at least 1")
+        if not (self.relative_rotation_sd_deg >= 0 and self.relative_isocentre_sd_mm > 0):
+            raise InputError("relative_rotation_sd_deg", f"is {self.relative_rotation_sd_deg} "
+                             f"(isocentre sd {self.relative_isocentre_sd_mm} mm)",
+                             "0 (relative poses exact) or a positive sd in degrees, with a positive isocentre sd")
         if not self.refine_levels:
             raise InputError("refine_levels", "is empty", "at least one intensity level (it also renders the result)")
 

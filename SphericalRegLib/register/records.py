@@ -78,10 +78,16 @@ class ViewResult:
     uncertainty: dict | None = None
     drr: Tensor | None = None
     xray: Tensor | None = None
+    relative: dict | None = None
+    """When the relative pose was refined: the refined ``camera_from_reference``, its rotation (deg)
+    from the given one and the CT centre's shift (mm) in this view."""
 
     def to_json(self) -> dict:
-        return {"name": self.name, "camera_from_world": self.camera_from_world.tolist(), "final_ncc": self.final_ncc,
-                "confidence": self.confidence, "uncertainty": self.uncertainty}
+        out = {"name": self.name, "camera_from_world": self.camera_from_world.tolist(), "final_ncc": self.final_ncc,
+               "confidence": self.confidence, "uncertainty": self.uncertainty}
+        if self.relative is not None:
+            out["relative_pose_refined"] = self.relative
+        return out
 
 
 @dataclass

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..camera import Camera, project
 from ..confidence import confidence_values, predict
-from ..geometry import transform_points
+from ..geometry import se3_inverse, transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
 from ..quality import model_quality
@@ -23,7 +23,7 @@ from .pyramid import XrayPyramid
 from .records import RegistrationResult, StageRecord, ViewResult
 from .uncertainty import covariance, point_standard_deviations
 from .stages import initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
-    translation_search
+    relative_pose_refinement, translation_search
 
 __all__ = ["Registrar", "VIEW_NCC_GAP"]
 
@@ -64,8 +64,9 @@ class Registrar:
         pyramids += [XrayPyramid(v.xray, v.camera, v.photometric, line_integrals, self.device) for v in other_views]
         relative = torch.stack([IDENTITY, *(torch.as_tensor(v.camera_from_reference, dtype=torch.float64)
                                             for v in other_views)])
+        scale = ((self.calibration or {}).get("uncertainty_scale") or {}).get("inplane", 1.0)
         return RegistrationContext(self.model, self.options, self.attenuation, pyramids, relative,
-                                   progress or (lambda stage, fraction: None), cancel)
+                                   progress or (lambda stage, fraction: None), cancel, noise_scale=scale)
 
     def register(self, image: Tensor, camera: Camera, init: Tensor | None = None, *,
                  photometric: str = "MONOCHROME2", line_integrals: bool = False, other_views: Sequence[View] = (),
@@ -92,16 +93,20 @@ class Registrar:
         if search is not None:
             stages["search"] = search
             pose = search.pose
+        given = ctx.camera_from_reference.clone()
         if opt.refine:
             stages["intensity"] = intensity_refinement(ctx, pose)
             pose = stages["intensity"].pose
             failed = stages["intensity"].diverged
+            if opt.relative_rotation_sd_deg > 0 and ctx.n_views > 1 and not failed:
+                stages["relative"] = relative_pose_refinement(ctx, pose, self.ct.centre)
+                pose, failed = stages["relative"].pose, stages["relative"].diverged
         else:  # nothing after the learnt stage could have recovered from its divergence
             failed = "similarity" in stages and stages["similarity"].diverged
-        return self._result(ctx, pose, stages, failed, time.perf_counter() - t0)
+        return self._result(ctx, pose, stages, failed, time.perf_counter() - t0, given)
 
     def _result(self, ctx: RegistrationContext, pose: Tensor, stages: dict[str, StageRecord], failed: bool,
-                seconds_so_far: float) -> RegistrationResult:
+                seconds_so_far: float, given_relative: Tensor) -> RegistrationResult:
         """The final images, NCC, checks, confidence and uncertainty of ``pose`` (4, 4), per view and joint."""
         t0 = time.perf_counter()
         level = self.options.refine_levels[-1]
@@ -119,6 +124,8 @@ class Registrar:
                 ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
             views.append(ViewResult(self._view_name(k), camera, poses[k].cpu(), ncc, drr=drr.cpu(),
                                     xray=x[0, 0].cpu()))
+            if "relative" in stages and k > 0:
+                views[-1].relative = self._relative_change(given_relative[k], ctx.camera_from_reference[k], pose)
         diverged = failed or not torch.isfinite(pose).all() or not all(
             self._plausible(v.camera_from_world, v.camera) for v in views)
         covariance, uncertainty = None, None
@@ -156,6 +163,16 @@ class Registrar:
             alone = covariance(r[0], J[0]).cpu() if len(parts) > 1 else joint
             v.uncertainty = at_centre(alone, ctx.camera_from_reference[k].cpu())
         return joint, at_centre(joint)
+
+    def _relative_change(self, given: Tensor, refined: Tensor, pose: Tensor) -> dict:
+        """How far the refinement moved a view's relative pose: rotation (deg) and the CT centre's
+        shift in that view's frame (mm), with the refined matrix."""
+        centre = self.ct.centre[None].to(torch.float64)
+        shift = (transform_points(refined.cpu() @ pose, centre) - transform_points(given.cpu() @ pose, centre)).norm()
+        D = refined.cpu() @ se3_inverse(given.cpu())
+        angle = torch.rad2deg(torch.arccos(((D[:3, :3].trace() - 1) / 2).clamp(-1, 1)))
+        return {"camera_from_reference": refined.cpu().tolist(), "rotation_deg": float(angle),
+                "centre_shift_mm": float(shift)}
 
     @staticmethod
     def _view_name(k: int) -> str:

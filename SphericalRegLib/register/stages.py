@@ -12,13 +12,15 @@ import time
 import torch
 from torch import Tensor
 
-from ..geometry import perturb_left, se3_inverse
+import math
+
+from ..geometry import perturb_left, se3_inverse, transform_points
 from ..optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
 from .context import RegistrationContext
 from .records import StageRecord
 
 __all__ = ["initial_pose", "learnt_similarity", "keep_or_discard", "translation_search", "intensity_refinement",
-           "learnt_residual"]
+           "learnt_residual", "relative_pose_refinement"]
 
 
 @torch.no_grad()
@@ -127,11 +129,11 @@ def translation_search(ctx: RegistrationContext, starts: dict[str, Tensor]) -> S
                        source=list(starts)[best // len(xi)])
 
 
-def intensity_refinement(ctx: RegistrationContext, pose: Tensor) -> StageRecord:
-    """LM on NCC of line-integral DRRs, coarse to fine (``options.refine_levels``); stops at the
-    first level that diverges."""
+def intensity_refinement(ctx: RegistrationContext, pose: Tensor, levels=None) -> StageRecord:
+    """LM on NCC of line-integral DRRs, coarse to fine (``levels``, default ``options.refine_levels``);
+    stops at the first level that diverges."""
     record = None
-    for k, level in enumerate(ctx.options.refine_levels):
+    for k, level in enumerate(ctx.options.refine_levels if levels is None else levels):
         t0 = time.perf_counter()
         res = levenberg_marquardt(ctx.intensity_residual(level), pose.to(ctx.device, torch.float64)[None],
                                   max_iters=level.iterations,
@@ -144,3 +146,53 @@ def intensity_refinement(ctx: RegistrationContext, pose: Tensor) -> StageRecord:
         if step.diverged:
             break
     return record
+
+
+def relative_pose_refinement(ctx: RegistrationContext, pose: Tensor, centre: Tensor) -> StageRecord:
+    """Each further view's ``camera_from_reference`` refined for positioner angles, then the pose
+    again against all views (``ctx.camera_from_reference`` is updated in place).
+
+    A free relative pose would carry no depth to view 0: a view can shift along its own central
+    ray unseen. Positioner errors are rotations of the C-arm about its isocentre, so view k's
+    pose moves under a prior: its rotation (sd ``relative_rotation_sd_deg``) and the displacement of
+    the isocentre, taken on view k's central ray at the depth of ``centre`` (world, the CT
+    centre; sd ``relative_isocentre_sd_mm``), weighted like the image residual's own noise
+    (its Gauss-Newton variance times the calibration's in-plane factor when there is one).
+    """
+    opt = ctx.options
+    level = opt.refine_levels[-1]
+    t0 = time.perf_counter()
+    T = pose.to(ctx.device, torch.float64)
+    C = ctx.camera_from_reference.to(ctx.device, torch.float64).clone()
+    sd_rot, sd_iso = math.radians(opt.relative_rotation_sd_deg), opt.relative_isocentre_sd_mm
+    for k in range(1, ctx.n_views):
+        own = ctx.intensity_residual(level, views=[k])
+        inverse = se3_inverse(C[k])
+        image = (lambda own, inverse: lambda P: own(inverse @ P))(own, inverse)
+        P0 = (C[k] @ T)[None]
+        with torch.no_grad():
+            r0 = image(P0)
+        noise = float(r0.pow(2).sum() / max(1, r0.shape[-1] - 6)) ** 0.5 * ctx.noise_scale
+        depth = float(transform_points(P0[0], centre.to(P0)[None])[0, 2])
+        iso = torch.tensor([0.0, 0.0, depth], dtype=torch.float64, device=ctx.device)
+
+        def residual(P, image=image, P0=P0, iso=iso, noise=noise):
+            D = P @ se3_inverse(P0)
+            R = D[..., :3, :3]
+            W = 0.5 * (R - R.transpose(-1, -2))
+            rotation = torch.stack([W[..., 2, 1], W[..., 0, 2], W[..., 1, 0]], dim=-1)  # sin(angle) axis
+            moved = (R @ iso[:, None])[..., 0] + D[..., :3, 3] - iso
+            prior = noise * torch.cat([rotation / sd_rot, moved / sd_iso], dim=-1)
+            r = image(P)
+            return torch.cat([r, prior.to(r.dtype)], dim=-1)
+
+        res = levenberg_marquardt(residual, P0, max_iters=level.iterations, max_rotation=4 * sd_rot,
+                                  max_translation=opt.max_translation_mm,
+                                  callback=ctx.iteration_callback(f"relative pose {k}", level.iterations))
+        ctx.check_cancel()
+        if not bool(res.diverged[0]):
+            C[k] = res.pose[0] @ se3_inverse(T)
+    ctx.camera_from_reference = C.to(ctx.camera_from_reference)
+    step = intensity_refinement(ctx, pose, levels=opt.refine_levels[-1:])
+    step.seconds = time.perf_counter() - t0
+    return step

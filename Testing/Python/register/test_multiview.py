@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from SphericalRegLib import cli
+from SphericalRegLib.errors import InputError
 from SphericalRegLib.evaluation.rows import errors
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.model import load_model
 from SphericalRegLib.register import RegisterOptions, Registrar, write_outputs
 from SphericalRegLib.simulate import simulate_case, write_cases
+from SphericalRegLib.views import orbit
 from fixtures import tiny_ct, tiny_levels, write_ct
 
 OPTIONS = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=10), search_steps=(1, 1, 1))
@@ -76,3 +78,21 @@ def test_multi_view_outputs_and_the_register_command(two_view_case, tiny_model_f
     assert "view_1" in json.loads((out / "transform.json").read_text())["views"]
     assert cli.main(args + ["--views", "1", "--overwrite"]) in (0, 3)
     assert json.loads((out / "result.json").read_text())["views"] == 1
+
+
+def test_a_relative_pose_known_only_roughly_is_refined_within_its_prior_and_reported(two_view_case, tiny_model_file):
+    case = read_case(two_view_case)
+    truth, _ = read_truth(two_view_case)
+    view = case.views[1]
+    off = dataclasses.replace(view, camera_from_reference=orbit(3.0, 0.0, 800.0) @ view.camera_from_reference)
+    options = dataclasses.replace(OPTIONS, relative_rotation_sd_deg=2.0)
+    result = Registrar(load_model(tiny_model_file, case.ct), case.ct, options).register(
+        case.xray, case.camera, truth, other_views=[off])
+    assert list(result.stages)[-1] == "relative" and result.views[0].relative is None
+    moved = result.views[1].relative
+    assert 0 < moved["rotation_deg"] <= 4 * 2.0 + 1e-6
+    refined = torch.tensor(moved["camera_from_reference"], dtype=torch.float64)
+    assert torch.allclose(result.views[1].camera_from_world, refined @ result.camera_from_world)
+    assert "relative_pose_refined" in result.to_json()["per_view"][1]
+    with pytest.raises(InputError, match="relative_rotation_sd_deg: is -1"):
+        RegisterOptions(relative_rotation_sd_deg=-1.0)
