@@ -7,7 +7,8 @@ import torch
 
 from SphericalRegLib.camera import Camera, canonical_ap_pose, project
 from SphericalRegLib.errors import InputError
-from SphericalRegLib.xray import collimator_mask, looks_like_line_integrals, preprocess, resample, to_line_integrals
+from SphericalRegLib.xray import (collimator_mask, defects, describe, looks_like_line_integrals, preprocess, resample,
+                                  shutter_mask, to_line_integrals)
 
 ROWS, COLS = 60, 80
 I0 = 3000.0
@@ -157,3 +158,64 @@ def test_preprocess_for_camera_masks_what_the_source_detector_never_saw():
     assert valid[32, 32] and not valid[0, 0] and not valid[63, 32]
     assert 0.2 < float(valid.float().mean()) < 0.3  # about a quarter of the wider field
     assert float(L[~valid].abs().max()) == 0.0
+
+
+def noisy_counts(L, photons=20000.0, gain=3.0, offset=150.0, seed=0):
+    """Raw 16-bit counts of line integrals ``L`` with Poisson noise (air bright)."""
+    g = torch.Generator().manual_seed(seed)
+    return (gain * torch.poisson(photons * torch.exp(-L), generator=g) + offset).round().clamp(0, 65535)
+
+
+def test_describe_tells_raw_counts_from_processed_exports_and_their_polarity():
+    L = body_line_integrals() + 1.0
+    raw = noisy_counts(L)
+    d = describe(raw)
+    assert d["encoding"] == "intensity" and d["photometric"] == "MONOCHROME2"
+    # a log export windowed at 2-98%: black and white plateaus, air bright, shutter black at the border
+    y = -L
+    lo, hi = torch.quantile(y, torch.tensor([0.02, 0.98], dtype=y.dtype))
+    z = ((y - lo) / (hi - lo)).clamp(0, 1)
+    z[:, :12] = 0  # a blade's shadow, clipped black
+    export = (255 * z).round()
+    d = describe(export)
+    assert d["encoding"] == "processed" and d["photometric"] == "MONOCHROME2" and d["confident"]
+    d = describe(255 - export)  # bone bright: the border is clipped white
+    assert d["encoding"] == "processed" and d["photometric"] == "MONOCHROME1"
+    assert describe(255 - export, "MONOCHROME2")["photometric"] == "MONOCHROME2"  # a given photometric wins
+
+
+def test_a_processed_export_is_read_affinely_with_its_clipped_pixels_invalid():
+    L = body_line_integrals() + 1.0
+    L = torch.where(L > 1.5, L, 1.5 + 0.1 * torch.rand(L.shape, generator=torch.Generator().manual_seed(2),
+                                                        dtype=L.dtype))  # the field full of body, as a chest view
+    y = -L
+    lo, hi = torch.quantile(y, torch.tensor([0.05, 0.95], dtype=y.dtype))
+    z = ((y - lo) / (hi - lo)).clamp(0, 1)
+    export = 255 - (255 * z).round()  # bone bright
+    read, _, valid = preprocess(export, camera(), size=80, photometric="AUTO")
+    clipped = (export == 0) | (export == 255)
+    assert torch.equal(valid, ~clipped)
+    a, b = read[valid].double(), L[valid]
+    corr = torch.corrcoef(torch.stack([a, b]))[0, 1]
+    assert corr > 0.999
+
+
+def test_shutters_next_to_dark_anatomy_are_found_and_defects_replaced():
+    L = body_line_integrals() + 2.0  # no air at the border: dark anatomy everywhere
+    shadow = torch.zeros_like(L, dtype=torch.bool)
+    shadow[:10] = True
+    shadow[:, 70:] = True
+    blades = torch.where(shadow, L + 3.0, L)
+    mask = shutter_mask(blades)
+    assert torch.equal(mask[12:-2, 2:68], torch.ones(ROWS - 14, 66, dtype=torch.bool))
+    assert not mask[:10].any() and not mask[:, 70:].any() and mask.float().mean() > 0.7
+    assert shutter_mask(L).all()  # anatomy alone is no blade
+    counts = noisy_counts(torch.where(shadow, L + 3.9, L))
+    counts[0] = 150.0  # a dead line at the edge
+    counts[30, 30] = 65535.0  # a hot pixel
+    read, _, valid = preprocess(counts, camera(), size=80)
+    assert not valid[:10].any() and not valid[:, 70:].any()
+    inside = valid & ~shadow
+    error = read[inside].double() - L[inside]  # I0 is the thinnest anatomy: L up to a constant
+    assert torch.quantile((error - error.median()).abs(), 0.9) < 0.3 and abs(float(read[30, 30]) - float(L[30, 30]) - float(error.median())) < 0.5
+    assert not defects(L).any() and defects(to_line_integrals(counts, check=False))[30, 30]

@@ -17,3 +17,29 @@ def test_ncc_residual_forms_give_the_mean_ncc_cost_and_vanish_at_a_match():
     assert float(match.abs().max()) < 1e-3
     with pytest.raises(InputError, match="form"):
         ncc_residual(8, "ssd")
+
+
+def test_a_mask_keeps_the_length_ignores_masked_pixels_and_is_exact_when_all_true():
+    from SphericalRegLib.register.residuals import bright_outliers
+
+    g = torch.Generator().manual_seed(1)
+    b = torch.rand(2, 1, 40, 40, generator=g)
+    a = 2 * b + 0.1 * torch.rand(2, 1, 40, 40, generator=g)
+    for form in ("difference", "ncc"):
+        residual = ncc_residual(8, form)
+        full = residual(a, b)
+        assert torch.equal(residual(a, b, torch.ones(1, 1, 40, 40, dtype=torch.bool)), full)
+        mask = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+        mask[..., :, 25:] = False
+        spoilt = a.clone()
+        spoilt[..., :, 25:] = 50.0  # a blade, a clipped band: whatever lies there
+        masked = residual(spoilt, b, mask)
+        assert masked.shape == full.shape
+        assert torch.allclose(masked, residual(a, b, mask), atol=1e-6)
+        assert float(0.5 * masked.pow(2).sum(-1).max()) < float(0.5 * residual(spoilt, b).pow(2).sum(-1).min())
+    # metal: far brighter than anything the DRR shows
+    x = a.clone()
+    x[..., 10:14, 10:30] += 20.0
+    found = bright_outliers(x, b, torch.ones(1, 1, 40, 40, dtype=torch.bool))
+    assert found[..., 10:14, 10:30].all() and found.float().mean() < 0.1
+    assert not bright_outliers(a, b, torch.ones(1, 1, 40, 40, dtype=torch.bool)).any()
