@@ -42,21 +42,25 @@ from .jobs import (
 from .logic import CONFIDENCE_WARNING, SphericalRegLogic, gpu_available, resolve_device_choice
 from .nodes import (
     ATTRIBUTE_PREFIX,
+    FurtherView,
     beam_model_node,
     camera_from_dicom_tags,
     camera_from_node,
     create_drr_node,
     detector_ijk_to_camera,
     detector_plane_node,
+    further_view,
     is_single_slice,
     pose_from_transform_node,
     pose_to_transform_node,
     read_result,
+    relative_pose_beside_file,
     set_camera_attributes,
     show_c_arm,
     source_marker_node,
     store_result,
     update_node_from_volume,
+    view_name,
     volume_from_node,
     write_case,
     write_volume_nrrd,
@@ -65,13 +69,13 @@ from .nodes import (
 )
 
 __all__ = [
-    "ATTRIBUTE_PREFIX", "BackgroundProcess", "COMPARE_MODES", "CONFIDENCE_WARNING", "Job", "Progress",
+    "ATTRIBUTE_PREFIX", "BackgroundProcess", "COMPARE_MODES", "CONFIDENCE_WARNING", "FurtherView", "Job", "Progress",
     "SphericalRegLogic", "beam_model_node", "camera_from_dicom_tags", "camera_from_node", "comparison_node",
     "create_drr_node", "detector_ijk_to_camera", "detector_plane_node", "difference_image", "drr_command",
-    "edge_image", "export_transform", "gpu_available", "is_single_slice", "missing_packages",
+    "edge_image", "export_transform", "further_view", "gpu_available", "is_single_slice", "missing_packages",
     "openigtlink_available", "parse_progress", "pose_from_transform_node", "pose_to_transform_node",
-    "read_result", "register_command", "resolve_device_choice", "save_scene_bundle", "send_transform",
+    "read_result", "register_command", "relative_pose_beside_file", "resolve_device_choice", "save_scene_bundle", "send_transform",
     "set_camera_attributes", "set_overlay_opacity", "show_c_arm", "show_overlay", "source_marker_node",
-    "store_result", "train_command", "update_node_from_volume", "volume_from_node", "write_case",
+    "store_result", "train_command", "update_node_from_volume", "view_name", "volume_from_node", "write_case",
     "write_volume_nrrd", "xray_for_registration", "xray_image_from_node",
 ]

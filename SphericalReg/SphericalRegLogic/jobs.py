@@ -9,9 +9,10 @@ model nor renders a DRR):
    transform.json, world_from_camera.tfm, overlay.png); its exit status 3 (diverged: outputs
    written, the pose flagged) goes on to the DRR so the user can see why;
 2. ``python drr_worker.py CASE OUT/result.json OUT/drr.npy``: the CT's DRR at the found pose on
-   the X-ray's full grid, rendered in row blocks so memory stays bounded at any detector size.
+   the X-ray's full grid, rendered in row blocks so memory stays bounded at any detector size;
+   for a case with further views (``view_k/``) also each view's, to ``OUT/drr_view_k.npy``.
 
-The panel then makes the DRR node from ``drr.npy``.
+The panel then makes each DRR node from those files.
 """
 
 from __future__ import annotations
@@ -240,6 +241,8 @@ class Job:
     The node IDs are the panel's choice at the moment the job started: the result lands on them
     even if the user selects other nodes while it runs. ``work_dir`` (the case, an uncompressed
     copy of the CT) is deleted by :meth:`cleanup` when the job ends, fails or is cancelled.
+    ``xray_id``, ``camera`` and ``drr_path`` are view 0's; ``views`` holds each further view's
+    (``{"index", "name", "xray_id", "camera", "drr_path"}``), empty for one X-ray.
     """
 
     kind: str  # "register" or "train"
@@ -252,6 +255,7 @@ class Job:
     result_path: Optional[Path] = None
     drr_path: Optional[Path] = None
     model_path: Optional[Path] = None
+    views: List[dict] = field(default_factory=list)
     log: List[str] = field(default_factory=list)
 
     def poll(self) -> List[str]:

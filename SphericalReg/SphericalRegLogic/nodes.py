@@ -11,8 +11,9 @@ the functions that need them, so this module loads in a Slicer that has not inst
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import vtk
@@ -223,6 +224,99 @@ def xray_for_registration(xray_node) -> np.ndarray:
     return pixels
 
 
+# --------------------------------------------------------------------------- further views
+
+
+RELATIVE_POSE_EXPECTED = ("a linear transform node whose matrix (to parent) is camera_from_reference (view 0's camera "
+                          "frame to this view's), or a geometry.json beside the X-ray's file with \"camera_from_reference\"")
+
+
+def view_name(index: int) -> str:
+    """How the case folder and result.json name view ``index`` (conventions: ``view 0``, ``view_1`` ...)."""
+    return "view 0" if index == 0 else f"view_{index}"
+
+
+def view_label(index: int, xray_node) -> str:
+    """``view_1 (name)``: the name messages use for a view given by a node."""
+    name = xray_node.GetName() if xray_node is not None else "no X-ray"
+    return f"{view_name(index)} ({name})"
+
+
+def relative_pose_beside_file(xray_node) -> Optional[np.ndarray]:
+    """camera_from_reference from a geometry.json beside the file the node was loaded from (a
+    ``view_k/`` folder of a case, as ``sphericalreg simulate --views`` writes it); None when
+    there is no such file or it has no ``camera_from_reference``. Not checked here."""
+    storage = xray_node.GetStorageNode() if xray_node is not None else None
+    if storage is None or not storage.GetFileName():
+        return None
+    geometry = Path(storage.GetFileName()).parent / "geometry.json"
+    if not geometry.is_file():
+        return None
+    try:
+        obj = json.loads(geometry.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    value = obj.get("camera_from_reference") if isinstance(obj, dict) else None
+    return None if value is None else value
+
+
+def relative_pose_from_transform_node(transform_node) -> np.ndarray:
+    """The node's own matrix to its parent (its parents are not applied): camera_from_reference, unchecked."""
+    m = vtk.vtkMatrix4x4()
+    transform_node.GetMatrixTransformToParent(m)
+    return matrix_of(m)
+
+
+@dataclass
+class FurtherView:
+    """View k >= 1 of a registration: its X-ray node, its Camera and ``camera_from_reference``
+    (4x4 rigid, view 0's camera frame to this view's), as :func:`further_view` checks them."""
+
+    index: int
+    xray_node: object
+    camera: object
+    camera_from_reference: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return view_name(self.index)
+
+
+def further_view(index: int, xray_node, camera, relative=None, reference_xray_node=None) -> FurtherView:
+    """View ``index`` (1, 2, ...) checked, with messages that name it (``view_1 (node name)``).
+
+    ``relative``: a linear transform node holding camera_from_reference, a 4x4 matrix, or None to
+    read it from a geometry.json beside the X-ray's file. The view may have another image size or
+    pixel spacing than view 0; it must be a single-slice image other than view 0's node, its
+    camera must be for its own size, and its relative pose must be given and rigid."""
+    label = view_label(index, xray_node)
+    if index < 1:
+        raise input_error(label, f"is view {index}", "a further view numbered from 1 (view 0 is the X-ray)")
+    if xray_node is None or not is_single_slice(xray_node):
+        raise input_error(label, "is not a single-slice image", "a 2D X-ray")
+    if reference_xray_node is not None and xray_node.GetID() == reference_xray_node.GetID():
+        raise input_error(label, "is the same node as view 0's X-ray", "another X-ray of the same patient position")
+    if camera is None:
+        raise input_error(label, "has no geometry", "its C-arm geometry (stored, geometry.json, DICOM or typed in)")
+    rows, cols = xray_image_from_node(xray_node).shape
+    if tuple(camera.image_size) != (rows, cols):
+        raise input_error(label, f"geometry is for a {camera.image_size[0]} x {camera.image_size[1]} image",
+                          f"{rows} x {cols}, the size of its X-ray")
+    camera = camera.validate(label)
+    if relative is None:
+        matrix, source = relative_pose_beside_file(xray_node), f"{label}: geometry.json beside its file"
+    elif hasattr(relative, "GetMatrixTransformToParent"):
+        matrix, source = relative_pose_from_transform_node(relative), f"{label}: transform {relative.GetName()}"
+    else:
+        matrix, source = relative, label
+    if matrix is None:
+        raise input_error(label, "has no relative pose (camera_from_reference)", RELATIVE_POSE_EXPECTED)
+    from SphericalRegLib.io.cases import as_pose
+
+    checked = as_pose(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, source, "camera_from_reference")
+    return FurtherView(index, xray_node, camera, checked.numpy())
+
+
 # --------------------------------------------------------------------------- poses and geometry nodes
 
 
@@ -313,20 +407,28 @@ def source_marker_node(transform_node, name: str = "SphericalReg source"):
     return node
 
 
-def show_c_arm(transform_node, camera, xray_node, image=None) -> dict:
-    """Detector plane (with the X-ray), beam outline and source under the result transform,
-    replacing the ones an earlier registration put there; returns them by role."""
+VIEW_COLOURS = ((1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 0.5, 0.0))
+"""The beam outline's colour per view (view 0 first), so the C-arms in the 3D view are told apart."""
+
+
+def show_c_arm(transform_node, camera, xray_node, image=None, index: int = 0) -> dict:
+    """Detector plane (with the X-ray), beam outline and source under the result transform (of
+    view ``index``), replacing the ones an earlier registration put there; returns them by role."""
     scene = scene_of(transform_node)
     for role in ("detector", "beam", "source"):
         old = transform_node.GetNodeReference(ATTRIBUTE_PREFIX + role)
         if old is not None:
             scene.RemoveNode(old)
     pixels = xray_image_from_node(xray_node) if image is None else image
+    suffix = "" if index == 0 else f" {view_name(index)}"
     nodes = {
         "detector": detector_plane_node(camera, transform_node, pixels, f"{xray_node.GetName()} on detector"),
-        "beam": beam_model_node(camera, transform_node),
-        "source": source_marker_node(transform_node),
+        "beam": beam_model_node(camera, transform_node, f"SphericalReg beam{suffix}"),
+        "source": source_marker_node(transform_node, f"SphericalReg source{suffix}"),
     }
+    display = nodes["beam"].GetDisplayNode()
+    if display is not None:
+        display.SetColor(*VIEW_COLOURS[index % len(VIEW_COLOURS)])
     for role, node in nodes.items():
         transform_node.SetNodeReferenceID(ATTRIBUTE_PREFIX + role, node.GetID())
     return nodes
@@ -371,12 +473,20 @@ def write_volume_nrrd(volume_node, path) -> Path:
     return Path(path)
 
 
-def write_case(ct_node, xray_node, camera, folder, init_camera_from_world=None) -> Path:
-    """Write a case folder of the conventions (ct.nrrd, xray.npy, geometry.json[, init.json]).
+def write_case(ct_node, xray_node, camera, folder, init_camera_from_world=None,
+               other_views: Sequence[FurtherView] = ()) -> Path:
+    """Write a case folder of the conventions (ct.nrrd, xray.npy, geometry.json[, init.json]),
+    and for each further view ``view_k/`` with its xray.npy and a geometry.json that adds
+    ``camera_from_reference`` (conventions, "Several views of one case").
 
-    The CT is written by Slicer's own NRRD writer; the X-ray is what :func:`xray_for_registration`
-    gives (MONOCHROME2). ``folder`` must be new or empty: nothing is overwritten.
+    The CT is written by Slicer's own NRRD writer; each X-ray is what :func:`xray_for_registration`
+    gives (MONOCHROME2). ``other_views``: :class:`FurtherView`, numbered 1, 2, ... in order.
+    ``folder`` must be new or empty: nothing is overwritten.
     """
+    for k, view in enumerate(other_views, start=1):
+        if view.index != k:
+            raise input_error(view_label(view.index, view.xray_node), f"is given as further view number {k}",
+                              "further views numbered 1, 2, ... without gaps")
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise input_error(folder, "is not empty", "a new folder for the registration case")
@@ -387,6 +497,13 @@ def write_case(ct_node, xray_node, camera, folder, init_camera_from_world=None) 
     if init_camera_from_world is not None:
         T = rigid(init_camera_from_world, "init")
         (folder / "init.json").write_text(json.dumps({"camera_from_world": T.tolist()}, indent=2))
+    for view in other_views:
+        sub = folder / view.name
+        sub.mkdir()
+        np.save(sub / "xray.npy", xray_for_registration(view.xray_node))
+        relative = rigid(view.camera_from_reference, f"{view_label(view.index, view.xray_node)}: camera_from_reference")
+        geometry = {**view.camera.to_json(), "camera_from_reference": relative.tolist()}
+        (sub / "geometry.json").write_text(json.dumps(geometry, indent=2))
     return folder
 
 

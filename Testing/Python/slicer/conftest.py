@@ -38,6 +38,33 @@ def find_python():
     return interpreter
 
 
+@pytest.fixture(scope="session")
+def tiny_two_view_case(tiny_volume, tmp_path_factory):
+    """One simulated two-view case of the tiny CT (48 x 48 px views, the second turned 60-90 deg),
+    with view_1's X-ray cropped to 40 x 44 px (and its principal point with it): views of
+    different sizes are allowed, and the panel must keep each on its own grid."""
+    import json
+
+    import numpy as np
+    from fixtures import write_ct
+    from SphericalRegLib.camera import Camera
+    from SphericalRegLib.io import read_xray
+    from SphericalRegLib.simulate import write_cases
+
+    folder = tmp_path_factory.mktemp("tiny_two_views")
+    write_ct(tiny_volume, folder / "ct.nii.gz")
+    (case,) = write_cases(folder / "ct.nii.gz", folder / "cases", 1, seed=7, size=48, views=2, log=lambda m: None)
+    view = case / "view_1"
+    image, camera, _ = read_xray(next(view.glob("xray.*")), view / "geometry.json")
+    geometry = json.loads((view / "geometry.json").read_text())
+    for old in view.glob("xray.*"):
+        old.unlink()
+    np.save(view / "xray.npy", image.numpy()[3:43, 2:46].astype(np.float32))
+    cropped: Camera = camera.cropped(3, 2, 40, 44)
+    (view / "geometry.json").write_text(json.dumps({**geometry, **cropped.to_json()}))
+    return case
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",

@@ -701,3 +701,136 @@ def test_sample_xray_carries_its_geometry(scene, tmp_path):
     storage.SetFileName(str(copy))
     node.SetAndObserveStorageNodeID(storage.GetID())
     assert L.camera_from_node(node) == camera
+
+
+# ------------------------------------------------------------------ several views (issue 13)
+
+CAMERA_1 = Camera(sdd=1100.0, pixel_spacing=(0.6, 0.6), principal_point=(14.0, 8.5), image_size=(16, 30))
+
+
+def _turn(deg=75.0) -> np.ndarray:
+    from SphericalRegLib.views import orbit
+
+    return orbit(deg, 5.0, 800.0).numpy()
+
+
+def test_case_for_two_xray_nodes_reads_back_as_two_views(scene, tmp_path):
+    """view_1/ as the conventions say: its own X-ray (another size and pixel spacing: allowed) and a
+    geometry.json with camera_from_reference, from a transform node or a matrix."""
+    from SphericalRegLib.io import read_case
+
+    ct = _volume_node(scene, np.zeros((4, 5, 6), np.int16), _oblique_ijk_to_ras())
+    image0 = np.random.default_rng(1).uniform(100, 4000, (20, 24)).astype(np.float32)
+    image1 = np.random.default_rng(2).uniform(100, 4000, (16, 30)).astype(np.float32)
+    xray0 = _volume_node(scene, image0[None], np.eye(4), "ap")
+    xray1 = _volume_node(scene, image1[None], np.eye(4), "lateral")
+    relative = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "lateral from ap")
+    relative.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(_turn()))
+    views = L.SphericalRegLogic.further_views(xray0, [(xray1, CAMERA_1, relative)])
+    assert views[0].name == "view_1" and np.allclose(views[0].camera_from_reference, _turn())
+    case = read_case(L.write_case(ct, xray0, CAMERA, tmp_path / "case", _pose(), views))
+    assert len(case.views) == 2 and [v.name for v in case.views] == ["view 0", "view_1"]
+    assert torch.equal(case.views[0].xray, torch.from_numpy(image0)) and case.views[0].camera == CAMERA
+    assert torch.equal(case.views[1].xray, torch.from_numpy(image1)) and case.views[1].camera == CAMERA_1
+    assert torch.allclose(case.views[1].camera_from_reference, torch.from_numpy(_turn()), atol=1e-12)
+    assert torch.allclose(case.views[0].camera_from_reference, torch.eye(4, dtype=torch.float64))
+    # a second X-ray loaded from a view_1/ folder carries its relative pose in the geometry.json beside it
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(tmp_path / "case" / "view_1" / "xray.npy"))
+    xray1.SetAndObserveStorageNodeID(storage.GetID())
+    assert np.allclose(L.relative_pose_beside_file(xray1), _turn())
+    assert L.camera_from_node(xray1) == CAMERA_1
+    (beside,) = L.SphericalRegLogic.further_views(xray0, [(xray1, CAMERA_1, None)])
+    assert np.allclose(beside.camera_from_reference, _turn())
+
+
+def test_bad_second_views_are_named(scene, tmp_path):
+    ct = _volume_node(scene, np.zeros((4, 5, 6), np.int16), np.eye(4))
+    xray0 = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "ap")
+    xray1 = _volume_node(scene, np.ones((1, 16, 30), np.float32), np.eye(4), "lateral")
+    logic = L.SphericalRegLogic()
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")
+
+    def start(*views):
+        return logic.start_registration(ct, xray0, CAMERA, model, other_views=views, work_dir=tmp_path / "w",
+                                        python=sys.executable)
+
+    with pytest.raises(InputError, match=r"view_1 \(lateral\).*no relative pose.*camera_from_reference"):
+        start((xray1, CAMERA_1, None))
+    sheared = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "sheared")
+    sheared.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.diag([1.0, 1.2, 1.0, 1.0])))
+    with pytest.raises(InputError, match=r"view_1 \(lateral\): transform sheared.*camera_from_reference is not a rigid"):
+        start((xray1, CAMERA_1, sheared))
+    with pytest.raises(InputError, match=r"view_1 \(lateral\).*geometry is for a 20 x 24 image.*16 x 30"):
+        start((xray1, CAMERA, _turn()))
+    with pytest.raises(InputError, match=r"view_1 \(ap\).*same node as view 0"):
+        start((xray0, CAMERA, _turn()))
+    ct_as_xray = _volume_node(scene, np.zeros((3, 4, 5), np.float32), np.eye(4), "ct again")
+    with pytest.raises(InputError, match=r"view_2 \(ct again\).*single-slice"):
+        start((xray1, CAMERA_1, _turn()), (ct_as_xray, CAMERA_1, _turn()))
+    with pytest.raises(InputError, match=r"view_2 \(lateral\).*same node as view_1"):
+        start((xray1, CAMERA_1, _turn()), (xray1, CAMERA_1, _turn(-80)))
+    assert logic.job is None and not (tmp_path / "w").exists()
+
+
+def test_two_view_job_gives_a_drr_and_a_transform_per_view(scene, tiny_model_file, tiny_two_view_case):
+    """A real two-view job (tiny model, a few iterations): result.json says two views, each view
+    gets its DRR node (from drr.npy and drr_view_1.npy, on its own X-ray's grid) and its transform
+    (world_from_camera_view_1, as the .tfm holds it) with its C-arm under it."""
+    from SphericalRegLib.io import read_case, read_itk_transform
+
+    case = read_case(tiny_two_view_case)
+    assert len(case.views) == 2 and case.views[1].xray.shape == (40, 44)
+    ct = _volume_node(scene, case.ct.data.permute(2, 1, 0).numpy(), case.ct.ijk_to_ras.numpy(), "ct")
+    xray0 = _volume_node(scene, case.xray.numpy()[None], _oblique_ijk_to_ras(), "ap")
+    xray1 = _volume_node(scene, case.views[1].xray.numpy()[None], np.eye(4), "lateral")
+    relative = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "lateral from ap")
+    relative.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(case.views[1].camera_from_reference.numpy()))
+    logic = L.SphericalRegLogic()
+    job = logic.start_registration(ct, xray0, case.camera, tiny_model_file, init_camera_from_world=case.init,
+                                   python=sys.executable, device="cpu", extra_args=FAST,
+                                   other_views=[(xray1, case.views[1].camera, relative)])
+    written = read_case(job.work_dir / "case")
+    assert len(written.views) == 2
+    assert torch.allclose(written.views[1].camera_from_reference, case.views[1].camera_from_reference, atol=1e-12)
+    assert job.process.wait(timeout=300) == 0, "\n".join(job.poll()[-20:])
+    job.poll()
+    out = job.result_path.parent
+    assert (out / "drr_view_1.npy").is_file() and (out / "world_from_camera_view_1.tfm").is_file()
+    itk_view_1 = read_itk_transform(out / "world_from_camera_view_1.tfm")
+    expected = [np.load(job.drr_path), np.load(out / "drr_view_1.npy")]
+    finished = logic.finish_registration(job, scene)
+    assert finished["result"]["views"] == 2 and not job.work_dir.exists()
+    views = finished["views"]
+    assert [v["name"] for v in views] == ["view 0", "view_1"]
+    assert views[0]["transform"] is finished["transform"] and views[0]["drr"] is finished["drr"]
+    for view, xray, image in zip(views, (xray0, xray1), expected):
+        drr = view["drr"]
+        assert xray.GetNodeReference("SphericalReg.drr") is drr
+        assert np.array_equal(L.xray_image_from_node(drr), image) and image.shape == L.xray_image_from_node(xray).shape
+        assert np.array_equal(_ijk_to_ras(drr), _ijk_to_ras(xray))
+        assert view["c_arm"]["detector"].GetParentTransformNode() is view["transform"]
+        assert view["final_ncc"] is not None and "depth_sd_mm" in (view["uncertainty"] or {"depth_sd_mm": 0})
+    t1 = views[1]["transform"]
+    assert t1 is not finished["transform"] and finished["transform"].GetNodeReference("SphericalReg.view_1") is t1
+    assert np.allclose(slicer.util.arrayFromTransformMatrix(t1), np.asarray(itk_view_1), atol=1e-6)
+    T0 = L.pose_from_transform_node(finished["transform"])
+    assert np.allclose(L.pose_from_transform_node(t1), case.views[1].camera_from_reference.numpy() @ T0, atol=1e-6)
+    assert t1.GetAttribute("SphericalReg.final_ncc") not in (None, "")
+    # the detector plane of view 1 sits where view 1's camera images its pixels
+    plane = views[1]["c_arm"]["detector"]
+    (du, dv), (cu, cv) = case.views[1].camera.pixel_spacing, case.views[1].camera.principal_point
+    world = _to_world(plane) @ [5, 7, 0, 1]
+    assert np.allclose(world, np.linalg.inv(L.pose_from_transform_node(t1)) @ [(5 - cu) * du, (7 - cv) * dv,
+                                                                                case.views[1].camera.sdd, 1.0],
+                       atol=1e-6)
+    # a second result reuses view 1's transform and DRR node
+    n_transforms = scene.GetNumberOfNodesByClass("vtkMRMLLinearTransformNode")
+    job = logic.start_registration(ct, xray0, case.camera, tiny_model_file, finished["transform"],
+                                   init_camera_from_world=case.init, python=sys.executable, device="cpu",
+                                   extra_args=FAST, other_views=[(xray1, case.views[1].camera, relative)])
+    assert job.process.wait(timeout=300) == 0
+    again = logic.finish_registration(job, scene)
+    assert again["views"][1]["transform"] is t1 and again["views"][1]["drr"] is views[1]["drr"]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLinearTransformNode") == n_transforms
