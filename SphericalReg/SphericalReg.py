@@ -104,6 +104,9 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox.addItem(_(label), value)
         self.ui.xraySelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onXrayChanged)
         self.ui.fillGeometryButton.connect("clicked(bool)", self.onFillGeometry)
+        self.ui.xray2Selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onXray2Changed)
+        self.ui.fillGeometry2Button.connect("clicked(bool)", self.onFillGeometry2)
+        self.ui.viewComboBox.connect("currentIndexChanged(int)", self.onViewChanged)
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
@@ -120,6 +123,10 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.edgesRadioButton.connect("toggled(bool)", self.updateComparison)
         self.ui.cancelButton.enabled = False
         self.ui.confidenceWarningLabel.visible = False
+        self.ui.viewsLabel.visible = False
+        self._resultViews = []  # after a registration: each view's name, X-ray and DRR (view 0 first)
+        self._fillingViews = False
+        self._setViewChoices([])
         self.ui.progressBar.setValue(0)
         self.ui.sendIGTLButton.visible = openigtlink_available()
         self.ui.igtlHostLineEdit.visible = openigtlink_available()
@@ -185,9 +192,11 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = self.logic is not None and self.logic.job is not None
         model = bool(p and str(p.modelPath) not in ("", ".") and Path(p.modelPath).is_file())
         xray_ok = bool(p and p.xrayVolume and is_single_slice(p.xrayVolume))
-        self.ui.registerButton.enabled = bool(p and p.ctVolume and xray_ok and model and not busy)
+        second_ok = bool(p) and (not p.xrayVolume2 or is_single_slice(p.xrayVolume2))
+        self.ui.registerButton.enabled = bool(p and p.ctVolume and xray_ok and second_ok and model and not busy)
         self.ui.registerButton.toolTip = "" if self.ui.registerButton.enabled else \
-            _("Select a CT, a single-slice X-ray and a model file (.pt) made by Train")
+            _("Select a CT, a single-slice X-ray (and, for two views, a single-slice second X-ray) and a model "
+              "file (.pt) made by Train")
         self.ui.trainButton.enabled = bool(p and p.ctVolume and not busy)
         self.ui.cancelButton.enabled = busy
         self.ui.installButton.enabled = not busy
@@ -216,18 +225,26 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ geometry
 
-    def _camera(self):
+    def _camera(self, geometry=None, node=None, label=None):
+        """The Camera of the geometry fields (view 0's unless ``geometry``/``node`` say otherwise)."""
         from SphericalRegLib.camera import Camera
         from SphericalRegLogic.nodes import xray_image_from_node
 
-        g = self._parameterNode.geometry
-        rows, cols = xray_image_from_node(self._parameterNode.xrayVolume).shape
+        g = geometry if geometry is not None else self._parameterNode.geometry
+        rows, cols = xray_image_from_node(node if node is not None else self._parameterNode.xrayVolume).shape
         return Camera(g.sdd, (g.pixelSpacingU, g.pixelSpacingV), (g.principalPointU, g.principalPointV),
-                      (rows, cols)).validate(_("X-ray geometry in the panel"))
+                      (rows, cols)).validate(label or _("X-ray geometry in the panel"))
 
     def onXrayChanged(self, node) -> None:
         """Fill the geometry quietly: no popup, no traceback (before the packages are installed, or
         for a volume that is not an X-ray, the status line says why nothing was filled)."""
+        self._fillGeometryQuietly(node, None)
+
+    def onXray2Changed(self, node) -> None:
+        """The second view's geometry, filled quietly as the first one's."""
+        self._fillGeometryQuietly(node, "geometry2")
+
+    def _fillGeometryQuietly(self, node, pack) -> None:
         if node is None or self._parameterNode is None:
             return
         if not is_single_slice(node):
@@ -239,7 +256,7 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "(Register or Install asks).")
             return
         try:
-            self._fillGeometry(node, quiet=True)
+            self._fillGeometry(node, quiet=True, pack=pack)
         except Exception as e:
             logging.debug("SphericalReg: geometry not read", exc_info=True)
             self.ui.statusLabel.text = _("Could not read the X-ray's geometry: {error}").format(error=e)
@@ -250,14 +267,20 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not read the X-ray's geometry."), waitCursor=True):
             self._fillGeometry(self._parameterNode.xrayVolume, quiet=False)
 
-    def _fillGeometry(self, node, quiet: bool) -> None:
+    def onFillGeometry2(self) -> None:
+        if not self._dependenciesReady():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not read the second X-ray's geometry."), waitCursor=True):
+            self._fillGeometry(self._parameterNode.xrayVolume2, quiet=False, pack="geometry2")
+
+    def _fillGeometry(self, node, quiet: bool, pack: Optional[str] = None) -> None:
         camera = camera_from_node(node) if node is not None else None
         if camera is None:
             if not quiet:
                 slicer.util.warningDisplay(_("The X-ray has no stored geometry, geometry.json beside its file or "
                                              "DICOM geometry tags: type the C-arm geometry in the panel."))
             return
-        g = self._parameterNode.geometry
+        g = getattr(self._parameterNode, pack or "geometry")
         g.sdd = camera.sdd
         g.pixelSpacingU, g.pixelSpacingV = camera.pixel_spacing
         g.principalPointU, g.principalPointV = camera.principal_point
@@ -298,10 +321,26 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         name=p.xrayVolume.GetName(), sdd=camera.sdd, spacing=camera.pixel_spacing,
                         pp=camera.principal_point), _("SphericalReg: X-ray geometry")):
                 return
+            other_views = []
+            if p.xrayVolume2:
+                # the second view: its own geometry fields, its relative pose (the transform chosen, or
+                # None: the logic reads a geometry.json beside its file, or says the view has none)
+                camera2 = self._camera(p.geometry2, p.xrayVolume2, _("second X-ray's geometry in the panel"))
+                if camera_from_node(p.xrayVolume2) is None and not slicer.util.confirmOkCancelDisplay(
+                        _("{name} has no stored, geometry.json or DICOM geometry. Register with the second view's "
+                          "geometry in the panel (sdd {sdd:g} mm, pixel spacing {spacing} mm, principal point "
+                          "{pp} px)?").format(name=p.xrayVolume2.GetName(), sdd=camera2.sdd,
+                                              spacing=camera2.pixel_spacing, pp=camera2.principal_point),
+                        _("SphericalReg: X-ray geometry")):
+                    return
+                other_views.append((p.xrayVolume2, camera2, p.relativePose2))
             set_camera_attributes(p.xrayVolume, camera)  # the edited geometry travels with the scene
+            for node, view_camera, _relative in other_views:
+                set_camera_attributes(node, view_camera)
             init = pose_from_transform_node(p.outputTransform) if p.useInitialPose and p.outputTransform else None
             self.logic.start_registration(p.ctVolume, p.xrayVolume, camera, p.modelPath, p.outputTransform,
-                                          init, device=p.device, env=slicer.util.startupEnvironment())
+                                          init, device=p.device, env=slicer.util.startupEnvironment(),
+                                          other_views=other_views, relative_sd_deg=p.relativeSdDeg)
             self._started(_("Registering ..."))
 
     def onTrain(self) -> None:
@@ -320,6 +359,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = message
         self.ui.confidenceLabel.text = ""
         self.ui.confidenceWarningLabel.visible = False
+        self.ui.viewsLabel.text = ""
+        self.ui.viewsLabel.visible = False
         self.ui.logTextEdit.clear()
         self._log(" ".join(self.logic.job.process.steps[0]))
         self._timer.start()
@@ -383,8 +424,12 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showResult(self, finished: dict) -> None:
         p = self._parameterNode
         result = finished["result"]
+        views = finished.get("views") or []
         p.outputTransform = finished["transform"]
         p.drrVolume = finished["drr"]
+        p.drrVolume2 = views[1]["drr"] if len(views) > 1 else None
+        self._resultViews = [{"name": v["name"], "xray": v["xray"], "drr": v["drr"]} for v in views]
+        self._setViewChoices(views)
         self.updateComparison(fit=True)
         uncertainty = result.get("uncertainty") or {}
         confidence = result.get("confidence")
@@ -393,6 +438,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.confidenceWarningLabel.visible = low
         self.ui.progressBar.setValue(100)
         status = _("Registered in {seconds:.1f} s").format(seconds=result.get("seconds", float("nan")))
+        if len(views) > 1:
+            status += _(" ({n} views jointly)").format(n=len(views))
         if uncertainty:
             status += _("; uncertainty at the CT centre {depth:.2f} mm along the beam, {inplane:.2f} mm across it").format(
                 depth=uncertainty["depth_sd_mm"], inplane=uncertainty["inplane_sd_mm"])
@@ -403,6 +450,62 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for warning in result.get("warnings") or []:
             status += "\n" + _("Warning: {warning}").format(warning=warning)
         self.ui.statusLabel.text = status
+        self.ui.viewsLabel.text = self._describeViews(views, result.get("warnings") or [])
+        self.ui.viewsLabel.visible = len(views) > 1
+
+    @staticmethod
+    def _describeViews(views: list, warnings: list) -> str:
+        """One line per view: its X-ray, final NCC, confidence and its own uncertainty (what it
+        alone would leave), the relative pose's refinement, and whether a warning names it."""
+        if len(views) < 2:
+            return ""
+        lines = []
+        for view in views:
+            ncc, confidence = view.get("final_ncc"), view.get("confidence")
+            line = _("{view} ({name}): NCC {ncc}, confidence {confidence}").format(
+                view=view["name"], name=view["xray"].GetName(),
+                ncc="n/a" if ncc is None else f"{ncc:.2f}", confidence="n/a" if confidence is None else f"{confidence:.2f}")
+            u = view.get("uncertainty") or {}
+            if u.get("depth_sd_mm") is not None:
+                line += _("; alone {depth:.2f} mm along its beam, {inplane:.2f} mm across it").format(
+                    depth=u["depth_sd_mm"], inplane=u["inplane_sd_mm"])
+            refined = view.get("relative_pose_refined")
+            if refined:
+                line += _("; relative pose refined by {deg:.2f} deg ({mm:.2f} mm at the CT centre)").format(
+                    deg=refined["rotation_deg"], mm=refined["centre_shift_mm"])
+            if any(w.startswith(f"{view['name']}:") for w in warnings):
+                line += " - " + _("check this view (see the warning)")
+            lines.append(line)
+        return "\n".join(lines)
+
+    def _setViewChoices(self, views: list) -> None:
+        """The view chooser lists each view of the last result; hidden for one view."""
+        self._fillingViews = True
+        try:
+            self.ui.viewComboBox.clear()
+            for view in views or [{"name": "view 0"}]:
+                xray = view.get("xray")
+                label = view["name"] if xray is None else f"{view['name']} ({xray.GetName()})"
+                self.ui.viewComboBox.addItem(label, view.get("index", 0))
+            self.ui.viewComboBox.setCurrentIndex(0)
+        finally:
+            self._fillingViews = False
+        several = len(views) > 1
+        self.ui.viewComboBox.visible = several
+        self.ui.viewLabel.visible = several
+
+    def onViewChanged(self, index: int) -> None:
+        if not self._fillingViews and index >= 0:
+            self.updateComparison(fit=True)
+
+    def _shownView(self):
+        """(X-ray, DRR) of the view the chooser selects: view 0 is the panel's X-ray and DRR."""
+        p = self._parameterNode
+        index = self.ui.viewComboBox.itemData(self.ui.viewComboBox.currentIndex) if self._resultViews else 0
+        if not index or index >= len(self._resultViews):
+            return p.xrayVolume, p.drrVolume
+        view = self._resultViews[index]
+        return view["xray"], view["drr"]
 
     # ------------------------------------------------------------------ display
 
@@ -415,17 +518,21 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         set_overlay_opacity(slicer.mrmlScene, value)
 
     def updateComparison(self, *args, fit: bool = False) -> None:
+        """The selected view's X-ray under its DRR (or their difference, or the DRR's edges)."""
         p = self._parameterNode
-        if not (p and p.xrayVolume and p.drrVolume):
+        if not p:
+            return
+        xray, drr = self._shownView()
+        if not (xray and drr):
             return
         mode = self._compareMode()
         if mode != "drr":
             p.compareMode = mode
         with slicer.util.tryWithErrorDisplay(_("Could not compute the comparison."), waitCursor=True):
-            foreground = comparison_node(p.xrayVolume, p.drrVolume, mode, node=p.differenceVolume)
+            foreground = comparison_node(xray, drr, mode, node=p.differenceVolume)
             if mode != "drr":
                 p.differenceVolume = foreground
-            show_overlay(p.xrayVolume, foreground, self.ui.opacitySlider.value, fit=fit)
+            show_overlay(xray, foreground, self.ui.opacitySlider.value, fit=fit)
 
     # ------------------------------------------------------------------ export
 

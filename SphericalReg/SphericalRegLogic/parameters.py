@@ -53,3 +53,11 @@ class SphericalRegParameterNode:
     compareMode: Annotated[str, Choice(list(COMPARE_MODES))] = "difference"
     drrVolume: vtkMRMLScalarVolumeNode
     differenceVolume: vtkMRMLScalarVolumeNode
+    # the second view (optional): its X-ray, its geometry, its relative pose (a transform whose
+    # matrix is camera_from_reference; None: a geometry.json beside the X-ray's file), how well that
+    # pose is known (0: exact), and its DRR after a registration
+    xrayVolume2: vtkMRMLScalarVolumeNode
+    geometry2: XrayGeometry
+    relativePose2: vtkMRMLLinearTransformNode
+    relativeSdDeg: Annotated[float, WithinRange(0.0, 45.0)] = 0.0
+    drrVolume2: vtkMRMLScalarVolumeNode

@@ -144,9 +144,26 @@ def test_nothing_heavy_is_imported_when_the_module_loads():
 
 
 def test_geometry_fill_on_xray_change_never_pops_up():
-    calls = _attribute_calls(_function("onXrayChanged"))
+    """Both X-ray selectors fill their geometry through the one quiet helper, which never pops up."""
+    for handler in ("onXrayChanged", "onXray2Changed"):
+        assert _attribute_calls(_function(handler)) == {"self._fillGeometryQuietly"}, handler
+    calls = _attribute_calls(_function("_fillGeometryQuietly"))
     assert not {c for c in calls if c.endswith(("Display", "errorDisplay"))}, calls
     assert "is_single_slice" in calls and "dependencies.installed_version" in calls
+    assert "quiet=True" in ast.unparse(_function("_fillGeometryQuietly"))
+
+
+def test_second_view_widgets_are_bound_and_connected():
+    widgets = _widgets()
+    bound = {_string_property(w, "SlicerParameterName"): name for name, w in widgets.items()}
+    for parameter in ("xrayVolume2", "relativePose2", "relativeSdDeg", "geometry2.sdd", "geometry2.pixelSpacingU",
+                      "geometry2.pixelSpacingV", "geometry2.principalPointU", "geometry2.principalPointV"):
+        assert parameter in bound, parameter
+    for selector in ("xray2Selector", "relativePoseSelector"):
+        none = [p.findtext("bool") for p in widgets[selector].findall("property") if p.get("name") == "noneEnabled"]
+        assert none == ["true"], f"{selector} must offer None (one view / relative pose beside the file)"
+    for name in ("xray2Selector", "fillGeometry2Button", "viewComboBox"):
+        assert re.search(rf"self\.ui\.{name}\.connect\(", SOURCE), f"{name} is not connected"
 
 
 def test_results_come_from_the_job_not_from_the_current_selection():

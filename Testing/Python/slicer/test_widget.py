@@ -54,7 +54,11 @@ class Widget:
         self.lines.append(line)
 
     def clear(self):
-        self.lines = []
+        self.lines, self.items, self.index = [], [], 0
+
+    @property
+    def currentIndex(self):
+        return self.index
 
     def addItem(self, text, data=None):
         self.items.append((text, data))
@@ -84,6 +88,10 @@ class ParameterNode:
                                               principalPointU=0.0, principalPointV=0.0)
         self.useInitialPose, self.device, self.overlayOpacity = False, "auto", 0.5
         self.showDifference, self.compareMode = False, "difference"
+        self.xrayVolume2 = self.relativePose2 = self.drrVolume2 = None
+        self.geometry2 = types.SimpleNamespace(sdd=1020.0, pixelSpacingU=0.2, pixelSpacingV=0.2,
+                                               principalPointU=0.0, principalPointV=0.0)
+        self.relativeSdDeg = 0.0
 
     def connectGui(self, ui):
         return "tag"
