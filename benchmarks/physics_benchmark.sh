@@ -4,6 +4,7 @@
 # One registration process at a time, one thread (a shared 2-core CPU).
 #   benchmarks/physics_benchmark.sh simulate   # the case folders
 #   benchmarks/physics_benchmark.sh evaluate   # what the table reports
+#   benchmarks/physics_benchmark.sh before     # the same cases with the library before this work
 # LIMIT (default 3): cases evaluated per preset of the 6 simulated (the CPU time we had).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ CT=$($PY -c 'from SphericalRegLib.example import example_ct_path; print(example_
 MODEL=Resources/Models/chest_example.pt
 LIMIT=${LIMIT:-3}
 REPORT=${REPORT:-"shutters plain random hard instruments"}
+METHODS=${METHODS:-ours,regressor}   # ours-init: from init.json, the intensity side apart from the regressor
+TAG=${TAG:-}                          # suffix of the output folders
 case "${1:-evaluate}" in
   simulate)
     for p in shutters instruments processed-8bit hard random; do
@@ -24,7 +27,17 @@ case "${1:-evaluate}" in
     done ;;
   evaluate)
     for p in $REPORT; do
-      $SR evaluate runs/phys_eval_cases/$p --model $MODEL --methods ours,regressor --limit "$LIMIT" \
-        --out runs/phys_eval/$p --threads 1 --overwrite
+      $SR evaluate runs/phys_eval_cases/$p --model $MODEL --methods "$METHODS" --limit "$LIMIT" \
+        --out runs/phys_eval/$p$TAG --threads 1 --overwrite
+    done ;;
+  before)  # the same cases with the library of commit BEFORE_COMMIT (the reader and residual before issue 11's work)
+    BEFORE=$(mktemp -d)
+    git archive "${BEFORE_COMMIT:-88d692d}" SphericalRegLib | tar -x -C "$BEFORE"
+    ROOT=$(pwd)
+    for p in ${BEFORE_REPORT:-"shutters random"}; do
+      # from outside the repository, so that python -m imports the archived library, not the working tree
+      (cd "$BEFORE" && PYTHONPATH="$BEFORE" "$ROOT/$PY" -m SphericalRegLib.cli evaluate "$ROOT/runs/phys_eval_cases/$p" \
+        --model "$ROOT/$MODEL" --methods "$METHODS" --limit "$LIMIT" --out "$ROOT/runs/phys_eval/before_$p$TAG" \
+        --threads 1 --overwrite)
     done ;;
 esac

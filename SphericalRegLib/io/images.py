@@ -3,6 +3,7 @@ HU with its exact IJK->RAS, and an X-ray frame with its :class:`~SphericalRegLib
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,10 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None) -> 
     meta.update(photometric=found["photometric"], encoding=found["encoding"],
                 photometric_source="dicom" if dicom.PHOTOMETRIC in tags else "pixels",
                 photometric_evidence=found["evidence"], photometric_confident=found["confident"])
+    if not found["confident"]:
+        warnings.warn(f"{path.name}: a processed export whose polarity the pixels do not tell ({found['evidence']}); "
+                      f"read as {found['photometric']}. If bone is bright in it, pass photometric MONOCHROME1.",
+                      stacklevel=2)
     for key, name in ((dicom.PRIMARY_ANGLE, "positioner_primary_angle"), (dicom.SECONDARY_ANGLE, "positioner_secondary_angle")):
         if key in tags:
             try:
