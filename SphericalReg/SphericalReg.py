@@ -335,12 +335,14 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     return
                 other_views.append((p.xrayVolume2, camera2, p.relativePose2))
             set_camera_attributes(p.xrayVolume, camera)  # the edited geometry travels with the scene
-            for node, view_camera, _relative in other_views:
-                set_camera_attributes(node, view_camera)
             init = pose_from_transform_node(p.outputTransform) if p.useInitialPose and p.outputTransform else None
             self.logic.start_registration(p.ctVolume, p.xrayVolume, camera, p.modelPath, p.outputTransform,
                                           init, device=p.device, env=slicer.util.startupEnvironment(),
                                           other_views=other_views, relative_sd_deg=p.relativeSdDeg)
+            # the second view's geometry is stored once the logic accepted the view (a view refused
+            # for its relative pose keeps the geometry its file or tags give)
+            for node, view_camera, _relative in other_views:
+                set_camera_attributes(node, view_camera)
             self._started(_("Registering ..."))
 
     def onTrain(self) -> None:

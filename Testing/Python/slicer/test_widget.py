@@ -286,3 +286,74 @@ def test_train_replaces_the_file_the_dialog_confirmed(panel, tmp_path, monkeypat
     panel.widget._poll()
     assert model.read_bytes() == b"new" and panel.p.modelPath == model
     assert not [m for m in panel.messages if m[0] == "errorDisplay"], panel.messages
+
+
+def test_two_views_from_register_to_each_drr_over_its_xray(panel, tiny_model_file, tiny_two_view_case, monkeypatch):
+    """A second X-ray (loaded from the case's view_1/ folder: its geometry and relative pose come from
+    the geometry.json beside it) goes through Register to a DRR and a C-arm per view; the view
+    chooser puts the selected view's X-ray under its DRR (and Compare works on it); the results
+    area lists each view. Without a relative pose the panel names the view."""
+    from SphericalRegLib.io import read_case
+
+    import SphericalRegLogic.jobs as jobs
+
+    case = read_case(tiny_two_view_case)
+    scene, p, ui = panel.scene, panel.p, panel.ui
+    ct = _volume(scene, case.ct.data.permute(2, 1, 0).numpy(), "ct", case.ct.ijk_to_ras.numpy())
+    xray = _volume(scene, case.xray.numpy()[None], "ap")
+    lateral = _volume(scene, case.views[1].xray.numpy()[None], "lateral")
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    monkeypatch.setattr(jobs, "python_executable", lambda: sys.executable)
+    p.ctVolume, p.xrayVolume, p.modelPath = ct, xray, tiny_model_file
+    g = p.geometry
+    g.sdd, (g.pixelSpacingU, g.pixelSpacingV) = case.camera.sdd, case.camera.pixel_spacing
+    g.principalPointU, g.principalPointV = case.camera.principal_point
+
+    # the second X-ray has no file yet: no geometry read, no relative pose -> a message naming view_1
+    p.xrayVolume2 = lateral
+    panel.widget._updateButtons()
+    assert ui["registerButton"].enabled
+    with pytest.raises(Exception, match=r"view_1 \(lateral\).*no relative pose"):
+        panel.widget.onRegister()
+    assert panel.widget.logic.job is None
+
+    # loaded from view_1/: the geometry.json beside it gives its geometry and its relative pose
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(tiny_two_view_case / "view_1" / "xray.npy"))
+    lateral.SetAndObserveStorageNodeID(storage.GetID())
+    panel.widget.onXray2Changed(lateral)
+    g2 = p.geometry2
+    assert (g2.sdd, (g2.pixelSpacingU, g2.pixelSpacingV), (g2.principalPointU, g2.principalPointV)) == (
+        case.views[1].camera.sdd, case.views[1].camera.pixel_spacing, case.views[1].camera.principal_point)
+    panel.widget.onRegister()
+    job = panel.widget.logic.job
+    assert job is not None and [v["name"] for v in job.views] == ["view_1"]
+    job.process.wait(300)
+    panel.widget._poll()
+    assert not [m for m in panel.messages if m[0] == "errorDisplay"], (panel.messages, job.log[-20:])
+    assert panel.widget.logic.job is None and not job.work_dir.exists()
+    assert xray.GetNodeReference("SphericalReg.drr") is p.drrVolume
+    assert lateral.GetNodeReference("SphericalReg.drr") is p.drrVolume2 and p.drrVolume2 is not p.drrVolume
+    view_1 = p.outputTransform.GetNodeReference("SphericalReg.view_1")
+    assert view_1 is not None and view_1.GetNodeReference("SphericalReg.detector").GetParentTransformNode() is view_1
+    assert "2 views jointly" in ui["statusLabel"].text
+    lines = ui["viewsLabel"].text.splitlines()
+    assert ui["viewsLabel"].visible and len(lines) == 2
+    assert lines[0].startswith("view 0 (ap): NCC") and lines[1].startswith("view_1 (lateral): NCC")
+    assert "confidence" in lines[1]
+    assert ui["viewComboBox"].visible and [d for _, d in ui["viewComboBox"].items] == [0, 1]
+    assert composite.GetBackgroundVolumeID() == xray.GetID()
+    assert composite.GetForegroundVolumeID() == p.drrVolume.GetID()
+
+    # the chooser: view 1's X-ray under view 1's DRR, and Compare on view 1
+    ui["viewComboBox"].setCurrentIndex(1)
+    assert composite.GetBackgroundVolumeID() == lateral.GetID()
+    assert composite.GetForegroundVolumeID() == p.drrVolume2.GetID()
+    ui["differenceCheckBox"].checked = True
+    ui["differenceCheckBox"].emit("toggled(bool)", True)
+    difference = p.differenceVolume
+    assert composite.GetForegroundVolumeID() == difference.GetID()
+    assert slicer.util.arrayFromVolume(difference).shape == (1, 40, 44)  # view 1's own grid
+    ui["viewComboBox"].setCurrentIndex(0)
+    assert p.differenceVolume is difference and slicer.util.arrayFromVolume(difference).shape == (1, 48, 48)
+    assert composite.GetBackgroundVolumeID() == xray.GetID()
