@@ -834,3 +834,24 @@ def test_two_view_job_gives_a_drr_and_a_transform_per_view(scene, tiny_model_fil
     again = logic.finish_registration(job, scene)
     assert again["views"][1]["transform"] is t1 and again["views"][1]["drr"] is views[1]["drr"]
     assert scene.GetNumberOfNodesByClass("vtkMRMLLinearTransformNode") == n_transforms
+
+
+def test_in_process_registration_takes_further_views(scene, tiny_model_file, tiny_two_view_case):
+    """For scripts: register() with a second X-ray node registers both views jointly."""
+    from SphericalRegLib.io import read_case
+
+    case = read_case(tiny_two_view_case)
+    ct = _volume_node(scene, case.ct.data.permute(2, 1, 0).numpy(), case.ct.ijk_to_ras.numpy(), "ct")
+    xray0 = _volume_node(scene, case.xray.numpy()[None], np.eye(4), "ap")
+    xray1 = _volume_node(scene, case.views[1].xray.numpy()[None], np.eye(4), "lateral")
+    relative = case.views[1].camera_from_reference.numpy()
+    node, result = L.SphericalRegLogic().register(ct, xray0, case.camera, tiny_model_file, init=case.init.numpy(),
+                                                  device="cpu", other_views=[(xray1, case.views[1].camera, relative)],
+                                                  iterations=2, refine=False)
+    assert [v.name for v in result.views] == ["view 0", "view_1"] and result.to_json()["views"] == 2
+    assert np.allclose(result.views[1].camera_from_world.numpy(), relative @ result.camera_from_world.numpy(),
+                       atol=1e-9)
+    assert np.allclose(L.pose_from_transform_node(node), result.camera_from_world.numpy(), atol=1e-6)
+    with pytest.raises(InputError, match=r"view_1 \(lateral\).*not a rigid"):
+        L.SphericalRegLogic().register(ct, xray0, case.camera, tiny_model_file, init=case.init.numpy(),
+                                       other_views=[(xray1, case.views[1].camera, np.eye(4) * 2)])

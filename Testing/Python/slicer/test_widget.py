@@ -357,3 +357,21 @@ def test_two_views_from_register_to_each_drr_over_its_xray(panel, tiny_model_fil
     ui["viewComboBox"].setCurrentIndex(0)
     assert p.differenceVolume is difference and slicer.util.arrayFromVolume(difference).shape == (1, 48, 48)
     assert composite.GetBackgroundVolumeID() == xray.GetID()
+
+
+def test_a_view_named_in_a_warning_is_flagged_in_the_results(panel):
+    """result.json names a view whose final NCC is far below the best one's: the status shows the
+    warning and that view's line in the results says to check it; one view lists nothing."""
+    ap = _volume(panel.scene, np.ones((1, 4, 5), np.float32), "ap")
+    lateral = _volume(panel.scene, np.ones((1, 4, 5), np.float32), "lateral")
+    views = [{"index": 0, "name": "view 0", "xray": ap, "final_ncc": 0.91, "confidence": 0.8,
+              "uncertainty": {"depth_sd_mm": 0.3, "inplane_sd_mm": 0.05}},
+             {"index": 1, "name": "view_1", "xray": lateral, "final_ncc": 0.41, "confidence": 0.2,
+              "uncertainty": {"depth_sd_mm": 2.0, "inplane_sd_mm": 0.1},
+              "relative_pose_refined": {"rotation_deg": 1.5, "centre_shift_mm": 2.25}}]
+    warning = "view_1: its final NCC 0.41 is far below the best view's 0.91; it may show other anatomy"
+    lines = panel.module.SphericalRegWidget._describeViews(views, [warning]).splitlines()
+    assert "check this view" not in lines[0] and lines[0].startswith("view 0 (ap): NCC 0.91, confidence 0.80")
+    assert lines[1].startswith("view_1 (lateral): NCC 0.41, confidence 0.20; alone 2.00 mm along its beam")
+    assert "relative pose refined by 1.50 deg (2.25 mm" in lines[1] and lines[1].endswith("check this view (see the warning)")
+    assert panel.module.SphericalRegWidget._describeViews(views[:1], []) == ""
