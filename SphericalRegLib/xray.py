@@ -275,7 +275,8 @@ def describe(image: Tensor, photometric: str | None = None) -> dict:
         if band != band:  # nan: nothing unclipped
             band = 0.0
         inverted, confident = band >= 0.05, abs(band) >= 0.05  # weak: the default, air bright
-        evidence = f"the middle columns are {'brighter' if inverted else 'darker'} than the outer ones ({band:+.2f})"
+        evidence = (f"the middle columns are {'brighter' if inverted else 'darker'} than the outer ones ({band:+.2f})"
+                    if confident else f"no clear cue (middle columns {band:+.2f} of the range against the outer ones)")
     return {**out, "photometric": "MONOCHROME1" if inverted else "MONOCHROME2", "photometric_source": "pixels",
             "confident": confident, "evidence": evidence}
 
