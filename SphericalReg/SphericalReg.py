@@ -155,6 +155,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel()
             self._timer.stop()
             self.ui.statusLabel.text = _("Cancelled: the scene was closed.")
+        self._resultViews = []  # their nodes go with the scene
+        self._setViewChoices([])
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -507,6 +509,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not index or index >= len(self._resultViews):
             return p.xrayVolume, p.drrVolume
         view = self._resultViews[index]
+        if any(node is None or node.GetScene() is None for node in (view["xray"], view["drr"])):
+            return None, None  # removed from the scene since the result
         return view["xray"], view["drr"]
 
     # ------------------------------------------------------------------ display

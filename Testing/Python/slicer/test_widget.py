@@ -357,6 +357,9 @@ def test_two_views_from_register_to_each_drr_over_its_xray(panel, tiny_model_fil
     ui["viewComboBox"].setCurrentIndex(0)
     assert p.differenceVolume is difference and slicer.util.arrayFromVolume(difference).shape == (1, 48, 48)
     assert composite.GetBackgroundVolumeID() == xray.GetID()
+    # closing the scene forgets the views (their nodes go with it)
+    panel.widget.onSceneStartClose(None, None)
+    assert panel.widget._resultViews == [] and not ui["viewComboBox"].visible
 
 
 def test_a_view_named_in_a_warning_is_flagged_in_the_results(panel):
