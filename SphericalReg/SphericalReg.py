@@ -54,9 +54,11 @@ class SphericalReg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SphericalReg developers (implementation of Chen and Kong, WACV 2026)"]
         self.parent.helpText = _(
-            "Registers one X-ray to a CT: a patient-specific pose regressor, then Levenberg-Marquardt on a "
-            "learnt spherical similarity and an intensity refinement. The result is a transform that places "
-            "the C-arm (X-ray source and detector) in the CT's space; the CT is not moved.") + \
+            "Registers one X-ray to a CT, or two X-rays of the same patient position jointly (a biplane C-arm "
+            "or a turned one, with their relative pose): a patient-specific pose regressor, then "
+            "Levenberg-Marquardt on a learnt spherical similarity and an intensity refinement. The result is a "
+            "transform that places the C-arm (X-ray source and detector) in the CT's space, one per view; the CT "
+            "is not moved.") + \
             f' <a href="{DOCUMENTATION}">' + _("Module documentation") + "</a>."
         self.parent.acknowledgementText = _(
             'Method: M. Chen and Y. Kong, "Intraoperative 2D/3D Registration via Spherical Similarity '
