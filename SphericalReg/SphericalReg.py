@@ -39,6 +39,7 @@ from SphericalRegLogic.nodes import (
     camera_from_node,
     is_single_slice,
     pose_from_transform_node,
+    relative_pose_beside_file,
     set_camera_attributes,
 )
 
@@ -264,6 +265,14 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as e:
             logging.debug("SphericalReg: geometry not read", exc_info=True)
             self.ui.statusLabel.text = _("Could not read the X-ray's geometry: {error}").format(error=e)
+            return
+        if pack == "geometry2" and self._parameterNode.relativePose2 is None:
+            if relative_pose_beside_file(node) is not None:
+                self.ui.statusLabel.text = _("Second view: its relative pose is read from the geometry.json beside "
+                                             "its file.")
+            else:
+                self.ui.statusLabel.text = _("Second view: choose its relative pose (a transform whose matrix is "
+                                             "camera_from_reference).")
 
     def onFillGeometry(self) -> None:
         if not self._dependenciesReady():

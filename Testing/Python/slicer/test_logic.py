@@ -268,6 +268,55 @@ def test_drr_worker_images_a_bead_where_the_camera_projects_it(scene, tmp_path, 
                        atol=1e-5)
 
 
+def test_drr_worker_renders_each_view_at_its_own_pose(scene, tmp_path):
+    """view_1's DRR (drr_view_1.npy) is rendered with view 1's camera at result.json's per_view pose,
+    or at camera_from_reference @ camera_from_world when result.json has no per_view."""
+    from SphericalRegLib.views import orbit
+
+    n = 16
+    hu = np.full((n, n, n), -1000, np.int16)
+    hu[9:11, 5:7, 7:9] = 3000  # a bone bead off-centre (k, j, i)
+    A = np.diag([4.0, 4.0, 4.0, 1.0])
+    A[:3, 3] = [-30.0, -30.0, -30.0]
+    ct = _volume_node(scene, hu, A)
+    bead = torch.tensor((A @ [7.5, 5.5, 9.5, 1.0])[None, :3])
+    iso = A @ [7.5, 7.5, 7.5, 1.0]
+    camera0 = Camera(sdd=1000.0, pixel_spacing=(4.0, 4.0), principal_point=(11.5, 9.5), image_size=(20, 24))
+    camera1 = Camera(sdd=900.0, pixel_spacing=(3.0, 3.0), principal_point=(14.5, 12.0), image_size=(26, 30))
+    xray0 = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "ap")
+    xray1 = _volume_node(scene, np.ones((1, 26, 30), np.float32), np.eye(4), "lateral")
+    T = canonical_ap_pose(torch.tensor(iso[:3]), camera0.sdd)
+    relative = orbit(80.0, 4.0, 800.0)
+    (view,) = L.SphericalRegLogic.further_views(xray0, [(xray1, camera1, relative.numpy())])
+    case = L.write_case(ct, xray0, camera0, tmp_path / "case", other_views=[view])
+    worker = _drr_worker()
+
+    def centroid(drr):
+        w = np.clip(drr - 0.5 * drr.max(), 0, None)
+        rows, cols = np.mgrid[:drr.shape[0], :drr.shape[1]]
+        return np.array([(w * cols).sum(), (w * rows).sum()]) / w.sum()
+
+    (tmp_path / "result.json").write_text(json.dumps({"camera_from_world": T.tolist()}))
+    lines = []
+    drr0, drr1 = worker.render_drr(case, tmp_path / "result.json", "cpu", progress=lines.append, views=True)
+    assert drr0.shape == (20, 24) and drr1.shape == (26, 30) and lines[-1] == "PROGRESS drr 1.000"
+    assert np.abs(centroid(drr0) - project(bead, T, camera0)[0].numpy()).max() < 0.3
+    assert np.abs(centroid(drr1) - project(bead, relative @ T, camera1)[0].numpy()).max() < 0.3
+    # result.json's per_view pose (a refined relative pose) wins over camera_from_reference
+    shift = torch.eye(4, dtype=torch.float64)
+    shift[:3, 3] = torch.tensor([8.0, -5.0, 0.0])  # mm in view 1's camera frame
+    refined = shift @ relative @ T
+    (tmp_path / "result.json").write_text(json.dumps({"camera_from_world": T.tolist(), "views": 2, "per_view": [
+        {"name": "view 0", "camera_from_world": T.tolist()}, {"name": "view_1", "camera_from_world": refined.tolist()}]}))
+    out = tmp_path / "out" / "drr.npy"
+    out.parent.mkdir()
+    assert worker.main([str(case), str(tmp_path / "result.json"), str(out), "--device", "cpu"]) == 0
+    assert np.allclose(np.load(out), drr0, atol=1e-5)
+    drr1_refined = np.load(out.with_name("drr_view_1.npy"))
+    assert np.abs(centroid(drr1_refined) - project(bead, refined, camera1)[0].numpy()).max() < 0.3
+    assert np.abs(centroid(drr1_refined) - centroid(drr1)).max() > 1.0
+
+
 def test_difference_and_edges():
     drr = np.zeros((8, 8), np.float32)
     drr[2:6, 2:6] = 1

@@ -322,6 +322,7 @@ def test_two_views_from_register_to_each_drr_over_its_xray(panel, tiny_model_fil
     storage.SetFileName(str(tiny_two_view_case / "view_1" / "xray.npy"))
     lateral.SetAndObserveStorageNodeID(storage.GetID())
     panel.widget.onXray2Changed(lateral)
+    assert "read from the geometry.json beside" in ui["statusLabel"].text
     g2 = p.geometry2
     assert (g2.sdd, (g2.pixelSpacingU, g2.pixelSpacingV), (g2.principalPointU, g2.principalPointV)) == (
         case.views[1].camera.sdd, case.views[1].camera.pixel_spacing, case.views[1].camera.principal_point)
