@@ -50,7 +50,11 @@ def comparison_node(xray_node, drr_node, mode: str, node=None):
 
     xray, drr = xray_image_from_node(xray_node), xray_image_from_node(drr_node)
     image = edge_image(drr) if mode == "edges" else difference_image(xray, drr)
-    return create_drr_node(xray_node, image, f"{xray_node.GetName()} vs DRR", node=node)
+    name = f"{xray_node.GetName()} vs DRR"
+    node = create_drr_node(xray_node, image, name, node=node)
+    if node.GetName() != name:  # the one comparison volume, now on another view's X-ray
+        node.SetName(scene_of(xray_node).GenerateUniqueName(name))
+    return node
 
 
 def _composites(scene):

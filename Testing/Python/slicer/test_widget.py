@@ -355,6 +355,7 @@ def test_two_views_from_register_to_each_drr_over_its_xray(panel, tiny_model_fil
     difference = p.differenceVolume
     assert composite.GetForegroundVolumeID() == difference.GetID()
     assert slicer.util.arrayFromVolume(difference).shape == (1, 40, 44)  # view 1's own grid
+    assert difference.GetName() == "lateral vs DRR"
     ui["viewComboBox"].setCurrentIndex(0)
     assert p.differenceVolume is difference and slicer.util.arrayFromVolume(difference).shape == (1, 48, 48)
     assert composite.GetBackgroundVolumeID() == xray.GetID()
