@@ -821,9 +821,23 @@ def test_bad_second_views_are_named(scene, tmp_path):
     with pytest.raises(InputError, match=r"view_2 \(lateral\).*same node as view_1"):
         start((xray1, CAMERA_1, _turn()), (xray1, CAMERA_1, _turn(-80)))
     assert logic.job is None and not (tmp_path / "w").exists()
+    # a good second view with a roughly known relative pose: --relative-sd reaches the register step
+    from SphericalRegLib.cli import build_parser
+
+    job = logic.start_registration(ct, xray0, CAMERA, model, other_views=[(xray1, CAMERA_1, _turn())],
+                                   relative_sd_deg=2.0, work_dir=tmp_path / "w", python=sys.executable)
+    register_step = job.process.steps[0]
+    logic.cancel()
+    args = build_parser().parse_args(register_step[3:])
+    assert args.relative_sd == 2.0 and Path(args.case) == tmp_path / "w" / "case"
+    assert [v["name"] for v in job.views] == ["view_1"] and job.views[0]["drr_path"].name == "drr_view_1.npy"
+    job = logic.start_registration(ct, xray0, CAMERA, model, relative_sd_deg=2.0, work_dir=tmp_path / "w1",
+                                   python=sys.executable)
+    assert "--relative-sd" not in job.process.steps[0] and job.views == []  # one view: nothing to refine
+    logic.cancel()
 
 
-def test_two_view_job_gives_a_drr_and_a_transform_per_view(scene, tiny_model_file, tiny_two_view_case):
+def test_two_view_job_gives_a_drr_and_a_transform_per_view(scene, tiny_model_file, tiny_two_view_case, tmp_path):
     """A real two-view job (tiny model, a few iterations): result.json says two views, each view
     gets its DRR node (from drr.npy and drr_view_1.npy, on its own X-ray's grid) and its transform
     (world_from_camera_view_1, as the .tfm holds it) with its C-arm under it."""
@@ -874,6 +888,20 @@ def test_two_view_job_gives_a_drr_and_a_transform_per_view(scene, tiny_model_fil
     assert np.allclose(world, np.linalg.inv(L.pose_from_transform_node(t1)) @ [(5 - cu) * du, (7 - cv) * dv,
                                                                                 case.views[1].camera.sdd, 1.0],
                        atol=1e-6)
+    # the scene bundle reopens with view 1's transform, referenced from view 0's, and its C-arm under it
+    path = L.save_scene_bundle(tmp_path / "two-views.mrb", scene)
+    back = slicer.vtkMRMLScene()
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(str(path.parent / "cache"))
+    io = slicer.vtkDataIOManager()
+    io.SetCacheManager(cache)
+    back.SetDataIOManager(io)
+    back.SetCacheManager(cache)
+    assert back.ReadFromMRB(str(path))
+    loaded = back.GetFirstNodeByName(finished["transform"].GetName()).GetNodeReference("SphericalReg.view_1")
+    assert loaded is not None and loaded.GetName() == t1.GetName()
+    assert np.allclose(slicer.util.arrayFromTransformMatrix(loaded), slicer.util.arrayFromTransformMatrix(t1))
+    assert back.GetFirstNodeByName("lateral on detector").GetParentTransformNode().GetID() == loaded.GetID()
     # a second result reuses view 1's transform and DRR node
     n_transforms = scene.GetNumberOfNodesByClass("vtkMRMLLinearTransformNode")
     job = logic.start_registration(ct, xray0, case.camera, tiny_model_file, finished["transform"],
