@@ -4,6 +4,7 @@
 # One registration process at a time, one thread (a shared 2-core CPU).
 #   benchmarks/physics_benchmark.sh simulate   # the case folders
 #   benchmarks/physics_benchmark.sh evaluate   # what the table reports
+#   benchmarks/physics_benchmark.sh second     # cases 3-5 of each preset, where time allowed
 #   benchmarks/physics_benchmark.sh before     # the same cases with the library before this work
 # LIMIT (default 3): cases evaluated per preset of the 6 simulated (the CPU time we had).
 set -euo pipefail
@@ -29,6 +30,17 @@ case "${1:-evaluate}" in
     for p in $REPORT; do
       $SR evaluate runs/phys_eval_cases/$p --model $MODEL --methods "$METHODS" --limit "$LIMIT" \
         --out runs/phys_eval/$p$TAG --threads 1 --overwrite
+    done ;;
+  second)  # cases 3-5 of each preset (the evaluate step takes the first LIMIT): folders of links, runs/phys_eval/<p>_b
+    for p in $REPORT; do
+      B=runs/phys_eval_cases/${p}_b
+      mkdir -p "$B"
+      for k in 003 004 005; do
+        ln -sfn "../$p/case_$k" "$B/case_$k"
+        ln -sfn "../$p/case_$k.truth.json" "$B/case_$k.truth.json"
+      done
+      ln -sfn "../$p/simulation.json" "$B/simulation.json"
+      $SR evaluate "$B" --model $MODEL --methods "$METHODS" --out runs/phys_eval/${p}_b$TAG --threads 1 --overwrite
     done ;;
   before)  # the same cases with the library of commit BEFORE_COMMIT (the reader and residual before issue 11's work)
     BEFORE=$(mktemp -d)
