@@ -41,6 +41,9 @@ class RegisterOptions:
         IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
         IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=12),
     )
+    # with several views the pose is pinned in every direction and the finest level converges in
+    # about half its iterations (5-7 of 12 on the tuning cases, docs/results.md): its cap then
+    joint_final_iterations: int = 6
     # how well each further view's camera_from_reference is known (1 sd): 0 takes it as exact; above
     # 0 it is refined after the intensity stage, as positioner angles about the isocentre
     relative_rotation_sd_deg: float = 0.0

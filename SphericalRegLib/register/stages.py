@@ -131,13 +131,18 @@ def translation_search(ctx: RegistrationContext, starts: dict[str, Tensor]) -> S
 
 def intensity_refinement(ctx: RegistrationContext, pose: Tensor, levels=None) -> StageRecord:
     """LM on NCC of line-integral DRRs, coarse to fine (``levels``, default ``options.refine_levels``);
-    stops at the first level that diverges."""
+    stops at the first level that diverges. With several views the last level stops after
+    ``options.joint_final_iterations``."""
     record = None
-    for k, level in enumerate(ctx.options.refine_levels if levels is None else levels):
+    levels = ctx.options.refine_levels if levels is None else levels
+    for k, level in enumerate(levels):
         t0 = time.perf_counter()
+        cap = level.iterations
+        if ctx.n_views > 1 and k == len(levels) - 1:
+            cap = min(cap, ctx.options.joint_final_iterations)
         res = levenberg_marquardt(ctx.intensity_residual(level), pose.to(ctx.device, torch.float64)[None],
-                                  max_iters=level.iterations,
-                                  callback=ctx.iteration_callback(f"intensity {k + 1}", level.iterations),
+                                  max_iters=cap,
+                                  callback=ctx.iteration_callback(f"intensity {k + 1}", cap),
                                   **ctx.bounds)
         ctx.check_cancel()
         step = StageRecord.from_optimizer(res, time.perf_counter() - t0)
