@@ -189,7 +189,7 @@ def defects(L: Tensor, threshold: float = 2.0) -> Tensor:
     return (L - _median3(L)).abs() > threshold
 
 
-def shutter_mask(L: Tensor, step: float = 0.4, agree: float = 0.25, max_fraction: float = 0.4,
+def shutter_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, max_fraction: float = 0.4,
                  span: int = 4) -> Tensor:
     """Exposed pixels ``(rows, cols)`` bool of line integrals ``L``: False behind collimator blades.
 
