@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .camera import ISOCENTRE_FRACTION, Camera
@@ -37,13 +36,6 @@ SCATTER_SIGMA_MM = 40.0
 """Width (standard deviation, detector mm) of the scatter kernel: scatter is smooth."""
 GAIN, OFFSET = 5.0, 100.0
 """Detector counts per photon and dark offset in counts: air lands near 52,600 of 65,535."""
-
-
-def _gaussian_blur(image: Tensor, sigma_px: tuple[float, float]) -> Tensor:
-    """Separable Gaussian blur of ``(rows, cols)`` with reflecting edges (``physics._gaussian_blur``)."""
-    from .physics import _gaussian_blur as blur
-
-    return blur(image, sigma_px)
 
 
 def simulate_case(ct: Volume, camera_from_world: Tensor, camera: Camera, generator: torch.Generator,

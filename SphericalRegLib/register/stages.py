@@ -171,9 +171,11 @@ def relative_pose_refinement(ctx: RegistrationContext, pose: Tensor, centre: Ten
     C = ctx.camera_from_reference.to(ctx.device, torch.float64).clone()
     sd_rot, sd_iso = math.radians(opt.relative_rotation_sd_deg), opt.relative_isocentre_sd_mm
     for k in range(1, ctx.n_views):
-        own = ctx.intensity_residual(level, views=[k])
-        inverse = se3_inverse(C[k])
-        image = (lambda own, inverse: lambda P: own(inverse @ P))(own, inverse)
+        own, inverse = ctx.intensity_residual(level, views=[k]), se3_inverse(C[k])
+
+        def image(P, own=own, inverse=inverse):  # view k's residual at its own pose
+            return own(inverse @ P)
+
         P0 = (C[k] @ T)[None]
         with torch.no_grad():
             r0 = image(P0)

@@ -235,17 +235,28 @@ def _drr_worker():
     return module
 
 
-def test_drr_worker_images_a_bead_where_the_camera_projects_it(scene, tmp_path, monkeypatch):
-    """The DRR step of a registration (a subprocess in the panel) renders the case the panel wrote
-    at result.json's pose, in row blocks, on the X-ray's full grid."""
+def _bead_ct(scene):
+    """A 16^3 CT node of air with one bone bead off-centre; returns the node, the bead's and the
+    volume centre's RAS points (4-vectors)."""
     n = 16
     hu = np.full((n, n, n), -1000, np.int16)
     hu[9:11, 5:7, 7:9] = 3000  # a bone bead off-centre (k, j, i)
     A = np.diag([4.0, 4.0, 4.0, 1.0])
     A[:3, 3] = [-30.0, -30.0, -30.0]
-    ct = _volume_node(scene, hu, A)
-    bead = A @ [7.5, 5.5, 9.5, 1.0]
-    iso = A @ [7.5, 7.5, 7.5, 1.0]
+    return _volume_node(scene, hu, A), A @ [7.5, 5.5, 9.5, 1.0], A @ [7.5, 7.5, 7.5, 1.0]
+
+
+def _shadow_centroid(drr):
+    """Column and row of the bead's shadow (air integrates to ~0)."""
+    w = np.clip(drr - 0.5 * drr.max(), 0, None)
+    rows, cols = np.mgrid[:drr.shape[0], :drr.shape[1]]
+    return np.array([(w * cols).sum(), (w * rows).sum()]) / w.sum()
+
+
+def test_drr_worker_images_a_bead_where_the_camera_projects_it(scene, tmp_path, monkeypatch):
+    """The DRR step of a registration (a subprocess in the panel) renders the case the panel wrote
+    at result.json's pose, in row blocks, on the X-ray's full grid."""
+    ct, bead, iso = _bead_ct(scene)
     camera = Camera(sdd=1000.0, pixel_spacing=(4.0, 4.0), principal_point=(11.5, 9.5), image_size=(20, 24))
     xray = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "xray")
     T = canonical_ap_pose(torch.tensor(iso[:3]), camera.sdd)
@@ -257,11 +268,8 @@ def test_drr_worker_images_a_bead_where_the_camera_projects_it(scene, tmp_path, 
     drr = worker.render_drr(case, tmp_path / "result.json", "cpu", progress=lines.append)
     assert len(lines) > 3 and lines[-1] == "PROGRESS drr 1.000"
     assert drr.shape == (20, 24) and drr.dtype == np.float32
-    w = np.clip(drr - 0.5 * drr.max(), 0, None)  # the bead's shadow; air integrates to ~0
-    rows, cols = np.mgrid[:20, :24]
-    centroid = np.array([(w * cols).sum(), (w * rows).sum()]) / w.sum()
     expected = project(torch.tensor(bead[None, :3]), T, camera)[0].numpy()
-    assert np.abs(centroid - expected).max() < 0.3
+    assert np.abs(_shadow_centroid(drr) - expected).max() < 0.3
     # one block or many: the same image
     monkeypatch.setattr(worker, "MAX_SAMPLES", 1 << 23)
     assert np.allclose(worker.render_drr(case, tmp_path / "result.json", "cpu", progress=lambda m: None), drr,
@@ -273,14 +281,8 @@ def test_drr_worker_renders_each_view_at_its_own_pose(scene, tmp_path):
     or at camera_from_reference @ camera_from_world when result.json has no per_view."""
     from SphericalRegLib.views import orbit
 
-    n = 16
-    hu = np.full((n, n, n), -1000, np.int16)
-    hu[9:11, 5:7, 7:9] = 3000  # a bone bead off-centre (k, j, i)
-    A = np.diag([4.0, 4.0, 4.0, 1.0])
-    A[:3, 3] = [-30.0, -30.0, -30.0]
-    ct = _volume_node(scene, hu, A)
-    bead = torch.tensor((A @ [7.5, 5.5, 9.5, 1.0])[None, :3])
-    iso = A @ [7.5, 7.5, 7.5, 1.0]
+    ct, bead, iso = _bead_ct(scene)
+    bead = torch.tensor(bead[None, :3])
     camera0 = Camera(sdd=1000.0, pixel_spacing=(4.0, 4.0), principal_point=(11.5, 9.5), image_size=(20, 24))
     camera1 = Camera(sdd=900.0, pixel_spacing=(3.0, 3.0), principal_point=(14.5, 12.0), image_size=(26, 30))
     xray0 = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "ap")
@@ -291,17 +293,12 @@ def test_drr_worker_renders_each_view_at_its_own_pose(scene, tmp_path):
     case = L.write_case(ct, xray0, camera0, tmp_path / "case", other_views=[view])
     worker = _drr_worker()
 
-    def centroid(drr):
-        w = np.clip(drr - 0.5 * drr.max(), 0, None)
-        rows, cols = np.mgrid[:drr.shape[0], :drr.shape[1]]
-        return np.array([(w * cols).sum(), (w * rows).sum()]) / w.sum()
-
     (tmp_path / "result.json").write_text(json.dumps({"camera_from_world": T.tolist()}))
     lines = []
     drr0, drr1 = worker.render_drr(case, tmp_path / "result.json", "cpu", progress=lines.append, views=True)
     assert drr0.shape == (20, 24) and drr1.shape == (26, 30) and lines[-1] == "PROGRESS drr 1.000"
-    assert np.abs(centroid(drr0) - project(bead, T, camera0)[0].numpy()).max() < 0.3
-    assert np.abs(centroid(drr1) - project(bead, relative @ T, camera1)[0].numpy()).max() < 0.3
+    assert np.abs(_shadow_centroid(drr0) - project(bead, T, camera0)[0].numpy()).max() < 0.3
+    assert np.abs(_shadow_centroid(drr1) - project(bead, relative @ T, camera1)[0].numpy()).max() < 0.3
     # result.json's per_view pose (a refined relative pose) wins over camera_from_reference
     shift = torch.eye(4, dtype=torch.float64)
     shift[:3, 3] = torch.tensor([8.0, -5.0, 0.0])  # mm in view 1's camera frame
@@ -313,8 +310,8 @@ def test_drr_worker_renders_each_view_at_its_own_pose(scene, tmp_path):
     assert worker.main([str(case), str(tmp_path / "result.json"), str(out), "--device", "cpu"]) == 0
     assert np.allclose(np.load(out), drr0, atol=1e-5)
     drr1_refined = np.load(out.with_name("drr_view_1.npy"))
-    assert np.abs(centroid(drr1_refined) - project(bead, refined, camera1)[0].numpy()).max() < 0.3
-    assert np.abs(centroid(drr1_refined) - centroid(drr1)).max() > 1.0
+    assert np.abs(_shadow_centroid(drr1_refined) - project(bead, refined, camera1)[0].numpy()).max() < 0.3
+    assert np.abs(_shadow_centroid(drr1_refined) - _shadow_centroid(drr1)).max() > 1.0
 
 
 def test_difference_and_edges():
