@@ -17,9 +17,10 @@ from ..errors import InputError
 from ..evaluation.calibration import calibrate_model
 from ..io import read_ct
 from ..training import Trainer, TrainConfig, load_config, run
+from ..training.config import ARCHITECTURE
 from . import flags_for_fields
 
-FLAGS = {"config": "--config", "features": "--features", "space": "--space", "metric": "--metric",
+FLAGS = {"config": "--config", "physics_p": "--physics-p", "features": "--features", "space": "--space", "metric": "--metric",
          "device": "--device"}
 
 
@@ -44,18 +45,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-cases", type=int,
                         help="simulated held-out cases the confidence is calibrated on after training "
                              "(default from the config: 8; 0 skips, leaving the model without a confidence)")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="start from this model's networks (of this CT or another: a generic model fine-tuned "
+                             "per patient); its architecture fields (image size, features, camera, ...) are kept; "
+                             "e.g. --config finetune trains its regressor alone under the physics family")
+    parser.add_argument("--physics-p", type=float,
+                        help="probability of each physics-family effect per training X-ray (default from the config)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
 
-def _config_from_args(args) -> TrainConfig:
+def _config_from_args(args, init: dict | None = None) -> TrainConfig:
+    """The run's configuration: the --config preset or file, the flags on top; with --init, the
+    architecture fields of the starting model (a flag that would change them is an error)."""
     overrides = dict(steps=args.steps, batch_size=args.batch_size, metric=args.metric, space=args.space,
                      features=args.features, sdd=args.sdd, image_size=args.image_size,
-                     spacing_mm=args.spacing, seed=args.seed)
+                     spacing_mm=args.spacing, seed=args.seed, physics_p=args.physics_p)
     if args.geometry:
         overrides["camera"] = Camera.load(args.geometry).to_json()
-    return load_config(args.config, **overrides)
+    if init is None:
+        return load_config(args.config, **overrides)
+    fixed = {k: v for k, v in TrainConfig.from_dict(init["config"], args.init).to_dict().items() if k in ARCHITECTURE}
+    if fixed["camera"] is None:
+        fixed["camera"] = init["camera"]
+    clash = [k for k in ARCHITECTURE if overrides.get(k) is not None and k != "camera"]
+    if clash:
+        raise InputError("--init", f"given with {', '.join(clash)}",
+                         "no architecture flags: the starting model's networks fix them")
+    if args.geometry:
+        fixed.pop("camera")  # the C-arm of this run; the images stay at the model's size
+    config = load_config(args.config, **overrides)
+    return replace(config, **fixed, initialised_from=str(args.init))
 
 
 def main(args) -> int:
@@ -67,6 +88,10 @@ def main(args) -> int:
     out = Path(args.out)
     if args.resume and args.overwrite:
         raise InputError("--resume/--overwrite", "both given", "one of them")
+    if args.resume and args.init:
+        raise InputError("--resume/--init", "both given", "--resume to continue --out, or --init to start a new run")
+    if args.init and out.exists() and out.resolve() == Path(args.init).resolve():
+        raise InputError("--init", "is the --out file", "another --out: the starting model must not be overwritten")
     if out.exists() and not (args.resume or args.overwrite):
         raise InputError(out, "already exists", "a new file name, --resume to continue it, or --overwrite")
     if args.resume and not out.exists():
@@ -84,8 +109,9 @@ def main(args) -> int:
             print(f"note: resuming a {state.get('world_size', 1)}-process run with {world_size} processes; "
                   "the sampling continues differently", file=sys.stderr)
     else:
+        init = read_checkpoint(args.init, map_location=device) if args.init else None
         with flags_for_fields(FLAGS):
-            config = _config_from_args(args)
+            config = _config_from_args(args, init)
         camera = None
 
     if world_size > 1:
@@ -98,6 +124,8 @@ def main(args) -> int:
         trainer = Trainer(ct, config, camera, device, rank, world_size, source=args.ct)
         if state is not None:
             trainer.restore(state)
+        elif init is not None:
+            trainer.start_from(init)
         run(trainer, out, main_process=rank == 0)
         cases = config.calibration_cases if args.calibration_cases is None else args.calibration_cases
         if rank == 0 and cases > 0:

@@ -14,7 +14,13 @@ from pathlib import Path
 from ..errors import InputError
 from ..poses import EVAL_ROT_DEG, EVAL_TRANS_MM, INIT_ROT_DEG, INIT_TRANS_MM
 
-__all__ = ["TrainConfig", "PRESETS", "load_config"]
+__all__ = ["TrainConfig", "PRESETS", "NETWORKS", "ARCHITECTURE", "load_config"]
+
+NETWORKS = ("features", "similarity", "regressor")
+ARCHITECTURE = ("spacing_mm", "max_size", "max_coarsening", "sdd", "field_of_view_mm", "image_size", "camera",
+                "n_samples", "features", "feature_kwargs", "space", "similarity_kwargs", "regressor_kwargs")
+"""The fields that shape the networks and what they see: a run started from another model's
+networks (``sphericalreg train --init``) takes these from that model."""
 
 
 def _scaled(spread, factor: float) -> tuple[float, float, float]:
@@ -74,6 +80,11 @@ class TrainConfig:
     # scatter, noise, blur, heel, grid, shutters, instruments, processing), before the randomisation
     # above; 0 (the default in every preset) leaves training as it was
     physics_p: float = 0.0
+    # the networks this run optimises (the others keep their weights: e.g. a regressor fine-tuned
+    # alone, without rendering feature DRRs or the double backward, at ~1/10 of a joint step)
+    trained: tuple = ("features", "similarity", "regressor")
+    # the model whose networks this run started from (sphericalreg train --init), for the record
+    initialised_from: str | None = None
     # optimisation
     steps: int = 2000
     batch_size: int = 4
@@ -97,8 +108,11 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("truth_rot_deg", "truth_trans_mm", "moving_rot_deg", "moving_trans_mm",
-                     "moving_scale", "bone_scale"):
-            setattr(self, name, tuple(float(x) for x in getattr(self, name)))
+                     "moving_scale", "bone_scale", "trained"):
+            setattr(self, name, tuple(x if name == "trained" else float(x) for x in getattr(self, name)))
+        unknown = [n for n in self.trained if n not in NETWORKS]
+        if unknown or not self.trained:
+            raise InputError("trained", f"is {list(self.trained)}", "one or more of " + ", ".join(NETWORKS))
         choices = dict(features=("equivariant", "plain"), space=("sphere", "euclidean", "hyperbolic"),
                        metric=("se3", "so4"))
         for name, allowed in choices.items():
@@ -146,6 +160,14 @@ PRESETS = {
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
                          batch_size=4, steps=1600, warmup_steps=100, val_every=200, val_size=64,
                          checkpoint_every=200, memory_budget_gib=4.0, augment_p=0.1, lr_similarity=5e-4),
+    # Fine-tuning a trained model's regressor alone (``sphericalreg train --init MODEL --config
+    # finetune``): no feature DRRs, no double backward, so a step at batch 16 costs about a joint
+    # step at batch 4 (docs/results.md, "Regressor fine-tuned under the physics family"); the
+    # physics family is on so that its start survives X-ray systems other than the simulator's.
+    "finetune": TrainConfig(preset="finetune", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
+                            batch_size=16, steps=2400, warmup_steps=50, val_every=300, val_size=64,
+                            checkpoint_every=100, memory_budget_gib=4.0, augment_p=0.1, physics_p=0.25,
+                            trained=("regressor",), lr_regressor=2e-4),
     # One GPU.
     "full": TrainConfig(preset="full", spacing_mm=2.0, max_size=128, image_size=128, batch_size=16,
                         steps=20000, memory_budget_gib=24.0, val_every=500, val_size=64,

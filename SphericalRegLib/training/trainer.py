@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from ..camera import ISOCENTRE_FRACTION, Camera, canonical_ap_pose
 from ..checkpoint import ct_fingerprint, save_checkpoint
 from ..geometry import perturb_left, rotation_angle
@@ -72,11 +73,11 @@ class Trainer:
         self.features, self.similarity, self.regressor = (m.to(self.device) for m in build_networks(
             config, self.reference, self.isocentre, self.length))
         self.networks = dict(features=self.features, similarity=self.similarity, regressor=self.regressor)
-        groups = [
-            dict(params=list(self.features.parameters()), lr=config.lr_features, name="features"),
-            dict(params=list(self.similarity.parameters()), lr=config.lr_similarity, name="similarity"),
-            dict(params=list(self.regressor.parameters()), lr=config.lr_regressor, name="regressor"),
-        ]
+        rates = dict(features=config.lr_features, similarity=config.lr_similarity, regressor=config.lr_regressor)
+        for name, module in self.networks.items():
+            module.requires_grad_(name in config.trained)
+        groups = [dict(params=list(self.networks[name].parameters()), lr=rates[name], name=name)
+                  for name in self.networks if name in config.trained]
         groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         warmup, total = max(1, config.warmup_steps), max(1, config.steps)
@@ -143,12 +144,17 @@ class Trainer:
         from ..regressor import pose_loss
 
         c = self.config
-        target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
-        S, g = self.similarity_gradient(self.feature_volume(), batch["xray"], batch["moving"], create_graph=True)
-        direction = direction_loss(g, target, weighted=c.weighted_direction).mean()
-        distance = pose_distance(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre, self.depth)
-        rms = (2 * S / self.similarity.tokens).clamp_min(1e-12).sqrt()  # RMS token distance
-        value = F.smooth_l1_loss(rms, (distance / c.value_scale_mm).to(rms.dtype))
+        if self.trains_similarity:
+            target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre,
+                                     self.depth)
+            S, g = self.similarity_gradient(self.feature_volume(), batch["xray"], batch["moving"], create_graph=True)
+            direction = direction_loss(g, target, weighted=c.weighted_direction).mean()
+            distance = pose_distance(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre,
+                                     self.depth)
+            rms = (2 * S / self.similarity.tokens).clamp_min(1e-12).sqrt()  # RMS token distance
+            value = F.smooth_l1_loss(rms, (distance / c.value_scale_mm).to(rms.dtype))
+        else:  # the regressor alone: no feature DRR, no double backward
+            S = direction = value = torch.zeros((), dtype=torch.float64, device=self.device)
         predicted = self.regressor(batch["xray"])
         # about the CT centre, like the similarity's targets: the scanner's RAS origin must not matter
         pose = pose_loss(centred(predicted, self.isocentre, self.depth),
@@ -156,6 +162,10 @@ class Trainer:
                          **self._pose_loss_kwargs()).mean()
         total = direction + c.value_weight * value + c.regressor_weight * pose
         return dict(loss=total, direction=direction, value=value, pose=pose, similarity=S.mean().detach())
+
+    @property
+    def trains_similarity(self) -> bool:
+        return bool({"features", "similarity"} & set(self.config.trained))
 
     def _pose_loss_kwargs(self) -> dict:
         return dict(length=self.length)
@@ -166,8 +176,8 @@ class Trainer:
         seed = _step_seed(c.seed, self.rank, 0 if c.fixed_batch else self.step)
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        for m in self.networks.values():
-            m.train()
+        for name, m in self.networks.items():
+            m.train(name in c.trained)  # a network kept fixed keeps its normalisation statistics too
         batch = self.sample(c.batch_size, generator)
         losses = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=False)
@@ -225,7 +235,8 @@ class Trainer:
                                   - centred(truth, self.isocentre, self.depth)[:, :3, 3]).norm(dim=-1))
         a = {k: torch.cat(v) for k, v in angles.items()}
         e = {k: torch.cat(v) for k, v in errors.items()}
-        return dict(
+        physics = self._validate_regressor_under_physics() if c.physics_p > 0 else {}
+        return dict(**physics,
             reg_geodesic_mm=float(e["geodesic"].mean()), prior_geodesic_mm=float(e["prior"].mean()),
             reg_rot_deg=float(e["rot"].mean()),
             reg_iso_mm=float(e["iso"].mean()),
@@ -236,6 +247,27 @@ class Trainer:
             grad_within30_se3=float((a["twist_se3"] < 30).double().mean()),
             grad_within30_so4=float((a["twist_so4"] < 30).double().mean()),
         )
+
+    @torch.no_grad()
+    def _validate_regressor_under_physics(self) -> dict[str, float]:
+        """The regressor on the validation poses imaged through the physics family (every effect at
+        ``physics_p``, one fixed draw from ``val_seed``): what a start costs on other X-ray systems."""
+        from ..augment import randomise_physics
+
+        c, val = self.config, self.validation_set()
+        if "xray_physics" not in val:
+            generator = torch.Generator().manual_seed(c.val_seed + 1)
+            val["xray_physics"] = randomise_physics(val["xray"].cpu(), generator, p=c.physics_p,
+                                                    pixel_mm=min(self.camera.pixel_spacing)).to(self.device)
+        rot, iso = [], []
+        for start in range(0, c.val_size, c.batch_size):
+            sl = slice(start, start + c.batch_size)
+            truth = val["truth"][sl]
+            est = self.regressor(val["xray_physics"][sl]).double()
+            rot.append(torch.rad2deg(rotation_angle(est[:, :3, :3], truth[:, :3, :3])))
+            iso.append((centred(est, self.isocentre, self.depth)[:, :3, 3]
+                        - centred(truth, self.isocentre, self.depth)[:, :3, 3]).norm(dim=-1))
+        return dict(reg_rot_deg_physics=float(torch.cat(rot).mean()), reg_iso_mm_physics=float(torch.cat(iso).mean()))
 
     # -- distributed
 
@@ -283,6 +315,22 @@ class Trainer:
                         scheduler=self.scheduler, history=self.history, rng=self.rng_state(),
                         world_size=self.world_size, extra={"quality": model_quality(self.history)})
 
+    def start_from(self, state: dict) -> None:
+        """Start from the trained networks of another model (any CT: xvr's generic-then-patient
+        recipe), keeping what is bound to this CT: the regressor's reference pose and pivot."""
+        for name, module in self.networks.items():
+            weights = dict(state["networks"][name])
+            own = module.state_dict()
+            for key in ("reference_pose", "pivot"):
+                if name == "regressor" and key in own:
+                    weights[key] = own[key]
+            try:
+                module.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in weights.items()})
+            except RuntimeError as e:
+                raise InputError("--init", f"its {name} network does not fit this configuration "
+                                 f"({str(e).splitlines()[0]})",
+                                 "a model of the same architecture (features, image size, kwargs)") from None
+
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint dictionary (from :func:`SphericalRegLib.checkpoint.read_checkpoint`)."""
         for name, module in self.networks.items():
@@ -329,7 +377,9 @@ def run(trainer: Trainer, out: Path, main_process: bool = True) -> None:
                     bar.write(f"step {trainer.step}: regressor {val['reg_geodesic_mm']:.1f} mm geodesic, "
                               f"{val['reg_rot_deg']:.2f} deg, isocentre {val['reg_iso_mm']:.1f} mm; "
                               f"similarity gradients within 30 deg: {val['grad_within30']:.0%} "
-                              f"(rotation {val['rot_within30']:.0%}, translation {val['tr_within30']:.0%})")
+                              f"(rotation {val['rot_within30']:.0%}, translation {val['tr_within30']:.0%})"
+                              + (f"; regressor under the physics family {val['reg_rot_deg_physics']:.2f} deg, "
+                                 f"isocentre {val['reg_iso_mm_physics']:.1f} mm" if "reg_iso_mm_physics" in val else ""))
             if main_process and (trainer.step % c.checkpoint_every == 0 or last):
                 trainer.save(out)
                 plot_history(trainer.history, curves_path(out))

@@ -89,7 +89,9 @@ def test_randomise_physics_effects():
 def test_train_config_physics_option():
     from SphericalRegLib.training.config import PRESETS, TrainConfig
 
-    assert TrainConfig().physics_p == 0.0 and all(c.physics_p == 0.0 for c in PRESETS.values())
+    # training from scratch as before; the regressor fine-tune runs under the physics family
+    assert TrainConfig().physics_p == 0.0 and PRESETS["small"].physics_p == PRESETS["full"].physics_p == 0.0
+    assert PRESETS["finetune"].physics_p > 0 and PRESETS["finetune"].trained == ("regressor",)
     assert TrainConfig(physics_p=0.3).physics_p == 0.3
     with pytest.raises(InputError):
         TrainConfig(physics_p=1.5)

@@ -38,3 +38,40 @@ def test_torchrun_two_processes_on_gloo(ct, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     state = read_checkpoint(out)
     assert state["world_size"] == 2 and state["step"] == 2
+
+
+def test_init_fine_tunes_the_regressor_alone_and_keeps_this_cts_pose_frame(ct, tiny_model_file, tmp_path):
+    """--init: the starting model's networks and architecture; with trained=regressor only the
+    regressor moves, the CT-bound buffers are this CT's, and the physics validation is recorded."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from SphericalRegLib.volume import Volume
+
+    shifted = Volume(ct.data.clone(), ct.ijk_to_ras.clone())
+    shifted.ijk_to_ras[:3, 3] += torch.tensor([7.0, -5.0, 11.0], dtype=shifted.ijk_to_ras.dtype)
+    ct_path, _ = write_training_inputs(shifted, tmp_path)
+    config = tmp_path / "finetune.json"
+    config.write_text(json.dumps({"base": "finetune", "steps": 2, "batch_size": 2, "val_size": 2, "val_every": 2,
+                                  "calibration_cases": 0, "warmup_steps": 1}))
+    out = tmp_path / "tuned.pt"
+    argv = ["train", "--ct", str(ct_path), "--out", str(out), "--init", str(tiny_model_file), "--config",
+            str(config), "--device", "cpu"]
+    assert cli.main(argv + ["--image-size", "48"]) == 2  # architecture comes from the starting model
+    assert cli.main(argv) == 0
+    start, tuned = read_checkpoint(tiny_model_file), read_checkpoint(out)
+    assert tuned["config"]["trained"] == ("regressor",) and tuned["config"]["initialised_from"] == str(tiny_model_file)
+    assert tuned["config"]["image_size"] == start["config"]["image_size"]
+    for name in ("features", "similarity"):
+        for key, value in start["networks"][name].items():
+            assert torch.equal(tuned["networks"][name][key], value), (name, key)
+    moved = [k for k, v in start["networks"]["regressor"].items()
+             if v.is_floating_point() and not torch.equal(tuned["networks"]["regressor"][k].to(v.dtype), v)]
+    assert any(k.startswith("backbone") for k in moved)
+    ref_start, ref_tuned = (m["networks"]["regressor"]["reference_pose"] for m in (start, tuned))
+    assert not torch.allclose(ref_start, ref_tuned)  # about this CT's isocentre, not the starting model's
+    assert np.isfinite(tuned["history"]["val_reg_iso_mm_physics"][-1])
+    assert cli.main(argv + ["--resume"]) == 2 and cli.main(["train", "--ct", str(ct_path), "--out", str(tiny_model_file),
+                                                             "--init", str(tiny_model_file), "--overwrite"]) == 2
