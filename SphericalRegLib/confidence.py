@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SIGNALS", "DEFAULT_SIGNALS", "confidence_values", "features", "fit", "predict", "calibration_path", "load_calibration"]
+__all__ = ["SIGNALS", "BETTER_WHEN", "DEFAULT_SIGNALS", "confidence_values", "features", "fit", "predict", "calibration_path", "load_calibration"]
 
 SIGNALS = {
     "final NCC": lambda s: float(s["final_ncc"]),
@@ -27,6 +27,11 @@ SIGNALS = {
     "log in-plane sd": lambda s: math.log(max(float(s["inplane_sd"]), 1e-9)),
 }
 """Signal name -> its value from ``{"final_ncc", "cost", "inplane_sd"}`` (the raw in-plane sd, mm)."""
+
+BETTER_WHEN = {"final NCC": +1, "log(1 - final NCC)": -1, "log similarity cost": -1, "log in-plane sd": -1}
+"""Signal name -> +1 when a larger value means a better registration, -1 when a smaller one does.
+:func:`fit` keeps each weight on its side: with a handful of failures to learn from, an
+unconstrained fit once gave a higher learnt cost a higher confidence."""
 
 DEFAULT_SIGNALS = ("log(1 - final NCC)", "log similarity cost", "log in-plane sd")
 LEGACY_SIGNALS = ("final NCC", "log similarity cost")
@@ -77,11 +82,14 @@ def predict(calibration: dict, values: dict) -> float | None:
     return float(torch.sigmoid(z))
 
 
-def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, iters: int = 500) -> dict:
+def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, iters: int = 500,
+        monotone: bool = True) -> dict:
     """Logistic regression (L2-regularised, standardised inputs) of ``success`` on ``signals``.
 
     ``values``: one ``{"final_ncc", "cost", "inplane_sd"}`` per run (runs lacking a signal are
-    left out). Returns the calibration dictionary :func:`predict` reads, with the runs used.
+    left out). ``monotone``: each weight has the sign of :data:`BETTER_WHEN` (or is ~0), so no
+    signal can raise the confidence by getting worse. Returns the calibration dictionary
+    :func:`predict` reads, with the runs used.
     """
     rows = [(features(v, signals), bool(s)) for v, s in zip(values, success)]
     rows = [(f, s) for f, s in rows if f is not None]
@@ -89,16 +97,21 @@ def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, 
     y = torch.tensor([s for _, s in rows], dtype=torch.float64)
     mean, std = X.mean(0), X.std(0).clamp_min(1e-6)
     Z = (X - mean) / std
-    w = torch.zeros(len(signals), dtype=torch.float64, requires_grad=True)
+    sign = torch.tensor([BETTER_WHEN[name] if monotone else 0 for name in signals], dtype=torch.float64)
+    v = torch.zeros(len(signals), dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([v, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def weights():
+        return torch.where(sign != 0, sign * torch.nn.functional.softplus(v), v)
 
     def closure():
         opt.zero_grad()
+        w = weights()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(Z @ w + b, y) + l2 * w.square().sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return {"weights": w.detach().tolist(), "bias": float(b.detach()), "mean": mean.tolist(), "std": std.tolist(),
+    return {"weights": weights().detach().tolist(), "bias": float(b.detach()), "mean": mean.tolist(), "std": std.tolist(),
             "cases": int(len(y)), "positives": int(y.sum()), "signals": list(signals)}

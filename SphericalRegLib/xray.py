@@ -7,6 +7,8 @@ to L = -log(I / I0) before anything else.
 
 from __future__ import annotations
 
+import math
+
 import warnings
 
 import torch
@@ -16,7 +18,7 @@ from torch import Tensor
 from .camera import Camera
 from .errors import InputError
 
-__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "describe",
+__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "round_field_mask", "describe",
            "defects", "resample", "preprocess", "LOG_SPAN"]
 
 LOG_SPAN = 5.0
@@ -232,6 +234,47 @@ def shutter_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, max_fraction
     return mask
 
 
+def round_field_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, span: int = 4,
+                     min_arc: float = 0.08) -> Tensor:
+    """Exposed pixels ``(rows, cols)`` bool of line integrals ``L``: False outside the round field
+    of an image intensifier (or an iris collimator), centred on the detector.
+
+    As at a blade's edge (:func:`shutter_mask`), L steps up outwards by the same large amount on
+    every ray across the field's edge, so on the circle of the edge's radius the step from
+    ``span / 2`` px inside to ``span / 2`` px outside exceeds ``step`` in the median and
+    ``step / 2`` in the ``agree`` quantile over the whole arc that lies on the detector (at least
+    ``min_arc`` of the circle: a field wider than the detector leaves only its corners). Of the
+    radii that qualify the one with the largest step is the edge; the mask keeps the field up to
+    ``span / 2`` px inside it. A body's outline is neither centred nor round, and it steps down
+    outwards (into air).
+    """
+    x = torch.as_tensor(L, dtype=torch.float64)
+    H, W = x.shape
+    cy, cx = (H - 1) / 2, (W - 1) / 2
+    theta = torch.linspace(0, 2 * math.pi, 361, dtype=torch.float64)[:-1]
+    radii = torch.arange(0.3 * min(H, W), math.hypot(cy, cx) - span / 2, 1.0, dtype=torch.float64)
+    if radii.numel() == 0:
+        return torch.ones_like(x, dtype=torch.bool)
+
+    def sample(r):  # (radii, angles) values at radius r, and whether the point lies on the detector
+        rows, cols = cy + r[:, None] * theta.sin(), cx + r[:, None] * theta.cos()
+        on = (rows >= 0) & (rows <= H - 1) & (cols >= 0) & (cols <= W - 1)
+        i, j = rows.round().clamp(0, H - 1).long(), cols.round().clamp(0, W - 1).long()
+        return x[i, j], on
+
+    inner, on_in = sample(radii - span / 2)
+    outer, on_out = sample(radii + span / 2)
+    on = on_in & on_out
+    d = torch.where(on, outer - inner, torch.full_like(inner, float("nan")))
+    q = torch.nanquantile(d, torch.tensor([agree, 0.5], dtype=x.dtype), dim=1)
+    ok = (on.double().mean(1) >= min_arc) & (q[0] > step / 2) & (q[1] > step)
+    if not ok.any():
+        return torch.ones_like(x, dtype=torch.bool)
+    edge = float(radii[int(torch.where(ok, q[1], torch.full_like(q[1], -1e9)).argmax())])
+    v, u = torch.meshgrid(torch.arange(H, dtype=x.dtype), torch.arange(W, dtype=x.dtype), indexing="ij")
+    return ((u - cx) ** 2 + (v - cy) ** 2).sqrt() <= edge - span / 2
+
+
 def describe(image: Tensor, photometric: str | None = None) -> dict:
     """What the pixels of an X-ray ``(rows, cols)`` say about how to read them.
 
@@ -291,13 +334,15 @@ def _read(image: Tensor, photometric: str, air, dark, encoding: str) -> tuple[Te
         L = LOG_SPAN * (hi - v) / max(hi - lo, 1e-12)
         low, high = _plateaus(v)
         unclipped = ~(((v == lo) & (low >= 0.0005)) | ((v == hi) & (high >= 0.0005)))
-        field = collimator_mask(x, photometric) & shutter_mask(torch.where(unclipped, L, _median3(L)))
+        filled = torch.where(unclipped, L, _median3(L))
+        field = collimator_mask(x, photometric) & shutter_mask(filled) & round_field_mask(filled)
         return torch.where(field, L, torch.zeros_like(L)), field, unclipped
     # raw detector counts: the old reading, exactly, when nothing is found
     field = collimator_mask(x, photometric)
     probe = to_line_integrals(x, photometric, air=air, mask=field, dark=dark, check=False)
     bad = defects(probe)
-    field = field & shutter_mask(torch.where(bad, _median3(probe), probe))
+    filled = torch.where(bad, _median3(probe), probe)
+    field = field & shutter_mask(filled) & round_field_mask(filled)
     L = to_line_integrals(x, photometric, air=air, mask=field, dark=dark)
     v = _as_intensity(x, photometric)
     top = float(x.max())  # saturation: a plateau at the converter's full scale

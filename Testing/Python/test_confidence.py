@@ -21,3 +21,16 @@ def test_a_calibration_of_the_first_format_still_predicts():
     assert predict(old, {"final_ncc": 0.99, "cost": 0.01}) > predict(old, {"final_ncc": 0.6, "cost": 0.01})
     del old["signals"]
     assert 0 < predict(old, {"final_ncc": 0.99, "cost": 0.01}) < 1
+
+
+def test_a_worse_signal_never_raises_the_fitted_confidence():
+    """Few failures, one with a low learnt cost: unconstrained, the cost's weight turns positive."""
+    good = [{"final_ncc": 0.997, "cost": 0.5 + 0.5 * i, "inplane_sd": 0.02} for i in range(12)]
+    bad = [{"final_ncc": 0.96, "cost": 0.1, "inplane_sd": 0.02}, {"final_ncc": 0.95, "cost": 0.2, "inplane_sd": 0.03}]
+    free = fit(good + bad, [True] * 12 + [False] * 2, monotone=False)
+    assert free["weights"][1] > 0  # what the constraint is for
+    cal = fit(good + bad, [True] * 12 + [False] * 2)
+    assert all(w <= 0 for w in cal["weights"])  # all three signals: smaller is better
+    base = {"final_ncc": 0.99, "cost": 1.0, "inplane_sd": 0.02}
+    for key, worse in (("final_ncc", 0.9), ("cost", 10.0), ("inplane_sd", 0.2)):
+        assert predict(cal, {**base, key: worse}) <= predict(cal, base)

@@ -219,3 +219,22 @@ def test_shutters_next_to_dark_anatomy_are_found_and_defects_replaced():
     error = read[inside].double() - L[inside]  # I0 is the thinnest anatomy: L up to a constant
     assert torch.quantile((error - error.median()).abs(), 0.9) < 0.3 and abs(float(read[30, 30]) - float(L[30, 30]) - float(error.median())) < 0.5
     assert not defects(L).any() and defects(to_line_integrals(counts, check=False))[30, 30]
+
+
+def test_round_field_mask_finds_an_image_intensifiers_field_and_nothing_in_anatomy():
+    from SphericalRegLib.xray import round_field_mask
+
+    L = body_line_integrals()
+    v, u = torch.meshgrid(torch.arange(ROWS, dtype=torch.float64), torch.arange(COLS, dtype=torch.float64),
+                          indexing="ij")
+    r = ((u - (COLS - 1) / 2) ** 2 + (v - (ROWS - 1) / 2) ** 2).sqrt()
+    for radius in (26.0, 34.0, 42.0):  # inside the detector, cutting its sides, only its corners
+        outside = r > radius
+        mask = round_field_mask(torch.where(outside, L + 3.9, L))
+        assert not (mask & outside).any()
+        assert mask[r < radius - 4].all()
+        counts = noisy_counts(torch.where(outside, L + 3.9, L))
+        _, _, valid = preprocess(counts, camera(), size=80)
+        assert not (valid & outside).any() and valid[r < radius - 4].float().mean() > 0.99
+    assert round_field_mask(L).all()  # a body's outline steps down outwards
+    assert round_field_mask(body_line_integrals()[:, :8]).all()  # too small to hold a circle
