@@ -1,7 +1,8 @@
 """The confidence and the pose uncertainty on X-ray physics the calibration never saw.
 
     python benchmarks/confidence_presets.py random=EVAL/random/cases.csv hard=EVAL/hard/cases.csv ... \
-        [--calibration MODEL.calibration.json] [--fit plain flat-panel] [--plot docs/figures/reliability.png]
+        [--calibration MODEL.calibration.json] [--fit plain hard [--write MODEL.calibration.json]]
+        [--plot docs/figures/reliability.png]
 
 Each argument is ``PRESET=cases.csv`` (an ``sphericalreg evaluate`` table). Without ``--fit`` the
 calibration file's Platt fit scores every row (as ``register`` would); with ``--fit P ...`` the
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--calibration", default="Resources/Models/chest_example.calibration.json")
     parser.add_argument("--fit", nargs="*", default=[], metavar="PRESET")
     parser.add_argument("--plot", help="write a reliability plot (png)")
+    parser.add_argument("--write", help="with --fit: write the refitted confidence into this calibration file "
+                                        "(its uncertainty_scale kept)")
     args = parser.parse_args()
     calibration = json.loads(Path(args.calibration).read_text())
     rows = []
@@ -54,7 +57,12 @@ def main() -> None:
         train = [r for p, r in rows if p in args.fit and r.final_ncc is not None and r.cost is not None
                  and not r.diverged]
         calibration = {**calibration, **fit_confidence(train)}
+        sources = [spec for spec in args.tables if spec.partition("=")[0] in args.fit]
+        calibration["cases_dir"] = f"{len(train)} runs: " + ", ".join(sources)
         print(f"refitted on {len(train)} runs of {', '.join(args.fit)} ({sum(r.mTRE < 1 for r in train)} sub-mm)")
+        if args.write:
+            Path(args.write).write_text(json.dumps(calibration, indent=2) + "\n")
+            print(f"wrote {args.write}")
     scored = [(p, r) for p, r in rows if p not in args.fit]
     # a diverged run says so and carries no confidence: it counts as scored 0
     conf = [0.0 if r.diverged or r.final_ncc is None else predict(calibration, signal_values(r)) for _, r in scored]
