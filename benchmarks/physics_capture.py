@@ -19,6 +19,7 @@ import torch
 
 from SphericalRegLib.camera import ISOCENTRE_FRACTION
 from SphericalRegLib.confidence import load_calibration
+from SphericalRegLib.evaluation.rows import Row, write_rows
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.metrics import mtre
 from SphericalRegLib.model import load_model
@@ -33,9 +34,11 @@ def main() -> None:
     parser.add_argument("--rot-deg", type=float, default=2.0)
     parser.add_argument("--trans-mm", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--csv", help="also write every run as an evaluation table (method ours-init: a given "
+                                      "start), e.g. for benchmarks/confidence_presets.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    registrar = None
+    registrar, rows = None, []
     print("| physics | cases | start median mTRE | < 1 mm | median mTRE | confidence of the results >= 1 mm |\n"
           "|---|---:|---:|---:|---:|---|")
     for folder in map(Path, args.folders):
@@ -52,6 +55,7 @@ def main() -> None:
             result = registrar.register(case.xray, case.camera, init=start,
                                                         other_views=case.views[1:] if len(case.views) > 1 else [])
             a, b = float(mtre(start, truth, landmarks)), float(mtre(result.camera_from_world, truth, landmarks))
+            rows.append(Row.from_result("ours-init", f"{folder.name}/{case_dir.name}", result, truth, landmarks))
             starts.append(a)
             ends.append(b)
             if b >= 1:
@@ -59,6 +63,8 @@ def main() -> None:
         print(f"| {folder.name} | {len(ends)} | {statistics.median(starts):.1f} | "
               f"{sum(e < 1 for e in ends)}/{len(ends)} | {statistics.median(ends):.2f} | {'; '.join(wrong) or '-'} |",
               flush=True)
+    if args.csv:
+        write_rows(Path(args.csv), rows)
 
 
 if __name__ == "__main__":
