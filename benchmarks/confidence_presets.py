@@ -115,7 +115,8 @@ def main() -> None:
         for x, y, n in points:
             ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
         ax.set(xlabel="confidence", ylabel="observed share with mTRE < 1 mm", xlim=(0, 1), ylim=(0, 1),
-               title=f"{', '.join(presets)} ({len(scored)} runs)")
+               title=f"{len(scored)} runs of {len(presets)} held-out sets")
+        ax.title.set_fontsize(10)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}")
