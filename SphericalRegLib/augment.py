@@ -189,9 +189,9 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     unsharp masking, 8-bit quantisation); detector gain non-uniformity (0-3%) and defective pixels
     (0.01-0.2%, half dead, half saturated) come after the blur. Read back as ``xray.preprocess``
     reads it: a processed image affinely (``LOG_SPAN (1 - v)``), raw intensities as ``-log I`` with
-    defects replaced by their 3 x 3 median; shuttered bands are set to 0 (as the reader masks the
-    blades it finds); the outside of a round image-intensifier field (30% of the images with
-    shutters) is not, as the reader does not find it. ``pixel_mm`` is the detector pixel
+    defects replaced by their 3 x 3 median; shuttered bands and the outside of a round
+    image-intensifier field (30% of the images with shutters) are set to 0, as the reader masks
+    what it finds (``xray.shutter_mask``, ``xray.round_field_mask``). ``pixel_mm`` is the detector pixel
     size, for the kernels given in mm. Images no effect was drawn for come back unchanged.
     """
     if img.dim() != 4 or img.shape[1] != 1:
@@ -258,14 +258,13 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
 
     # read back as xray.preprocess reads such a frame: a processed export affinely (LOG_SPAN over its
     # window, air bright, clipped pixels keep their clipped value), raw intensities as -log(I / I0)
-    # with dead and hot pixels replaced by their 3 x 3 median; rectangular blades are found and set
-    # to 0 (xray.shutter_mask), a round field is not
+    # with dead and hot pixels replaced by their 3 x 3 median; blades and a round field are found and
+    # set to 0 (xray.shutter_mask, xray.round_field_mask)
     from .xray import LOG_SPAN, _median3
 
     raw = -torch.log(intensity.clamp_min(1e-6))
     median = torch.stack([_median3(r[0])[None] for r in raw])
     raw = torch.where((raw - median).abs() > 2.0, median, raw)
     out = torch.where(coins["processing"], LOG_SPAN * (1 - intensity), raw)
-    blades = shutter & ~iris_drawn
-    out = torch.where(blades, torch.zeros_like(out), out.clamp_min(0))
+    out = torch.where(shutter, torch.zeros_like(out), out.clamp_min(0))
     return torch.where(applied, out, img)
