@@ -17,18 +17,10 @@ from SphericalRegLib.confidence import DEFAULT_SIGNALS, predict
 from SphericalRegLib.evaluation.calibration import CALIBRATION_METHODS, fit_confidence, signal_values
 from SphericalRegLib.evaluation.rows import read_rows
 
+from confidence_presets import auroc, gross  # the same script folder
+
 SETS = [("final NCC", "log similarity cost"), ("log(1 - final NCC)", "log similarity cost"),
         ("log(1 - final NCC)", "log in-plane sd"), DEFAULT_SIGNALS]
-
-
-def auroc(scores, labels) -> float:
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / max(1, len(pos) * len(neg))
-
-
-def gross(row) -> bool:
-    return row.mTRE > 5 or row.mPE > 2
 
 
 def main() -> None:
