@@ -8,7 +8,6 @@ to L = -log(I / I0) before anything else.
 from __future__ import annotations
 
 import math
-
 import warnings
 
 import torch

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import zlib
 from pathlib import Path
 
 import torch
 
-from SphericalRegLib.camera import ISOCENTRE_FRACTION
 from SphericalRegLib.confidence import load_calibration
+from SphericalRegLib.evaluation.methods import far_start
 from SphericalRegLib.evaluation.rows import Row, write_rows
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.metrics import mtre
 from SphericalRegLib.model import load_model
-from SphericalRegLib.poses import sample_offsets
 from SphericalRegLib.register import Registrar
 
 
@@ -49,9 +47,7 @@ def main() -> None:
             # every case of these folders holds the same CT: one registrar, prepared once
             registrar = registrar or Registrar(load_model(args.model, case.ct), case.ct,
                                                calibration=load_calibration(args.model))
-            g = torch.Generator().manual_seed(zlib.crc32(case_dir.name.encode()))
-            start = sample_offsets(1, (args.rot_deg,) * 3, (args.trans_mm,) * 3,
-                                   ISOCENTRE_FRACTION * case.camera.sdd, g)[0] @ truth
+            start = far_start(case_dir.name, truth, case.camera, (args.rot_deg,) * 3, (args.trans_mm,) * 3)
             result = registrar.register(case.xray, case.camera, init=start,
                                                         other_views=case.views[1:] if len(case.views) > 1 else [])
             a, b = float(mtre(start, truth, landmarks)), float(mtre(result.camera_from_world, truth, landmarks))

@@ -55,7 +55,7 @@ DERIVED = {"regressor": ("ours", "initial"), "ours-no-intensity": ("ours", "simi
 """Rows that come free from a stage of another method's run: name -> (method, stage)."""
 
 
-def far_start(case_name: str, init: Tensor, camera: Camera) -> Tensor:
-    """init.json moved by a further offset seeded by the case's name (the same in every shard)."""
+def far_start(case_name: str, init: Tensor, camera: Camera, rot_deg=FAR_ROT_DEG, trans_mm=FAR_TRANS_MM) -> Tensor:
+    """``init`` moved by a further offset (sds per axis) seeded by the case's name (the same in every shard)."""
     g = torch.Generator().manual_seed(zlib.crc32(case_name.encode()))
-    return sample_offsets(1, FAR_ROT_DEG, FAR_TRANS_MM, ISOCENTRE_FRACTION * camera.sdd, g)[0] @ init
+    return sample_offsets(1, rot_deg, trans_mm, ISOCENTRE_FRACTION * camera.sdd, g)[0] @ init

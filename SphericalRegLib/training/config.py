@@ -82,7 +82,7 @@ class TrainConfig:
     physics_p: float = 0.0
     # the networks this run optimises (the others keep their weights: e.g. a regressor fine-tuned
     # alone, without rendering feature DRRs or the double backward, at ~1/10 of a joint step)
-    trained: tuple = ("features", "similarity", "regressor")
+    trained: tuple = NETWORKS
     # the model whose networks this run started from (sphericalreg train --init), for the record
     initialised_from: str | None = None
     # optimisation
@@ -108,8 +108,9 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("truth_rot_deg", "truth_trans_mm", "moving_rot_deg", "moving_trans_mm",
-                     "moving_scale", "bone_scale", "trained"):
-            setattr(self, name, tuple(x if name == "trained" else float(x) for x in getattr(self, name)))
+                     "moving_scale", "bone_scale"):
+            setattr(self, name, tuple(float(x) for x in getattr(self, name)))
+        self.trained = tuple(self.trained)
         unknown = [n for n in self.trained if n not in NETWORKS]
         if unknown or not self.trained:
             raise InputError("trained", f"is {list(self.trained)}", "one or more of " + ", ".join(NETWORKS))

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
 from ..camera import ISOCENTRE_FRACTION, Camera, canonical_ap_pose
 from ..checkpoint import ct_fingerprint, save_checkpoint
+from ..errors import InputError
 from ..geometry import perturb_left, rotation_angle
 from ..model import build_networks
 from ..poses import camera_frame_offset, sample_offsets
@@ -230,9 +230,9 @@ class Trainer:
             errors["geodesic"].append(pose_distance(est, truth, "se3", self.length, self.isocentre, self.depth))
             errors["prior"].append(pose_distance(self.reference.to(truth).expand_as(truth), truth, "se3", self.length,
                                                  self.isocentre, self.depth))
-            errors["rot"].append(torch.rad2deg(rotation_angle(est[:, :3, :3], truth[:, :3, :3])))
-            errors["iso"].append((centred(est, self.isocentre, self.depth)[:, :3, 3]
-                                  - centred(truth, self.isocentre, self.depth)[:, :3, 3]).norm(dim=-1))
+            rot, iso = self._regressor_errors(est, truth)
+            errors["rot"].append(rot)
+            errors["iso"].append(iso)
         a = {k: torch.cat(v) for k, v in angles.items()}
         e = {k: torch.cat(v) for k, v in errors.items()}
         physics = self._validate_regressor_under_physics() if c.physics_p > 0 else {}
@@ -262,12 +262,17 @@ class Trainer:
         rot, iso = [], []
         for start in range(0, c.val_size, c.batch_size):
             sl = slice(start, start + c.batch_size)
-            truth = val["truth"][sl]
-            est = self.regressor(val["xray_physics"][sl]).double()
-            rot.append(torch.rad2deg(rotation_angle(est[:, :3, :3], truth[:, :3, :3])))
-            iso.append((centred(est, self.isocentre, self.depth)[:, :3, 3]
-                        - centred(truth, self.isocentre, self.depth)[:, :3, 3]).norm(dim=-1))
+            r, i = self._regressor_errors(self.regressor(val["xray_physics"][sl]).double(), val["truth"][sl])
+            rot.append(r)
+            iso.append(i)
         return dict(reg_rot_deg_physics=float(torch.cat(rot).mean()), reg_iso_mm_physics=float(torch.cat(iso).mean()))
+
+    def _regressor_errors(self, est: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotation error (deg) and isocentre error (mm) ``(B,)`` each of poses ``est`` against ``truth`` ``(B, 4, 4)``."""
+        rot = torch.rad2deg(rotation_angle(est[:, :3, :3], truth[:, :3, :3]))
+        iso = (centred(est, self.isocentre, self.depth)[:, :3, 3]
+               - centred(truth, self.isocentre, self.depth)[:, :3, 3]).norm(dim=-1)
+        return rot, iso
 
     # -- distributed
 
@@ -319,13 +324,12 @@ class Trainer:
         """Start from the trained networks of another model (any CT: xvr's generic-then-patient
         recipe), keeping what is bound to this CT: the regressor's reference pose and pivot."""
         for name, module in self.networks.items():
-            weights = dict(state["networks"][name])
-            own = module.state_dict()
-            for key in ("reference_pose", "pivot"):
-                if name == "regressor" and key in own:
-                    weights[key] = own[key]
+            weights = dict(state["networks"][name])  # load_state_dict casts a half-precision export
+            if name == "regressor":
+                own = module.state_dict()
+                weights.update(reference_pose=own["reference_pose"], pivot=own["pivot"])
             try:
-                module.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in weights.items()})
+                module.load_state_dict(weights)
             except RuntimeError as e:
                 raise InputError("--init", f"its {name} network does not fit this configuration "
                                  f"({str(e).splitlines()[0]})",
