@@ -10,7 +10,7 @@ from ..register.uncertainty import describe as describe_uncertainty
 from . import flags_for_fields, set_threads
 
 FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device", "views": "--views",
-         "relative_rotation_sd_deg": "--relative-sd"}
+         "relative_rotation_sd_deg": "--relative-sd", "distortion": "--distortion"}
 
 
 def add_arguments(p) -> None:
@@ -22,6 +22,10 @@ def add_arguments(p) -> None:
     p.add_argument("--relative-sd", type=float, default=0.0, metavar="DEG",
                    help="how well the further views' camera_from_reference is known (1 sd, deg): above 0 it is "
                         "refined as positioner angles about the isocentre and reported per view (default 0: exact)")
+    p.add_argument("--distortion", default=None, metavar="K,S",
+                   help="an image-intensifier C-arm's distortion from its dewarp calibration: pincushion and S "
+                        "rotation (rad) at the detector's corners (docs/physics.md); omit for a flat panel or a "
+                        "dewarped frame")
     p.add_argument("--out", help="output folder (default: the case folder)")
     p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"])
     p.add_argument("--iterations", type=int, default=RegisterOptions.iterations)
@@ -35,7 +39,8 @@ def main(args) -> int:
     set_threads(args.threads)
     with flags_for_fields(FLAGS):
         options = RegisterOptions(optimizer=args.optimizer, iterations=args.iterations, refine=not args.no_refine,
-                                  relative_rotation_sd_deg=args.relative_sd)
+                                  relative_rotation_sd_deg=args.relative_sd,
+                                  distortion=None if args.distortion is None else args.distortion.split(","))
         device = resolve_device(args.device)
     last = {"stage": None}
 
@@ -58,6 +63,8 @@ def main(args) -> int:
             if view.relative is not None:
                 print(f"  {view.name}: relative pose refined by {view.relative['rotation_deg']:.2f} deg "
                       f"({view.relative['centre_shift_mm']:.2f} mm at the CT centre)")
+    if result.distortion is not None:
+        print("X-ray undistorted first: pincushion {pincushion:.3f}, S {s_distortion:.3f} rad".format(**result.distortion))
     if result.uncertainty is not None:
         print(describe_uncertainty(result.uncertainty))
         for view in result.views if len(result.views) > 1 else ():

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Camera
+from ..distortion import undistort
 from ..errors import Cancelled
 from ..model import ModelBundle
 from ..render import Renderer
@@ -43,6 +44,9 @@ class RegistrationContext:
     cancel: object | None = None
     noise_scale: float = 1.0
     """How much larger the pose errors are than the raw J^T J says (the calibration's in-plane factor)."""
+    distortion: Tensor | None = None
+    """The X-rays' image-intensifier distortion ``(2,)`` (:mod:`~SphericalRegLib.distortion`), undone
+    before every intensity level; None: the frames are taken as undistorted."""
 
     @property
     def device(self) -> torch.device:
@@ -77,6 +81,14 @@ class RegistrationContext:
             return self.cancel is not None and self.cancel.is_set()
         return callback
 
+    def xray_level(self, pyramid: XrayPyramid, size: int) -> tuple[Tensor, Camera, Tensor]:
+        """``pyramid.level(size)``, undistorted by :attr:`distortion` when there is one."""
+        x, camera, valid = pyramid.level(size)
+        if self.distortion is None:
+            return x, camera, valid
+        d = self.distortion.to(x.device)[None]
+        return undistort(x, d), camera, undistort(valid[None, None].to(x.dtype), d)[0, 0] > 0.999
+
     def intensity_residual(self, level: IntensityLevel, form: str | None = None, views=None):
         """``pose (B, 4, 4) -> residual (B, M)`` of line-integral DRRs against the X-rays at
         ``level``, stacked over ``views`` (indices; default all).
@@ -91,7 +103,7 @@ class RegistrationContext:
         residual = ncc_residual(level.patch, form or level.form)
 
         def one(pyramid: XrayPyramid):
-            x, camera, valid = pyramid.level(level.image_size)
+            x, camera, valid = self.xray_level(pyramid, level.image_size)
             render = self.renderer(camera, mu)
             valid = valid.to(x.device)[None, None]
 

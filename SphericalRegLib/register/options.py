@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..distortion import validate_distortion
 from ..errors import InputError
 
 __all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS"]
@@ -54,10 +55,15 @@ class RegisterOptions:
     search_step_mm: float = 15.0
     search_steps: tuple = (4, 4, 2)  # grid half-widths along camera x, y, z, in steps
     search_level: IntensityLevel = IntensityLevel(spacing_mm=6.0, image_size=32, patch=8, form="ncc", iterations=0)
+    # an image-intensifier C-arm's distortion (pincushion, S rotation at the corners; docs/physics.md),
+    # from its dewarp calibration, undone before the intensity stage; None: frames without (a flat panel)
+    distortion: tuple | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise InputError("optimizer", f"is {self.optimizer!r}", ", ".join(OPTIMIZERS[:-1]) + " or none")
+        if self.distortion is not None:
+            self.distortion = validate_distortion(self.distortion)
         if self.iterations < 1:
             raise InputError("iterations", f"is {self.iterations}", "at least 1")
         if not (self.relative_rotation_sd_deg >= 0 and self.relative_isocentre_sd_mm > 0):

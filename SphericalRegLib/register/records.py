@@ -102,7 +102,9 @@ class RegistrationResult:
     CT centre along the central ray and in the detector plane (None without an intensity stage).
     views: one :class:`ViewResult` per view registered (empty for a peer, which uses view 0);
     with several, ``camera_from_world``, uncertainty and covariance are the joint answer (view 0's
-    pose), ``drr``/``xray``/``final_ncc`` are view 0's and ``confidence`` is the lowest view's."""
+    pose), ``drr``/``xray``/``final_ncc`` are view 0's and ``confidence`` is the lowest view's.
+    distortion: the image intensifier's distortion estimated with the pose (``pincushion``,
+    ``s_distortion``), or None when it was not estimated."""
 
     camera_from_world: Tensor
     seconds: float
@@ -119,6 +121,7 @@ class RegistrationResult:
     covariance: Tensor | None = None
     uncertainty: dict | None = None
     views: list[ViewResult] = field(default_factory=list)
+    distortion: dict | None = None
 
     def to_json(self) -> dict:
         """result.json of the conventions, with each stage's summary (and each view's, for several)."""
@@ -135,6 +138,8 @@ class RegistrationResult:
             "uncertainty": self.uncertainty,
             "views": max(1, len(self.views)),
         }
+        if self.distortion is not None:
+            out["distortion"] = self.distortion
         if len(self.views) > 1:
             out["per_view"] = [v.to_json() for v in self.views]
         return out

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..camera import Camera, project
 from ..confidence import confidence_values, predict
+from ..distortion import NAMES as DISTORTION_NAMES
 from ..geometry import se3_inverse, transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
@@ -65,8 +66,11 @@ class Registrar:
         relative = torch.stack([IDENTITY, *(torch.as_tensor(v.camera_from_reference, dtype=torch.float64)
                                             for v in other_views)])
         scale = ((self.calibration or {}).get("uncertainty_scale") or {}).get("inplane", 1.0)
+        distortion = None if self.options.distortion is None else torch.tensor(self.options.distortion,
+                                                                                  dtype=torch.float64)
         return RegistrationContext(self.model, self.options, self.attenuation, pyramids, relative,
-                                   progress or (lambda stage, fraction: None), cancel, noise_scale=scale)
+                                   progress or (lambda stage, fraction: None), cancel, noise_scale=scale,
+                                   distortion=distortion)
 
     def register(self, image: Tensor, camera: Camera, init: Tensor | None = None, *,
                  photometric: str = "MONOCHROME2", line_integrals: bool = False, other_views: Sequence[View] = (),
@@ -118,7 +122,7 @@ class Registrar:
                           else float(0.5 * learnt_residual(ctx)(T).pow(2).sum()))
         views = []
         for k, pyramid in enumerate(ctx.pyramids):
-            x, camera, _ = pyramid.level(level.image_size)
+            x, camera, _ = ctx.xray_level(pyramid, level.image_size)
             with torch.no_grad():
                 drr = ctx.renderer(camera, mu)(mu.data, poses[k][None])[0, 0]
                 ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
@@ -134,13 +138,16 @@ class Registrar:
         for v in views:
             v.confidence = self._confidence(v, similarity, diverged)
         confidences = [v.confidence for v in views]
+        distortion = None
+        if ctx.distortion is not None:
+            distortion = dict(zip(DISTORTION_NAMES, map(float, ctx.distortion)))
         return RegistrationResult(
             camera_from_world=pose, seconds=seconds_so_far + time.perf_counter() - t0, similarity=similarity,
             iterations=sum(s.iterations for s in stages.values()),
             confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
             stages=stages, warnings=list(self.warnings) + self._view_warnings(views), covariance=covariance,
-            uncertainty=uncertainty, views=views)
+            uncertainty=uncertainty, views=views, distortion=distortion)
 
     def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):
         """The joint covariance of view 0's twist and its standard deviations at the CT centre (in

@@ -47,3 +47,5 @@ def test_errors_name_the_flag_the_user_typed(tiny_model_file, tiny_cases, tmp_pa
     assert "--iterations: is 0" in capsys.readouterr().err
     assert cli.main(argv + ["--device", "tpu"]) == 2
     assert "--device: is 'tpu'" in capsys.readouterr().err
+    assert cli.main(argv + ["--distortion", "0.08"]) == 2
+    assert "--distortion: is ['0.08']" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""Image-intensifier distortion undone before registration (SphericalRegLib.distortion, RegisterOptions.distortion)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from SphericalRegLib.distortion import undistort, validate_distortion
+from SphericalRegLib.errors import InputError
+from SphericalRegLib.io import read_case, read_truth
+from SphericalRegLib.model import load_model
+from SphericalRegLib.physics import PLAIN, _distortion
+from SphericalRegLib.register import RegisterOptions, Registrar
+from fixtures import tiny_levels
+
+f64 = torch.float64
+
+
+def smooth_image(n=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(1, 1, 12, 12, generator=g, dtype=f64), n, mode="bicubic", align_corners=True)[0, 0]
+
+
+def test_undistort_inverts_the_simulated_image_intensifier_warp():
+    image = smooth_image()
+    warped = _distortion(image, replace(PLAIN, pincushion=0.08, s_distortion=0.04))
+    restored = undistort(warped[None, None], torch.tensor([[0.08, 0.04]], dtype=f64))[0, 0]
+    inner = slice(16, 112)  # the corners leave the warped field
+    before = (warped - image)[inner, inner].abs().mean()
+    after = (restored - image)[inner, inner].abs().mean()
+    assert after < 0.1 * before
+
+
+def test_no_distortion_is_the_identity():
+    image = smooth_image(40)
+    same = undistort(image[None, None], torch.zeros(1, 2, dtype=f64))[0, 0]
+    assert torch.allclose(same, image, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["abc", (0.1,), (0.5, 0.0), (float("nan"), 0.0), (0.1, 0.0, 0.0)])
+def test_a_distortion_that_is_not_two_plausible_numbers_is_refused(bad):
+    with pytest.raises(InputError, match="distortion"):
+        RegisterOptions(distortion=bad)
+
+
+def test_the_options_read_the_coefficients_as_given_on_the_command_line():
+    assert RegisterOptions(distortion=["0.08", "-0.02"]).distortion == (0.08, -0.02)
+    assert validate_distortion((0, 0)) == (0.0, 0.0)
+
+
+def test_a_known_distortion_makes_the_true_pose_image_the_distorted_xray_better(tiny_model_file, tiny_cases):
+    case_dir = tiny_cases / "case_000"
+    case = read_case(case_dir)
+    truth, _ = read_truth(case_dir)
+    distorted = _distortion(case.xray.to(f64), replace(PLAIN, pincushion=0.15))
+    model = load_model(tiny_model_file, case.ct)
+    costs = {}
+    for known in (None, (0.15, 0.0)):
+        options = RegisterOptions(refine_levels=tiny_levels(iterations=1), distortion=known)
+        ctx = Registrar(model, case.ct, options).context(distorted, case.camera)
+        level = options.refine_levels[-1]
+        with torch.no_grad():
+            costs[known] = float(0.5 * ctx.intensity_residual(level)(truth[None].to(f64)).pow(2).sum())
+    assert costs[(0.15, 0.0)] < 0.8 * costs[None]
+
+
+def test_the_result_says_which_distortion_was_undone(tiny_model_file, tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    options = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=2), search_step_mm=0,
+                              distortion=(0.05, 0.01))
+    result = Registrar(load_model(tiny_model_file, case.ct), case.ct, options).register(
+        case.xray, case.camera, case.init)
+    assert result.to_json()["distortion"] == {"pincushion": 0.05, "s_distortion": 0.01}
+    plain = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=2), search_step_mm=0)
+    assert "distortion" not in Registrar(load_model(tiny_model_file, case.ct), case.ct, plain).register(
+        case.xray, case.camera, case.init).to_json()
