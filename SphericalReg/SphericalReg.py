@@ -351,7 +351,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             init = pose_from_transform_node(p.outputTransform) if p.useInitialPose and p.outputTransform else None
             self.logic.start_registration(p.ctVolume, p.xrayVolume, camera, p.modelPath, p.outputTransform,
                                           init, device=p.device, env=slicer.util.startupEnvironment(),
-                                          other_views=other_views, relative_sd_deg=p.relativeSdDeg)
+                                          other_views=other_views, relative_sd_deg=p.relativeSdDeg,
+                                          distortion=(p.pincushion, p.sDistortion))
             # the second view's geometry is stored once the logic accepted the view (a view refused
             # for its relative pose keeps the geometry its file or tags give)
             for node, view_camera, _relative in other_views:

@@ -119,12 +119,14 @@ class SphericalRegLogic(_LogicBase):
     def start_registration(self, ct_node, xray_node, camera, model_path, output_transform_node=None,
                            init_camera_from_world=None, device: Optional[str] = None, env=None,
                            work_dir=None, python: Optional[str] = None, extra_args=(), other_views=(),
-                           relative_sd_deg: float = 0.0) -> Job:
+                           relative_sd_deg: float = 0.0, distortion=None) -> Job:
         """Write the case (CT as NRRD, X-ray, geometry, optional start pose, and ``view_k/`` for each
         of ``other_views``: see :meth:`further_views`) and start the two background steps
         (register all views jointly, then every view's DRR). ``relative_sd_deg`` > 0: the further
         views' relative poses are known only to about that many degrees and are refined
-        (``--relative-sd``). The nodes are captured now."""
+        (``--relative-sd``). ``distortion``: an image-intensifier C-arm's (pincushion, S) from its
+        dewarp calibration, undone before the intensity stage (``--distortion``); None or zeros: none.
+        The nodes are captured now."""
         if self.job is not None and self.job.running:
             raise input_error("registration", "another job is running", "one job at a time (Cancel it first)")
         if not is_single_slice(xray_node):
@@ -137,6 +139,15 @@ class SphericalRegLogic(_LogicBase):
             raise input_error("relative pose sd", f"is {relative_sd_deg} deg", "0 (exact) or more")
         if relative_sd_deg > 0 and views:
             extra_args = [*extra_args, "--relative-sd", repr(float(relative_sd_deg))]
+        if distortion is not None and any(distortion):
+            from SphericalRegLib.distortion import validate_distortion
+            from SphericalRegLib.errors import InputError
+
+            try:
+                k, s = validate_distortion(distortion)
+            except InputError as e:
+                raise input_error("image-intensifier distortion", e.problem, e.expected) from None
+            extra_args = [*extra_args, "--distortion", f"{k!r},{s!r}"]
         work = Path(work_dir) if work_dir is not None else self._work_dir("SphericalReg-")
         try:
             case = write_case(ct_node, xray_node, camera, work / "case", init_camera_from_world, views)

@@ -46,6 +46,9 @@ class SphericalRegParameterNode:
     outputTransform: vtkMRMLLinearTransformNode
     modelPath: Path = default_model_path()
     geometry: XrayGeometry
+    # an image-intensifier C-arm's distortion from its dewarp calibration (0, 0: a flat panel)
+    pincushion: Annotated[float, WithinRange(-0.3, 0.3)] = 0.0
+    sDistortion: Annotated[float, WithinRange(-0.3, 0.3)] = 0.0
     useInitialPose: bool = False
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

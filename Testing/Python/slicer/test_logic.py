@@ -834,6 +834,29 @@ def test_bad_second_views_are_named(scene, tmp_path):
     logic.cancel()
 
 
+def test_an_image_intensifier_distortion_reaches_the_register_step_or_is_refused(scene, tmp_path):
+    from SphericalRegLib.cli import build_parser
+
+    ct = _volume_node(scene, np.zeros((4, 5, 6), np.int16), np.eye(4))
+    xray = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "ap")
+    logic = L.SphericalRegLogic()
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")
+    job = logic.start_registration(ct, xray, CAMERA, model, distortion=(0.08, -0.02), work_dir=tmp_path / "w",
+                                   python=sys.executable)
+    register_step = job.process.steps[0]
+    logic.cancel()
+    assert build_parser().parse_args(register_step[3:]).distortion == "0.08,-0.02"
+    job = logic.start_registration(ct, xray, CAMERA, model, distortion=(0.0, 0.0), work_dir=tmp_path / "w1",
+                                   python=sys.executable)
+    assert "--distortion" not in job.process.steps[0]  # a flat panel: nothing to undo
+    logic.cancel()
+    with pytest.raises(InputError, match="image-intensifier distortion"):
+        logic.start_registration(ct, xray, CAMERA, model, distortion=(0.8, 0.0), work_dir=tmp_path / "w2",
+                                 python=sys.executable)
+    assert logic.job is None or not logic.job.running
+
+
 def test_two_view_job_gives_a_drr_and_a_transform_per_view(scene, tiny_model_file, tiny_two_view_case, tmp_path):
     """A real two-view job (tiny model, a few iterations): result.json says two views, each view
     gets its DRR node (from drr.npy and drr_view_1.npy, on its own X-ray's grid) and its transform
