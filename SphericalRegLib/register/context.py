@@ -104,7 +104,7 @@ class RegistrationContext:
 
         def one(pyramid: XrayPyramid):
             x, camera, valid = self.xray_level(pyramid, level.image_size)
-            render = self.renderer(camera, mu, level.samples(mu.shape[-3:]))
+            render = self.renderer(camera, mu)
             valid = valid.to(x.device)[None, None]
 
             def r(T):

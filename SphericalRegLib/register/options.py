@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..distortion import validate_distortion
 from ..errors import InputError
-from ..render import default_n_samples
 
 __all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS"]
 
@@ -17,24 +15,13 @@ OPTIMIZERS = ("lm", "gd", "adam", "none")
 @dataclass(frozen=True)
 class IntensityLevel:
     """One level of the intensity stage: CT voxels (mm), image size (px), NCC patch (px), the
-    residual form of :func:`~SphericalRegLib.register.residuals.ncc_residual`, LM's iteration cap and
-    the samples per ray LM's DRRs take, as a share of :func:`~SphericalRegLib.render.default_n_samples`
-    (the final images, NCC and uncertainty always take the full count)."""
+    residual form of :func:`~SphericalRegLib.register.residuals.ncc_residual` and LM's iteration cap."""
 
     spacing_mm: float
     image_size: int
     patch: int
     form: str
     iterations: int
-    ray_sampling: float = 1.0
-
-    def __post_init__(self):
-        if not 0 < self.ray_sampling <= 1:
-            raise InputError("ray_sampling", f"is {self.ray_sampling}", "a share of the full count in (0, 1]")
-
-    def samples(self, shape) -> int:
-        """Samples per ray of this level's DRRs of a volume of ``shape``."""
-        return max(8, math.ceil(default_n_samples(shape) * self.ray_sampling))
 
 
 @dataclass

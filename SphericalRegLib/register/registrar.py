@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -114,7 +113,7 @@ class Registrar:
                 seconds_so_far: float, given_relative: Tensor) -> RegistrationResult:
         """The final images, NCC, checks, confidence and uncertainty of ``pose`` (4, 4), per view and joint."""
         t0 = time.perf_counter()
-        level = replace(self.options.refine_levels[-1], ray_sampling=1.0)  # final images at full sampling
+        level = self.options.refine_levels[-1]
         mu = self.attenuation[level.spacing_mm]
         T = pose.to(self.device, torch.float64)[None]
         poses = view_poses(ctx.camera_from_reference.to(T), T)[:, 0]
