@@ -75,8 +75,9 @@ class _Runner:
     def run(self, method: Method, case, init) -> RegistrationResult:
         photometric = case.meta.get("photometric", "MONOCHROME2")
         if method.model is not None:
-            return self._registrar(method, case.ct).register(case.xray, case.camera, init, photometric=photometric,
-                                                             other_views=case.views[1:method.views])
+            return self._registrar(method, case.ct).register(
+                case.xray, case.camera, init, photometric=photometric, other_views=case.views[1:method.views],
+                check_polarity=case.meta.get("photometric_source") == "pixels")
         record = self._baseline(case.ct).register(case.xray, case.camera, init, photometric)
         return RegistrationResult(camera_from_world=record.pose, seconds=record.seconds, similarity=math.nan,
                                   iterations=record.iterations, confidence=None, diverged=record.diverged,

@@ -32,6 +32,7 @@ def register_case(folder, model_path, *, out=None, use_init: bool = False, optio
     registrar = Registrar(model, case.ct, options, load_calibration(model_path))
     result = registrar.register(case.xray, case.camera, case.init if use_init else None,
                                 photometric=case.meta.get("photometric", "MONOCHROME2"),
+                                check_polarity=case.meta.get("photometric_source") == "pixels",
                                 other_views=case.views[1:views], progress=progress, cancel=cancel)
     paths = write_outputs(Path(out or folder), result, overwrite=overwrite)
     return result, paths

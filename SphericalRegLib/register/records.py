@@ -103,8 +103,8 @@ class RegistrationResult:
     views: one :class:`ViewResult` per view registered (empty for a peer, which uses view 0);
     with several, ``camera_from_world``, uncertainty and covariance are the joint answer (view 0's
     pose), ``drr``/``xray``/``final_ncc`` are view 0's and ``confidence`` is the lowest view's.
-    distortion: the image intensifier's distortion estimated with the pose (``pincushion``,
-    ``s_distortion``), or None when it was not estimated."""
+    distortion: the image intensifier's distortion undone before the intensity stage (``pincushion``,
+    ``s_distortion``), or None; photometric: view 0's polarity as registered."""
 
     camera_from_world: Tensor
     seconds: float
@@ -122,6 +122,7 @@ class RegistrationResult:
     uncertainty: dict | None = None
     views: list[ViewResult] = field(default_factory=list)
     distortion: dict | None = None
+    photometric: str | None = None
 
     def to_json(self) -> dict:
         """result.json of the conventions, with each stage's summary (and each view's, for several)."""
@@ -140,6 +141,8 @@ class RegistrationResult:
         }
         if self.distortion is not None:
             out["distortion"] = self.distortion
+        if self.photometric is not None:
+            out["photometric"] = self.photometric
         if len(self.views) > 1:
             out["per_view"] = [v.to_json() for v in self.views]
         return out

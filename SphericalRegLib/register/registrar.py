@@ -23,7 +23,7 @@ from .options import RegisterOptions
 from .pyramid import XrayPyramid
 from .records import RegistrationResult, StageRecord, ViewResult
 from .uncertainty import covariance, point_standard_deviations
-from .stages import initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
+from .stages import choose_polarity, initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
     relative_pose_refinement, translation_search
 
 __all__ = ["Registrar", "VIEW_NCC_GAP"]
@@ -74,19 +74,22 @@ class Registrar:
 
     def register(self, image: Tensor, camera: Camera, init: Tensor | None = None, *,
                  photometric: str = "MONOCHROME2", line_integrals: bool = False, other_views: Sequence[View] = (),
-                 progress=None, cancel=None) -> RegistrationResult:
+                 check_polarity: bool = False, progress=None, cancel=None) -> RegistrationResult:
         """Register ``image`` (rows, cols) seen by ``camera``, jointly with ``other_views`` when given.
 
         ``image`` holds detector intensities (air bright; MONOCHROME1 inverted) unless
         ``line_integrals`` says it already holds -log(I/I0); ``init`` (4, 4), view 0's pose, skips
         the regressor. ``other_views``: further X-rays of the same patient position, each with its
         ``camera_from_reference``; the answer is still view 0's pose, pinned by all of them.
+        ``check_polarity``: ``photometric`` was guessed from the pixels (no DICOM tag said it), so
+        view 0 is also tried inverted and the CT decides (:func:`~.stages.choose_polarity`).
         ``progress(stage, fraction)`` is called as work advances; ``cancel`` is anything with
         ``is_set()`` (raises :class:`~SphericalRegLib.errors.Cancelled`).
         """
         opt, t0 = self.options, time.perf_counter()
         ctx = self.context(image, camera, photometric=photometric, line_integrals=line_integrals,
                            other_views=other_views, progress=progress, cancel=cancel)
+        polarity_warning = choose_polarity(ctx, init) if check_polarity and not line_integrals else None
         stages = {"initial": initial_pose(ctx, init)}
         pose, search = stages["initial"].pose, None
         if opt.optimizer != "none":
@@ -107,7 +110,10 @@ class Registrar:
                 pose, failed = stages["relative"].pose, stages["relative"].diverged
         else:  # nothing after the learnt stage could have recovered from its divergence
             failed = "similarity" in stages and stages["similarity"].diverged
-        return self._result(ctx, pose, stages, failed, time.perf_counter() - t0, given)
+        result = self._result(ctx, pose, stages, failed, time.perf_counter() - t0, given)
+        if polarity_warning:
+            result.warnings.append(polarity_warning)
+        return result
 
     def _result(self, ctx: RegistrationContext, pose: Tensor, stages: dict[str, StageRecord], failed: bool,
                 seconds_so_far: float, given_relative: Tensor) -> RegistrationResult:
@@ -147,7 +153,7 @@ class Registrar:
             confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
             stages=stages, warnings=list(self.warnings) + self._view_warnings(views), covariance=covariance,
-            uncertainty=uncertainty, views=views, distortion=distortion)
+            uncertainty=uncertainty, views=views, distortion=distortion, photometric=ctx.xray.photometric)
 
     def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):
         """The joint covariance of view 0's twist and its standard deviations at the CT centre (in

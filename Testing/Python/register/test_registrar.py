@@ -62,3 +62,20 @@ def test_a_set_cancel_flag_stops_the_registration(tiny_model_file, tiny_cases):
     with pytest.raises(Cancelled):
         Registrar(load_model(tiny_model_file, case.ct), case.ct, RegisterOptions(refine_levels=TINY_LEVELS)).register(
             case.xray, case.camera, cancel=cancel)
+
+
+def test_a_guessed_polarity_the_ct_contradicts_is_inverted_and_said(tiny_model_file, tiny_cases):
+    from SphericalRegLib.io import read_truth
+
+    case = read_case(tiny_cases / "case_000")
+    truth, _ = read_truth(tiny_cases / "case_000")
+    inverted = case.xray.max() + case.xray.min() - case.xray  # the frame exported the other way round
+    options = RegisterOptions(optimizer="none", refine_levels=TINY_LEVELS, search_step_mm=0)
+    registrar = Registrar(load_model(tiny_model_file, case.ct), case.ct, options)
+    result = registrar.register(inverted, case.camera, truth, photometric="MONOCHROME2", check_polarity=True)
+    assert result.to_json()["photometric"] == "MONOCHROME1"
+    assert any("polarity" in w and "MONOCHROME1" in w for w in result.warnings)
+    kept = registrar.register(case.xray, case.camera, truth, photometric="MONOCHROME2", check_polarity=True)
+    assert kept.photometric == "MONOCHROME2" and not any("polarity" in w for w in kept.warnings)
+    unchecked = registrar.register(inverted, case.camera, truth, photometric="MONOCHROME2")
+    assert unchecked.photometric == "MONOCHROME2"  # a DICOM tag's word is not second-guessed
