@@ -125,8 +125,9 @@ class RegistrationContext:
         return lambda T: scale * torch.cat([r(C[k] @ T) for k, r in enumerate(residuals)], dim=-1)
 
     @torch.no_grad()
-    def coarse_cost(self, poses: Tensor, chunk: int = 64) -> Tensor:
+    def coarse_cost(self, poses: Tensor, chunk: int = 64, views=None) -> Tensor:
         """Mean ``1 - NCC`` (patches and whole, intensities and edges) of tiny DRRs at ``poses``
-        ``(B, 4, 4) -> (B,)``: the independent check that decides between candidate poses."""
-        residual = self.intensity_residual(self.options.search_level, "ncc")
+        ``(B, 4, 4) -> (B,)`` over ``views`` (default all): the independent check that decides
+        between candidate poses."""
+        residual = self.intensity_residual(self.options.search_level, "ncc", views)
         return torch.cat([0.5 * residual(part).pow(2).sum(-1) for part in poses.split(chunk)])

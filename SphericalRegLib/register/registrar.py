@@ -81,15 +81,16 @@ class Registrar:
         ``line_integrals`` says it already holds -log(I/I0); ``init`` (4, 4), view 0's pose, skips
         the regressor. ``other_views``: further X-rays of the same patient position, each with its
         ``camera_from_reference``; the answer is still view 0's pose, pinned by all of them.
-        ``check_polarity``: ``photometric`` was guessed from the pixels (no DICOM tag said it), so
-        view 0 is also tried inverted and the CT decides (:func:`~.stages.choose_polarity`).
+        ``check_polarity``: the views' photometric interpretations were guessed from their pixels (no
+        DICOM tag said so), so each is also tried inverted and the CT decides
+        (:func:`~.stages.choose_polarity`).
         ``progress(stage, fraction)`` is called as work advances; ``cancel`` is anything with
         ``is_set()`` (raises :class:`~SphericalRegLib.errors.Cancelled`).
         """
         opt, t0 = self.options, time.perf_counter()
         ctx = self.context(image, camera, photometric=photometric, line_integrals=line_integrals,
                            other_views=other_views, progress=progress, cancel=cancel)
-        polarity_warning = choose_polarity(ctx, init) if check_polarity and not line_integrals else None
+        polarity_warnings = choose_polarity(ctx, init) if check_polarity and not line_integrals else []
         stages = {"initial": initial_pose(ctx, init)}
         pose, search = stages["initial"].pose, None
         if opt.optimizer != "none":
@@ -111,8 +112,7 @@ class Registrar:
         else:  # nothing after the learnt stage could have recovered from its divergence
             failed = "similarity" in stages and stages["similarity"].diverged
         result = self._result(ctx, pose, stages, failed, time.perf_counter() - t0, given)
-        if polarity_warning:
-            result.warnings.append(polarity_warning)
+        result.warnings += polarity_warnings
         return result
 
     def _result(self, ctx: RegistrationContext, pose: Tensor, stages: dict[str, StageRecord], failed: bool,

@@ -32,30 +32,34 @@ Chosen on tuning cases (seeds 7100, 6300, 6500): every wrong guess there was 0.3
 
 
 @torch.no_grad()
-def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> str | None:
-    """View 0 as read and inverted: whichever images the CT better at its start pose (the
+def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> list[str]:
+    """Each view as read and inverted: whichever images the CT better at the start pose (the
     regressor's for that reading, or ``given``) by :data:`POLARITY_MARGIN` is kept in
-    ``ctx.pyramids[0]``. Returns a warning when the inverse won.
+    ``ctx.pyramids``, view by view from view 0. Returns a warning for each view inverted.
 
     Without a DICOM tag the polarity is a guess from the pixels, and a processed export (a LUT, a
     window, an S-curve) can fool any rule; read the wrong way round, every later stage fits bone to
     air. At the true pose the two readings' NCC with the DRR differ in sign, so even a start some
     centimetres off tells them apart on the coarse cost."""
-    read = ctx.xray
-    if read.photometric.upper() not in INVERSE:
-        return None
-    other = XrayPyramid(read.image, read.camera, INVERSE[read.photometric.upper()], read.line_integrals, read.device)
-    costs = []
-    for pyramid in (read, other):
-        ctx.pyramids[0] = pyramid
-        start = initial_pose(ctx, given).pose
-        costs.append(float(ctx.coarse_cost(start[None].to(ctx.device, torch.float64))[0]))
-    if costs[1] < costs[0] - POLARITY_MARGIN:
-        return (f"the X-ray's polarity guessed from its pixels ({read.photometric}) images the CT worse than its "
-                f"inverse (coarse cost {costs[0]:.2f} against {costs[1]:.2f}): registered as {other.photometric}; "
-                "check the export's photometric interpretation")
-    ctx.pyramids[0] = read
-    return None
+    warnings = []
+    for k, read in enumerate(list(ctx.pyramids)):
+        if read.photometric.upper() not in INVERSE:
+            continue
+        other = XrayPyramid(read.image, read.camera, INVERSE[read.photometric.upper()], read.line_integrals,
+                            read.device)
+        costs = []
+        for pyramid in (read, other):
+            ctx.pyramids[k] = pyramid
+            start = initial_pose(ctx, given).pose
+            costs.append(float(ctx.coarse_cost(start[None].to(ctx.device, torch.float64), views=[k])[0]))
+        if costs[1] < costs[0] - POLARITY_MARGIN:
+            name = "the X-ray" if k == 0 else f"view_{k}'s X-ray"
+            warnings.append(f"{name}: its polarity guessed from the pixels ({read.photometric}) images the CT worse "
+                            f"than its inverse (coarse cost {costs[0]:.2f} against {costs[1]:.2f}): registered as "
+                            f"{other.photometric}; check the export's photometric interpretation")
+        else:
+            ctx.pyramids[k] = read
+    return warnings
 
 
 @torch.no_grad()

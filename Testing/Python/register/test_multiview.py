@@ -65,6 +65,17 @@ def test_a_view_of_other_anatomy_is_named_in_a_warning(two_view_case, registrar)
     assert any(w.startswith("view_1: its final NCC") for w in result.warnings), result.warnings
 
 
+def test_a_further_view_exported_the_other_way_round_is_inverted_and_named(two_view_case, registrar):
+    case = read_case(two_view_case)
+    truth, landmarks = read_truth(two_view_case)
+    view = case.views[1]
+    flipped = dataclasses.replace(view, xray=view.xray.max() + view.xray.min() - view.xray)
+    result = registrar.register(case.xray, case.camera, truth, other_views=[flipped], check_polarity=True)
+    assert [w for w in result.warnings if "polarity" in w and w.startswith("view_1")], result.warnings
+    assert not any(w.startswith("the X-ray:") for w in result.warnings)  # view 0 was read right
+    assert errors(result.camera_from_world, truth, landmarks, case.camera)["mTRE"] < 1.0
+
+
 def test_multi_view_outputs_and_the_register_command(two_view_case, tiny_model_file, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["register", str(two_view_case), "--model", str(tiny_model_file), "--init", "--out", str(out),
