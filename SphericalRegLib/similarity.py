@@ -108,11 +108,17 @@ class SimilarityNet(nn.Module):
     space. Pooling a 2 x 2 map (64 px through MobileViT's stride 32) onto 4 x 4 cells would only
     repeat each distance four times, and LM would see a Jacobian of rank 4 at most; heads keep
     the N residuals distinct. Inputs of another size than ``image_size`` are resized to it.
+
+    ``token_stage``: the trunk stage whose feature map gives the tokens (MobileViT-XXS: 2 is stride
+    8, the first stage with a transformer block); the later stages are dropped. None keeps the
+    whole trunk (stride 32: a 2 x 2 map at 64 px, i.e. an almost global embedding whose pose
+    gradient is hard to learn, docs/learnability.md). Tokens from a finer map compare the images
+    region by region, which is what an image cost's gradient does.
     """
 
     def __init__(self, drr_channels: int, space: str = "sphere", embed_dim: int = 32,
                  image_size: int = 128, tokens: int = 16, trunk: str = "mobilevit_xxs",
-                 stem_channels: int = 8, tied_stems: bool = False):
+                 stem_channels: int = 8, tied_stems: bool = False, token_stage: int | None = None):
         super().__init__()
         _check_space(space)
         side = math.isqrt(tokens)
@@ -129,12 +135,19 @@ class SimilarityNet(nn.Module):
             self.tie_stems()
         self.trunk = timm.create_model(trunk, pretrained=False, in_chans=stem_channels, num_classes=0,
                                        global_pool="", norm_layer="groupnorm1")
+        self.token_stage = token_stage
+        if token_stage is not None:
+            stages = len(self.trunk.stages)
+            if not 0 <= token_stage < stages:
+                raise InputError("token_stage", f"is {token_stage}", f"a stage of {trunk}: 0 to {stages - 1}, or None")
+            self.trunk.stages = self.trunk.stages[: token_stage + 1]
+            self.trunk.final_conv = nn.Identity()
         for module in self.trunk.modules():
             if hasattr(module, "fused_attn"):
                 module.fused_attn = False
-        width = self.trunk.num_features
         with torch.no_grad():
-            fmap_side = self.trunk.forward_features(torch.zeros(1, stem_channels, image_size, image_size)).shape[-1]
+            fmap = self.trunk.forward_features(torch.zeros(1, stem_channels, image_size, image_size))
+        width, fmap_side = fmap.shape[1], fmap.shape[-1]
         self.grid = min(side, fmap_side)
         self.heads = tokens // (self.grid * self.grid)
         if self.heads * self.grid * self.grid != tokens:

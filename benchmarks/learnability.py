@@ -36,6 +36,7 @@ component no longer carries the lever arm of the source-isocentre distance.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -325,7 +326,7 @@ def make_trainer(args, **kw):
                 features=args.features, metric=args.metric, warmup_steps=min(c.warmup_steps, max(1, args.steps // 8)),
                 lr_similarity=c.lr_similarity * scale, lr_features=c.lr_features * scale,
                 lr_regressor=c.lr_regressor * scale, val_size=args.val_size, val_seed=args.report_seed,
-                fixed_batch=args.fixed_batch)
+                fixed_batch=args.fixed_batch, similarity_kwargs=json.loads(args.similarity))
     return LadderTrainer(ct, c, dof=args.dof, augment=args.augment == "on", loss=args.loss, frame=args.frame,
                          curriculum=args.curriculum, encoder=args.encoder, **kw)
 
@@ -357,7 +358,8 @@ def ladder(args):
     tr_batch = tr.sample(args.batch, torch.Generator().manual_seed(99))
     norms = grad_norms(tr, tr_batch) if args.loss != "regressor" else {}
     print("| " + " | ".join([
-        f"{args.dof}", args.augment, str(args.size), args.loss, args.features + ("" if args.encoder == "library" else "+" + args.encoder), args.metric, args.frame,
+        f"{args.dof}", args.augment, str(args.size), args.loss, args.features + ("" if args.encoder == "library" else "+" + args.encoder)
+        + ("" if args.similarity == "{}" else " " + args.similarity), args.metric, args.frame,
         f"{args.lr_scale:g}", str(args.curriculum), str(args.batch) + (" fixed" if args.fixed_batch else ""),
         str(args.steps),
         f"{t_train:.0f} ({t_train / args.steps:.2f}/step)",
@@ -559,6 +561,7 @@ def main():
     p.add_argument("--metric", default="so4", choices=("so4", "se3"))
     p.add_argument("--frame", default="source", choices=("source", "iso"))
     p.add_argument("--encoder", default="library", choices=("library", "coords", "tied"))
+    p.add_argument("--similarity", default="{}", help='SimilarityNet keyword arguments as JSON, e.g. \'{"token_stage": 2, "tokens": 64}\'')
     p.add_argument("--lr-scale", type=float, default=1.0)
     p.add_argument("--curriculum", type=int, default=0, help="steps over which the offset scale grows to full")
     p.add_argument("--seed", type=int, default=0)

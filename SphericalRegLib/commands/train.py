@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..evaluation.calibration import calibrate_model
 from ..io import read_ct
 from ..training import Trainer, TrainConfig, load_config, run
-from ..training.config import ARCHITECTURE
+from ..training.config import ARCHITECTURE, NETWORK_FIELDS, config_file_fields
 from . import flags_for_fields
 
 FLAGS = {"config": "--config", "physics_p": "--physics-p", "features": "--features", "space": "--space", "metric": "--metric",
@@ -67,6 +67,8 @@ def _config_from_args(args, init: dict | None = None) -> TrainConfig:
     if init is None:
         return load_config(args.config, **overrides)
     fixed = {k: v for k, v in TrainConfig.from_dict(init["config"], args.init).to_dict().items() if k in ARCHITECTURE}
+    for name in config_file_fields(args.config) & {f for fs in NETWORK_FIELDS.values() for f in fs}:
+        fixed.pop(name)  # the file asks for another network: Trainer.start_from starts it afresh
     if fixed["camera"] is None:
         fixed["camera"] = init["camera"]
     clash = [k for k in ARCHITECTURE if overrides.get(k) is not None and k != "camera"]

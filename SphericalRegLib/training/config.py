@@ -14,13 +14,21 @@ from pathlib import Path
 from ..errors import InputError
 from ..poses import EVAL_ROT_DEG, EVAL_TRANS_MM, INIT_ROT_DEG, INIT_TRANS_MM
 
-__all__ = ["TrainConfig", "PRESETS", "NETWORKS", "ARCHITECTURE", "load_config"]
+__all__ = ["TrainConfig", "PRESETS", "NETWORKS", "ARCHITECTURE", "NETWORK_FIELDS", "load_config", "config_file_fields"]
 
 NETWORKS = ("features", "similarity", "regressor")
 ARCHITECTURE = ("spacing_mm", "max_size", "max_coarsening", "sdd", "field_of_view_mm", "image_size", "camera",
                 "n_samples", "features", "feature_kwargs", "space", "similarity_kwargs", "regressor_kwargs")
 """The fields that shape the networks and what they see: a run started from another model's
-networks (``sphericalreg train --init``) takes these from that model."""
+networks (``sphericalreg train --init``) takes these from that model, except the network fields
+below that its configuration file sets itself."""
+
+NETWORK_FIELDS = {"features": ("features", "feature_kwargs"),
+                  "similarity": ("features", "feature_kwargs", "space", "similarity_kwargs"),
+                  "regressor": ("regressor_kwargs",)}
+"""Per network, the architecture fields that shape it beside the images and the CT grid. With
+``--init``, a configuration file may change these for the networks it trains: those start afresh
+(e.g. a new similarity learnt beside a kept regressor)."""
 
 
 def _scaled(spread, factor: float) -> tuple[float, float, float]:
@@ -174,6 +182,17 @@ PRESETS = {
                         steps=20000, memory_budget_gib=24.0, val_every=500, val_size=64,
                         checkpoint_every=1000, feature_kwargs=dict(channels=4, scalars=8, vectors=4, tensors=2)),
 }
+
+
+def config_file_fields(name: str) -> set[str]:
+    """The TrainConfig fields a configuration file sets itself (none for a preset)."""
+    if name in PRESETS or not Path(name).is_file():
+        return set()
+    try:
+        d = json.loads(Path(name).read_text())
+    except json.JSONDecodeError:
+        return set()
+    return set(d) - {"base"} if isinstance(d, dict) else set()
 
 
 def load_config(name: str, **overrides) -> TrainConfig:

@@ -33,7 +33,7 @@ from ..preparation import check_anatomy_in_view, pose_length, training_camera, w
 from ..quality import describe_quality, model_quality
 from ..render import Renderer
 from ..volume import Volume, hu_to_mu
-from .config import TrainConfig
+from .config import NETWORK_FIELDS, TrainConfig
 from .objective import centred, direction_loss, pose_distance, target_gradient, twist_angles
 from .plots import curves_path, plot_history
 
@@ -322,8 +322,21 @@ class Trainer:
 
     def start_from(self, state: dict) -> None:
         """Start from the trained networks of another model (any CT: xvr's generic-then-patient
-        recipe), keeping what is bound to this CT: the regressor's reference pose and pivot."""
+        recipe), keeping what is bound to this CT: the regressor's reference pose and pivot.
+
+        A network this run trains whose architecture fields (:data:`NETWORK_FIELDS`) differ from
+        the starting model's starts afresh; one it does not train must match."""
+        theirs = state.get("config", {})
         for name, module in self.networks.items():
+            changed = [f for f in NETWORK_FIELDS[name] if f in theirs and theirs[f] != getattr(self.config, f)]
+            if changed:
+                if name not in self.config.trained:
+                    raise InputError("--init", f"its {name} network has other {', '.join(changed)} than this "
+                                     "configuration, and this run does not train it",
+                                     f"the starting model's {', '.join(changed)}, or {name} in \"trained\"")
+                print(f"note: the {name} network starts afresh ({', '.join(changed)} differ from the starting "
+                      "model's)", file=sys.stderr)
+                continue
             weights = dict(state["networks"][name])  # load_state_dict casts a half-precision export
             if name == "regressor":
                 own = module.state_dict()

@@ -151,3 +151,20 @@ def test_tied_stems_make_the_similarity_start_as_a_comparison_of_like_images():
         assert torch.allclose(net.embed_xray(x), net.embed_drr(drr), atol=1e-5)
         untied = SimilarityNet(drr_channels=3, embed_dim=8, image_size=32, tokens=4).eval()
         assert not torch.allclose(untied.embed_xray(x), untied.embed_drr(drr), atol=1e-3)
+
+
+def test_tokens_from_an_earlier_stage_are_local():
+    """token_stage=2: an 8 x 8 grid of tokens at 64 px, each seeing mostly its own part of the image
+    (standardisation and attention are global), so a change in one corner moves the corner's
+    tokens most; the later stages are gone."""
+    torch.manual_seed(0)
+    net = SimilarityNet(3, image_size=64, tokens=64, token_stage=2, tied_stems=True).eval()
+    assert (net.grid, net.heads, len(net.trunk.stages)) == (8, 1, 3)
+    d = torch.rand(1, 3, 64, 64)
+    x = d[:, :1].clone()
+    assert net(x, d).max() < 1e-3  # tied stems: a DRR's mu channel is its own X-ray
+    x[..., :16, :16] += 1.0
+    r = net(x, d).reshape(8, 8)
+    assert r[:4, :4].mean() > 2 * r[4:, 4:].mean() and r[:4, :4].max() > 1.5 * r[4:, 4:].max()
+    with pytest.raises(ValueError, match="token_stage"):
+        SimilarityNet(3, image_size=64, token_stage=5)

@@ -75,3 +75,35 @@ def test_init_fine_tunes_the_regressor_alone_and_keeps_this_cts_pose_frame(ct, t
     assert np.isfinite(tuned["history"]["val_reg_iso_mm_physics"][-1])
     assert cli.main(argv + ["--resume"]) == 2 and cli.main(["train", "--ct", str(ct_path), "--out", str(tiny_model_file),
                                                              "--init", str(tiny_model_file), "--overwrite"]) == 2
+
+
+def test_init_with_a_new_similarity_keeps_the_regressor(ct, tiny_model_file, tmp_path):
+    """A configuration file that asks for another similarity architecture: with --init the similarity
+    starts afresh (tied stems, its own token grid), the regressor and features it does not train are
+    the starting model's; asking for a new regressor without training it is an error."""
+    import json
+
+    import torch
+
+    ct_path, _ = write_training_inputs(ct, tmp_path)
+    config = tmp_path / "new_similarity.json"
+    config.write_text(json.dumps({"base": "small", "steps": 1, "batch_size": 2, "val_size": 2, "val_every": 1000,
+                                  "calibration_cases": 0, "warmup_steps": 1, "trained": ["similarity"],
+                                  "similarity_kwargs": {"embed_dim": 8, "tokens": 16, "token_stage": 2,
+                                                        "tied_stems": True}}))
+    out = tmp_path / "new.pt"
+    argv = ["train", "--ct", str(ct_path), "--out", str(out), "--init", str(tiny_model_file), "--config",
+            str(config), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    start, new = read_checkpoint(tiny_model_file), read_checkpoint(out)
+    assert new["config"]["similarity_kwargs"]["token_stage"] == 2
+    assert new["config"]["image_size"] == start["config"]["image_size"]
+    assert set(new["networks"]["similarity"]) != set(start["networks"]["similarity"])
+    for name in ("features", "regressor"):
+        for key, value in start["networks"][name].items():
+            if key not in ("reference_pose", "pivot"):
+                assert torch.equal(new["networks"][name][key], value), (name, key)
+    bad = json.loads(config.read_text())
+    bad["regressor_kwargs"] = {"backbone": "resnet18"}
+    config.write_text(json.dumps(bad))
+    assert cli.main(argv + ["--overwrite"]) == 2
