@@ -1,0 +1,66 @@
+"""The learnt stage alone: LM on the learnt similarity, no translation search, no intensity stage
+(``register --no-refine``), from each case's init.json and from the regressor, for one or more
+models on the same cases (issue 10's "learnt stage alone" rows).
+
+    python benchmarks/learnt_stage.py CASES --models A.pt B.pt [--limit 20] [--starts init regressor]
+
+Prints one row per case and model (start and end mTRE, iterations, seconds) and per model and start
+the median start and end mTRE, the share that ended better than they started and the share under
+5 mm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from SphericalRegLib.io import read_case, read_truth
+from SphericalRegLib.metrics import mtre
+from SphericalRegLib.model import load_model
+from SphericalRegLib.register import RegisterOptions, Registrar
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases")
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--starts", nargs="+", default=["init", "regressor"], choices=("init", "regressor"))
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    case_dirs = sorted(p for p in Path(args.cases).iterdir() if p.is_dir())[: args.limit]
+    rows = {(m, s): [] for m in args.models for s in args.starts}
+    print("| case | model | start | start mTRE (mm) | end mTRE (mm) | LM iterations | s |\n|---|---|---|---:|---:|---:|---:|")
+    for case_dir in case_dirs:
+        case = read_case(case_dir)
+        truth, landmarks = read_truth(case_dir)
+        for model_path in args.models:
+            registrar = Registrar(load_model(model_path, case.ct), case.ct, RegisterOptions(refine=False))
+            for start in args.starts:
+                t0 = time.perf_counter()
+                result = registrar.register(case.xray, case.camera, init=case.init if start == "init" else None,
+                                            photometric=case.meta.get("photometric", "MONOCHROME2"))
+                seconds = time.perf_counter() - t0
+                first = result.stages["initial"].pose
+                before = float(mtre(first, truth, landmarks))
+                after = float(mtre(result.camera_from_world, truth, landmarks))
+                iterations = len(result.stages["similarity"].cost) - 1 if "similarity" in result.stages else 0
+                rows[model_path, start].append((before, after))
+                print(f"| {case_dir.name} | {Path(model_path).name} | {start} | {before:.2f} | {after:.2f} | "
+                      f"{iterations} | {seconds:.1f} |", flush=True)
+    print("\n| model | start | cases | start median mTRE | end median mTRE | better than start | end < 5 mm |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
+    for (model_path, start), pairs in rows.items():
+        n = len(pairs)
+        print(f"| {Path(model_path).name} | {start} | {n} | {statistics.median(b for b, _ in pairs):.2f} | "
+              f"{statistics.median(a for _, a in pairs):.2f} | {sum(a < b for b, a in pairs)}/{n} | "
+              f"{sum(a < 5 for _, a in pairs)}/{n} |")
+
+
+if __name__ == "__main__":
+    main()
