@@ -178,6 +178,7 @@ def levenberg_marquardt(
     differentiable: bool = False,
     jacobian: str = "forward",
     max_damping: float = 1e10,
+    free: Tensor | None = None,
 ) -> OptimizeResult:
     """Minimise ``0.5 ||r(T)||^2`` per batch element by Levenberg-Marquardt on SE(3).
 
@@ -202,7 +203,8 @@ def levenberg_marquardt(
     accept/reject choices (``torch.where``), so the unrolled optimisation can be
     backpropagated into the parameters of ``residual_fn``. Gradients through an element that
     met a non-finite residual may themselves be NaN. ``jacobian`` picks the
-    :func:`twist_jacobian` method.
+    :func:`twist_jacobian` method. ``free`` (6,) bool: the twist components LM may move (rotation
+    x, y, z, translation x, y, z in the camera frame); the others stay as they are (default all).
     """
     _check_pose(pose0)
     B = pose0.shape[0]
@@ -231,6 +233,8 @@ def levenberg_marquardt(
             was_active = active.clone()
             # Frozen elements may hold NaN; zero them so one bad element cannot poison the solve.
             Jc = torch.where(active[:, None, None], J, torch.zeros_like(J))
+            if free is not None:
+                Jc = Jc * free.to(Jc)
             rc = torch.where(active[:, None], r, torch.zeros_like(r))
             A = Jc.transpose(-1, -2) @ Jc
             g = (Jc.transpose(-1, -2) @ rc[..., None])[..., 0]

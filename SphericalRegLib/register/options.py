@@ -32,6 +32,9 @@ class RegisterOptions:
 
     optimizer: str = "lm"
     iterations: int = 20
+    # whether LM on the learnt similarity may move the pose along the central ray (camera z): the
+    # direction one view shows least and the one the learnt cost captured worst (docs/results.md)
+    learnt_moves_depth: bool = True
     gd_iterations: int = 100
     # gradient-descent rates for the learnt cost (rad and mm per unit gradient), the best of a
     # sweep on held-out cases (docs/results.md); 1e-2 / 5.0 left the trust region at once

@@ -110,7 +110,8 @@ def learnt_similarity(ctx: RegistrationContext, pose: Tensor) -> StageRecord:
     t0 = time.perf_counter()
     start = pose.to(ctx.device, torch.float64)[None]
     if opt.optimizer == "lm":
-        res = levenberg_marquardt(residual, start, max_iters=opt.iterations,
+        free = None if opt.learnt_moves_depth else torch.tensor([True] * 5 + [False], device=ctx.device)
+        res = levenberg_marquardt(residual, start, max_iters=opt.iterations, free=free,
                                   callback=ctx.iteration_callback("similarity", opt.iterations), **ctx.bounds)
     else:
         method = gradient_descent if opt.optimizer == "gd" else adam

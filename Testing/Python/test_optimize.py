@@ -191,3 +191,16 @@ def test_lm_registers_a_drr_with_a_pixel_residual():
     assert out.converged.all() and not out.diverged.any() and out.iterations.item() < 15
     assert math.degrees(rotation_angle(out.pose[:, :3, :3], T_true[:, :3, :3]).item()) < 0.01
     assert (out.pose[:, :3, 3] - T_true[:, :3, 3]).norm().item() < 0.05
+
+
+def test_lm_leaves_frozen_twist_components_alone():
+    """free = all but camera z: every accepted step is exp(delta) T with no z translation in delta,
+    and the cost still falls through the other five."""
+    from SphericalRegLib.geometry import se3_inverse, se3_log
+
+    residual, T0, T_true = point_problem()
+    res = levenberg_marquardt(residual, T0, max_iters=30, free=torch.tensor([True] * 5 + [False]))
+    assert 0.5 * residual(res.pose).pow(2).sum() < 0.1 * 0.5 * residual(T0).pow(2).sum()
+    poses = [h["pose"] for h in res.history]
+    steps = torch.cat([se3_log(b @ se3_inverse(a)) for a, b in zip(poses[:-1], poses[1:])])
+    assert steps[:, 3:5].abs().max() > 1.0 and steps[:, 5].abs().max() < 1e-6
