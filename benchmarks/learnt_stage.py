@@ -3,6 +3,10 @@
 models on the same cases (issue 10's "learnt stage alone" rows).
 
     python benchmarks/learnt_stage.py CASES --models A.pt B.pt [--limit 20] [--starts init regressor]
+        [--fix-depth] [--pipeline]
+
+``--pipeline`` runs the whole pipeline instead, with the learnt stage and without it
+(``optimizer="none"``): what the learnt stage adds to the final result.
 
 Prints one row per case and model (start and end mTRE and mPE, iterations, seconds) and per model
 and start the medians, the share that ended better than they started and the share under 5 mm.
@@ -32,18 +36,23 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fix-depth", action="store_true", help="RegisterOptions.learnt_moves_depth = False")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="the whole pipeline (search and intensity stage too), with and without the learnt stage")
     args = parser.parse_args()
+    variants = {"learnt": RegisterOptions(refine=args.pipeline, learnt_moves_depth=not args.fix_depth)}
+    if args.pipeline:
+        variants["no-learnt"] = RegisterOptions(optimizer="none")
     torch.set_num_threads(args.threads)
     case_dirs = sorted(p for p in Path(args.cases).iterdir() if p.is_dir())[: args.limit]
-    rows = {(m, s): [] for m in args.models for s in args.starts}
+    rows = {(m, v, s): [] for m in args.models for v in variants for s in args.starts}
     print("| case | model | start | start mTRE (mm) | end mTRE (mm) | start mPE (mm) | end mPE (mm) | LM iterations | s |\n"
           "|---|---|---|---:|---:|---:|---:|---:|---:|")
     for case_dir in case_dirs:
         case = read_case(case_dir)
         truth, landmarks = read_truth(case_dir)
-        for model_path in args.models:
-            registrar = Registrar(load_model(model_path, case.ct), case.ct, RegisterOptions(refine=False,
-                                                                      learnt_moves_depth=not args.fix_depth))
+        for model_path, (variant, options) in ((m, v) for m in args.models for v in variants.items()):
+            registrar = Registrar(load_model(model_path, case.ct), case.ct, options)
+            name = Path(model_path).name + ("" if variant == "learnt" and not args.pipeline else f" {variant}")
             for start in args.starts:
                 t0 = time.perf_counter()
                 result = registrar.register(case.xray, case.camera, init=case.init if start == "init" else None,
@@ -54,17 +63,20 @@ def main() -> None:
                 after = float(mtre(result.camera_from_world, truth, landmarks))
                 iterations = len(result.stages["similarity"].cost) - 1 if "similarity" in result.stages else 0
                 projected = [float(mpe(T, truth, landmarks, case.camera)) for T in (first, result.camera_from_world)]
-                rows[model_path, start].append((before, after, *projected))
-                print(f"| {case_dir.name} | {Path(model_path).name} | {start} | {before:.2f} | {after:.2f} | "
+                rows[model_path, variant, start].append((before, after, *projected))
+                print(f"| {case_dir.name} | {name} | {start} | {before:.2f} | {after:.2f} | "
                       f"{projected[0]:.2f} | {projected[1]:.2f} | {iterations} | {seconds:.1f} |", flush=True)
     print("\n| model | start | cases | start median mTRE | end median mTRE | better than start | end < 5 mm | "
-          "start median mPE | end median mPE | mPE better than start |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (model_path, start), pairs in rows.items():
+          "start median mPE | end median mPE | mPE better than start | end < 1 mm |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (model_path, variant, start), pairs in rows.items():
         n = len(pairs)
-        print(f"| {Path(model_path).name} | {start} | {n} | {statistics.median(p[0] for p in pairs):.2f} | "
+        name = Path(model_path).name + ("" if variant == "learnt" and not args.pipeline else f" {variant}")
+        print(f"| {name} | {start} | {n} | {statistics.median(p[0] for p in pairs):.2f} | "
               f"{statistics.median(p[1] for p in pairs):.2f} | {sum(p[1] < p[0] for p in pairs)}/{n} | "
               f"{sum(p[1] < 5 for p in pairs)}/{n} | {statistics.median(p[2] for p in pairs):.2f} | "
-              f"{statistics.median(p[3] for p in pairs):.2f} | {sum(p[3] < p[2] for p in pairs)}/{n} |")
+              f"{statistics.median(p[3] for p in pairs):.2f} | {sum(p[3] < p[2] for p in pairs)}/{n} | "
+              f"{sum(p[1] < 1 for p in pairs)}/{n} |")
 
 
 if __name__ == "__main__":

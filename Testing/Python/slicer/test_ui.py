@@ -156,7 +156,7 @@ def test_geometry_fill_on_xray_change_never_pops_up():
 def test_second_view_widgets_are_bound_and_connected():
     widgets = _widgets()
     bound = {_string_property(w, "SlicerParameterName"): name for name, w in widgets.items()}
-    for parameter in ("xrayVolume2", "relativePose2", "relativeSdDeg", "geometry2.sdd", "geometry2.pixelSpacingU",
+    for parameter in ("pincushion", "sDistortion", "xrayVolume2", "relativePose2", "relativeSdDeg", "geometry2.sdd", "geometry2.pixelSpacingU",
                       "geometry2.pixelSpacingV", "geometry2.principalPointU", "geometry2.principalPointV"):
         assert parameter in bound, parameter
     for selector in ("xray2Selector", "relativePoseSelector"):

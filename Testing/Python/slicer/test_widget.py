@@ -92,6 +92,7 @@ class ParameterNode:
         self.geometry2 = types.SimpleNamespace(sdd=1020.0, pixelSpacingU=0.2, pixelSpacingV=0.2,
                                                principalPointU=0.0, principalPointV=0.0)
         self.relativeSdDeg = 0.0
+        self.pincushion = self.sDistortion = 0.0
 
     def connectGui(self, ui):
         return "tag"
@@ -104,6 +105,17 @@ class ParameterNode:
 
     def RemoveObserver(self, tag):
         pass
+
+
+def test_the_stand_in_parameter_node_has_every_field_of_the_real_one():
+    """The real class needs the application's parameterNodeWrapper; its fields are read from the
+    source, so a field added there and not here fails this test rather than the panel's tests."""
+    import ast
+
+    source = (Path(__file__).parents[3] / "SphericalReg" / "SphericalRegLogic" / "parameters.py").read_text()
+    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "SphericalRegParameterNode")
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    assert fields and fields <= set(vars(ParameterNode())), fields - set(vars(ParameterNode()))
 
 
 @pytest.fixture
