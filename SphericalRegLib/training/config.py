@@ -184,22 +184,8 @@ PRESETS = {
 }
 
 
-def config_file_fields(name: str) -> set[str]:
-    """The TrainConfig fields a configuration file sets itself (none for a preset)."""
-    if name in PRESETS or not Path(name).is_file():
-        return set()
-    try:
-        d = json.loads(Path(name).read_text())
-    except json.JSONDecodeError:
-        return set()
-    return set(d) - {"base"} if isinstance(d, dict) else set()
-
-
-def load_config(name: str, **overrides) -> TrainConfig:
-    """A preset by ``name``, or a JSON file of :class:`TrainConfig` fields (optionally with
-    ``"base": preset``, default small), with ``overrides`` that are not None applied on top."""
-    if name in PRESETS:
-        return TrainConfig.preset_named(name, **overrides)
+def _config_file(name: str) -> dict:
+    """The fields of a JSON configuration file (with its ``"base"``), or a clear error."""
     path = Path(name)
     if not path.is_file():
         raise InputError("config", f"{name!r} is neither a preset nor a file",
@@ -210,6 +196,20 @@ def load_config(name: str, **overrides) -> TrainConfig:
         raise InputError(path, f"is not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise InputError(path, "is not a JSON object", "{field: value, ...}")
+    return d
+
+
+def config_file_fields(name: str) -> set[str]:
+    """The TrainConfig fields a configuration file sets itself (none for a preset)."""
+    return set() if name in PRESETS else set(_config_file(name)) - {"base"}
+
+
+def load_config(name: str, **overrides) -> TrainConfig:
+    """A preset by ``name``, or a JSON file of :class:`TrainConfig` fields (optionally with
+    ``"base": preset``, default small), with ``overrides`` that are not None applied on top."""
+    if name in PRESETS:
+        return TrainConfig.preset_named(name, **overrides)
+    path, d = Path(name), _config_file(name)
     base = d.pop("base", "small")
     if base not in PRESETS:
         raise InputError(path, f'"base" is {base!r}', " or ".join(PRESETS))
