@@ -58,11 +58,13 @@ from pathlib import Path as _Path  # noqa: E402
 if (_Path(_lib.__file__).parent / "training").is_dir():  # the refactored layout
     from SphericalRegLib.training import (PRESETS, Trainer, centred, direction_loss, pose_distance,  # noqa: E402
                                           target_gradient, twist_angles)
+    from SphericalRegLib.training.objective import METRICS  # noqa: E402
     from SphericalRegLib.example import example_ct_path  # noqa: E402
 else:  # the layout of /work/before (train.py, model.py, demo.py)
     from SphericalRegLib.train import (Trainer, centred, direction_loss, pose_distance,  # noqa: E402
                                        target_gradient, twist_angles)
     from SphericalRegLib.model import PRESETS  # noqa: E402
+    METRICS = ("so4", "se3")
     from SphericalRegLib.demo import example_ct_path  # noqa: E402
 from SphericalRegLib.io import read_ct  # noqa: E402
 from SphericalRegLib.geometry import make_pose, perturb_left, rotation_angle, se3_exp, se3_log  # noqa: E402
@@ -267,7 +269,7 @@ class LadderTrainer(Trainer):
         g = torch.cat(gs)
         out = summarise(self, g, torch.cat(ts), torch.cat(est), val)
         keep = self.config
-        for metric in ("so4", "se3"):  # the 6-D share against either metric's target
+        for metric in METRICS:  # the 6-D share against each metric's target
             self.config = replace(keep, metric=metric)
             t = self.target(val["moving"], val["truth"])
             out["twist30_" + metric] = float((twist_angles(g, t, self.length)["twist"] < 30).double().mean())
@@ -372,6 +374,8 @@ def ladder(args):
     ]) + " |", flush=True)
     print("  grad norms (one batch, after training): " + ", ".join(f"{k} {v:.3g}" for k, v in norms.items()),
           file=sys.stderr)
+    print("  twist<30 against each metric's target: " + ", ".join(
+        f"{m} {before['twist30_' + m]:.0%} -> {after['twist30_' + m]:.0%}" for m in METRICS), file=sys.stderr)
     print(f"  validation of {args.val_size} poses: {t_val:.0f} s", file=sys.stderr)
 
 
@@ -458,7 +462,7 @@ def oracle(args):
     val = validation(tr, args.report_seed, args.val_size)
     mu = hu_to_mu(tr.hu)[None]
     rows = []
-    for metric in ("so4", "se3"):
+    for metric in METRICS:
         for frame in ("source", "iso"):
             tr.frame = frame
             tr.config = replace(tr.config, metric=metric)
@@ -558,7 +562,7 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--loss", default="both", choices=("both", "direction", "value", "rank", "regressor", "dirnorm"))
     p.add_argument("--features", default="equivariant", choices=("equivariant", "plain"))
-    p.add_argument("--metric", default="so4", choices=("so4", "se3"))
+    p.add_argument("--metric", default="so4", choices=METRICS)
     p.add_argument("--frame", default="source", choices=("source", "iso"))
     p.add_argument("--encoder", default="library", choices=("library", "coords", "tied"))
     p.add_argument("--similarity", default="{}", help='SimilarityNet keyword arguments as JSON, e.g. \'{"token_stage": 2, "tokens": 64}\'')

@@ -3,7 +3,9 @@
     python benchmarks/validate_model.py MODEL.pt --ct CT [--poses 64] [--seed 7000001]
 
 Prints the regressor's errors (and the pose prior's) and the share of similarity gradients within
-30 deg of the SE(3) and of the SO(4) geodesic gradient; the seed is not the training's.
+30 deg of each target: the SE(3) and the SO(4) geodesic gradient, and ``view`` (SE(3) with depth
+weighted by what one projection shows, training.objective.view_distance); the seed is not the
+training's.
 """
 
 from __future__ import annotations

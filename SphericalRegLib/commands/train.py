@@ -18,6 +18,7 @@ from ..evaluation.calibration import calibrate_model
 from ..io import read_ct
 from ..training import Trainer, TrainConfig, load_config, run
 from ..training.config import ARCHITECTURE, NETWORK_FIELDS, config_file_fields
+from ..training.objective import METRICS
 from . import flags_for_fields
 
 FLAGS = {"config": "--config", "physics_p": "--physics-p", "features": "--features", "space": "--space", "metric": "--metric",
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'TrainConfig fields, optionally with "base": preset (default small)')
     parser.add_argument("--steps", type=int, help="training steps (default from the config)")
     parser.add_argument("--batch-size", type=int, help="poses per step and rank")
-    parser.add_argument("--metric", choices=("so4", "se3"), help="geodesic of the gradient target (default so4)")
+    parser.add_argument("--metric", choices=METRICS, help="distance of the gradient target: the SE(3) or SO(4) geodesic, or view (SE(3), depth weighted by what one projection shows); default so4")
     parser.add_argument("--space", choices=("sphere", "euclidean", "hyperbolic"),
                         help="embedding space of the similarity (default sphere)")
     parser.add_argument("--features", choices=("equivariant", "plain"), help="CT feature volume (default equivariant)")

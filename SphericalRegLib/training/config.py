@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..poses import EVAL_ROT_DEG, EVAL_TRANS_MM, INIT_ROT_DEG, INIT_TRANS_MM
+from .objective import METRICS
 
 __all__ = ["TrainConfig", "PRESETS", "NETWORKS", "ARCHITECTURE", "NETWORK_FIELDS", "load_config", "config_file_fields"]
 
@@ -123,7 +124,7 @@ class TrainConfig:
         if unknown or not self.trained:
             raise InputError("trained", f"is {list(self.trained)}", "one or more of " + ", ".join(NETWORKS))
         choices = dict(features=("equivariant", "plain"), space=("sphere", "euclidean", "hyperbolic"),
-                       metric=("se3", "so4"))
+                       metric=METRICS)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(name, f"is {getattr(self, name)!r}", " or ".join(allowed))

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..geometry import geodesic_se3, geodesic_so4, make_pose, perturb_left
+from ..geometry import geodesic_se3, geodesic_so4, make_pose, perturb_left, se3_inverse, se3_log
 
-__all__ = ["centred", "pose_distance", "target_gradient", "direction_loss", "twist_angles"]
+__all__ = ["METRICS", "centred", "depth_weight", "view_distance", "pose_distance", "target_gradient", "direction_loss", "twist_angles"]
 
 
 def _translation(t: Tensor) -> Tensor:
@@ -46,14 +46,39 @@ def centred(T: Tensor, isocentre: Tensor, depth: float) -> Tensor:
     return _translation(-p) @ T @ _translation(iso)
 
 
+METRICS = ("se3", "so4", "view")
+
+
+def depth_weight(length: float, depth: float) -> float:
+    """How much one view shows of a shift along its central ray, relative to one across it.
+
+    A shift ``dz`` towards the source magnifies the image by ``dz / depth``, which moves a point
+    at in-plane radius ``r`` by ``r dz / depth``; averaged over a ball of radius ``length``
+    (``E[r^2] = 2/5 length^2``) that is ``sqrt(2/5) length / depth`` of an in-plane shift.
+    """
+    return (0.4**0.5) * length / depth
+
+
+def view_distance(A: Tensor, B: Tensor, length: float, depth: float) -> Tensor:
+    """Distance (mm) between centred poses ``(..., 4, 4)`` as one view sees it: the twist
+    ``log(B A^-1)`` in the camera frame at the isocentre, rotation scaled by ``length`` and the
+    displacement along the central ray by :func:`depth_weight`."""
+    xi = se3_log(B @ se3_inverse(A))
+    w = torch.tensor([length] * 3 + [1.0, 1.0, depth_weight(length, depth)], dtype=xi.dtype, device=xi.device)
+    return ((xi * w) ** 2).sum(-1).clamp_min(1e-18).sqrt()
+
+
 def pose_distance(T1: Tensor, T2: Tensor, metric: str, length: float, isocentre: Tensor, depth: float) -> Tensor:
-    """Geodesic distance (mm) between poses ``(..., 4, 4)`` about the isocentre, SE(3) or SO(4)."""
+    """Distance (mm) between poses ``(..., 4, 4)`` about the isocentre: the SE(3) or SO(4) geodesic,
+    or ``view``, SE(3) with depth weighted by what a single projection shows (:func:`view_distance`)."""
     A, B = centred(T1, isocentre, depth), centred(T2, isocentre, depth)
     if metric == "se3":
         return geodesic_se3(A, B, length)
     if metric == "so4":
         return geodesic_so4(A, B, length)
-    raise InputError("metric", f"is {metric!r}", "se3 or so4")
+    if metric == "view":
+        return view_distance(A, B, length, depth)
+    raise InputError("metric", f"is {metric!r}", " or ".join(METRICS))
 
 
 def target_gradient(moving: Tensor, truth: Tensor, metric: str, length: float, isocentre: Tensor,

@@ -34,7 +34,7 @@ from ..quality import describe_quality, model_quality
 from ..render import Renderer
 from ..volume import Volume, hu_to_mu
 from .config import NETWORK_FIELDS, TrainConfig
-from .objective import centred, direction_loss, pose_distance, target_gradient, twist_angles
+from .objective import METRICS, centred, direction_loss, pose_distance, target_gradient, twist_angles
 from .plots import curves_path, plot_history
 
 __all__ = ["Trainer", "run"]
@@ -210,7 +210,7 @@ class Trainer:
         c, val = self.config, self.validation_set()
         for m in self.networks.values():
             m.eval()
-        angles = dict(twist=[], rot=[], tr=[], twist_se3=[], twist_so4=[])
+        angles = dict(twist=[], rot=[], tr=[], **{f"twist_{m}": [] for m in METRICS})
         errors = dict(geodesic=[], rot=[], iso=[], prior=[])
         with torch.no_grad():
             feats = self.feature_volume()
@@ -218,7 +218,7 @@ class Trainer:
             sl = slice(start, start + c.batch_size)
             xray, truth, moving = val["xray"][sl], val["truth"][sl], val["moving"][sl]
             _, g = self.similarity_gradient(feats, xray, moving, create_graph=False)
-            for metric in ("se3", "so4"):  # both, so that models trained on either compare
+            for metric in METRICS:  # all, so that models trained on any compare
                 target = target_gradient(moving, truth, metric, self.length, self.isocentre, self.depth)
                 parts = twist_angles(g.detach(), target, self.length)
                 angles[f"twist_{metric}"].append(parts["twist"])
@@ -246,6 +246,7 @@ class Trainer:
             grad_angle_median_deg=float(a["twist"].median()),
             grad_within30_se3=float((a["twist_se3"] < 30).double().mean()),
             grad_within30_so4=float((a["twist_so4"] < 30).double().mean()),
+            grad_within30_view=float((a["twist_view"] < 30).double().mean()),
         )
 
     @torch.no_grad()
