@@ -7,12 +7,12 @@ translation search and the intensity levels are this project's safeguards around
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 
 import torch
 from torch import Tensor
-
-import math
 
 from ..geometry import perturb_left, se3_inverse, transform_points
 from ..optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
@@ -41,7 +41,7 @@ def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> li
     window, an S-curve) can fool any rule; read the wrong way round, every later stage fits bone to
     air. At the true pose the two readings' NCC with the DRR differ in sign, so even a start some
     centimetres off tells them apart on the coarse cost."""
-    warnings = []
+    notes = []
     for k, read in enumerate(list(ctx.pyramids)):
         if read.photometric.upper() not in INVERSE:
             continue
@@ -50,16 +50,19 @@ def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> li
         costs = []
         for pyramid in (read, other):
             ctx.pyramids[k] = pyramid
-            start = initial_pose(ctx, given).pose
-            costs.append(float(ctx.coarse_cost(start[None].to(ctx.device, torch.float64), views=[k])[0]))
+            with warnings.catch_warnings():  # the trial reading's own "looks inverted" is no news to the user
+                if pyramid is other:
+                    warnings.simplefilter("ignore", UserWarning)
+                start = initial_pose(ctx, given).pose
+                costs.append(float(ctx.coarse_cost(start[None].to(ctx.device, torch.float64), views=[k])[0]))
         if costs[1] < costs[0] - POLARITY_MARGIN:
             name = "the X-ray" if k == 0 else f"view_{k}'s X-ray"
-            warnings.append(f"{name}: its polarity guessed from the pixels ({read.photometric}) images the CT worse "
+            notes.append(f"{name}: its polarity guessed from the pixels ({read.photometric}) images the CT worse "
                             f"than its inverse (coarse cost {costs[0]:.2f} against {costs[1]:.2f}): registered as "
                             f"{other.photometric}; check the export's photometric interpretation")
         else:
             ctx.pyramids[k] = read
-    return warnings
+    return notes
 
 
 @torch.no_grad()
