@@ -3,7 +3,7 @@
 models on the same cases (issue 10's "learnt stage alone" rows).
 
     python benchmarks/learnt_stage.py CASES --models A.pt B.pt [--limit 20] [--starts init regressor]
-        [--fix-depth] [--pipeline]
+        [--fix-depth] [--iterations 20] [--pipeline]
 
 ``--pipeline`` runs the whole pipeline instead, with the learnt stage and without it
 (``optimizer="none"``): what the learnt stage adds to the final result.
@@ -36,10 +36,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fix-depth", action="store_true", help="RegisterOptions.learnt_moves_depth = False")
+    parser.add_argument("--iterations", type=int, default=RegisterOptions.iterations,
+                        help="LM iterations on the learnt similarity (RegisterOptions.iterations)")
     parser.add_argument("--pipeline", action="store_true",
                         help="the whole pipeline (search and intensity stage too), with and without the learnt stage")
     args = parser.parse_args()
-    variants = {"learnt": RegisterOptions(refine=args.pipeline, learnt_moves_depth=not args.fix_depth)}
+    variants = {"learnt": RegisterOptions(refine=args.pipeline, learnt_moves_depth=not args.fix_depth,
+                                               iterations=args.iterations)}
     if args.pipeline:
         variants["no-learnt"] = RegisterOptions(optimizer="none")
     torch.set_num_threads(args.threads)
