@@ -77,6 +77,8 @@ class TrainConfig:
     # value term: the RMS token distance should read the geodesic pose distance in units of value_scale_mm
     value_weight: float = 0.5
     value_scale_mm: float = 30.0
+    # the value term at the true pose too (Trainer.anchor_loss): puts the learnt minimum at the truth
+    anchor_weight: float = 0.0
     # pose sampling (must cover poses.EVAL_* and the starting offsets INIT_*)
     truth_rot_deg: tuple = _scaled(EVAL_ROT_DEG, 1.5)
     truth_trans_mm: tuple = _scaled(EVAL_TRANS_MM, 1.5)

@@ -147,21 +147,33 @@ class Trainer:
         if self.trains_similarity:
             target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre,
                                      self.depth)
-            S, g = self.similarity_gradient(self.feature_volume(), batch["xray"], batch["moving"], create_graph=True)
+            feats = self.feature_volume()
+            S, g = self.similarity_gradient(feats, batch["xray"], batch["moving"], create_graph=True)
             direction = direction_loss(g, target, weighted=c.weighted_direction).mean()
             distance = pose_distance(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre,
                                      self.depth)
             rms = (2 * S / self.similarity.tokens).clamp_min(1e-12).sqrt()  # RMS token distance
             value = F.smooth_l1_loss(rms, (distance / c.value_scale_mm).to(rms.dtype))
+            anchor = self.anchor_loss(feats, batch) if c.anchor_weight > 0 else torch.zeros_like(value)
         else:  # the regressor alone: no feature DRR, no double backward
-            S = direction = value = torch.zeros((), dtype=torch.float64, device=self.device)
+            S = direction = value = anchor = torch.zeros((), dtype=torch.float64, device=self.device)
         predicted = self.regressor(batch["xray"])
         # about the CT centre, like the similarity's targets: the scanner's RAS origin must not matter
         pose = pose_loss(centred(predicted, self.isocentre, self.depth),
                          centred(batch["truth"].to(predicted.dtype), self.isocentre, self.depth),
                          **self._pose_loss_kwargs()).mean()
-        total = direction + c.value_weight * value + c.regressor_weight * pose
-        return dict(loss=total, direction=direction, value=value, pose=pose, similarity=S.mean().detach())
+        total = direction + c.value_weight * value + c.anchor_weight * anchor + c.regressor_weight * pose
+        return dict(loss=total, direction=direction, value=value, anchor=anchor, pose=pose,
+                    similarity=S.mean().detach())
+
+    def anchor_loss(self, feats: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """The value term at the true pose itself (distance 0): the RMS token distance between each
+        X-ray and the feature DRR at its truth, pulled to 0. The direction loss only shapes slopes,
+        which leaves the learnt minimum degrees off the truth (docs/learnability.md, section 11)."""
+        residual = self.similarity.residual(self.similarity.embed_xray(batch["xray"]),
+                                            self.similarity.embed_drr(self.renderer(feats, batch["truth"])))
+        rms = residual.pow(2).mean(-1).clamp_min(1e-12).sqrt()
+        return F.smooth_l1_loss(rms, torch.zeros_like(rms))
 
     @property
     def trains_similarity(self) -> bool:

@@ -83,3 +83,22 @@ def test_an_interrupt_saves_the_finished_steps(ct, tmp_path):
         run(InterruptedAtStepTwo(ct, TrainConfig(**TINY)), out)
     state = read_checkpoint(out, ct)
     assert state["step"] == 1 and len(state["history"]["loss"]) == 1
+
+
+def test_the_anchor_term_lowers_the_similarity_at_the_truth(trainer):
+    batch = trainer.sample(2, torch.Generator().manual_seed(4), augment=False)
+    params = [p for p in trainer.similarity.parameters() if p.requires_grad]
+    kept = [p.detach().clone() for p in params]  # the fixture is shared by the module's tests
+    before = trainer.anchor_loss(trainer.feature_volume(), batch)
+    grads = torch.autograd.grad(before, params, allow_unused=True)
+    assert before > 0 and any(g is not None and g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():  # one small step down the anchor's own gradient
+        for p, g in zip(params, grads):
+            if g is not None:
+                p -= 1e-3 * g / max(float(g.norm()), 1e-12)
+    after = trainer.anchor_loss(trainer.feature_volume(), batch)
+    with torch.no_grad():
+        for p, k in zip(params, kept):
+            p.copy_(k)
+    assert after < before
+    assert trainer.losses(batch)["anchor"] == 0  # off in the tiny (and every shipped) configuration
