@@ -97,11 +97,14 @@ def learnt_residual(ctx: RegistrationContext):
     features = model.feature_volume.data.float()
 
     def one(pyramid):
-        x, camera, _ = pyramid.in_camera(model.camera)
+        x, camera, valid = pyramid.in_camera(model.camera)
         with torch.no_grad():
             zx = model.similarity.embed_xray(x)
         render = ctx.renderer(camera, model.feature_volume, model.config.n_samples)
-        return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T)))
+        if bool(valid.all()):
+            return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T)))
+        seen = valid.to(x)  # zero in the X-ray where its detector or field ends: the DRR alike
+        return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T) * seen))
 
     return ctx.over_views(one)
 
