@@ -6,7 +6,7 @@ have rendered at the same true pose: a gap between the two is the X-ray's path i
 
 Prints both X-rays' statistics in the model's camera (the share of pixels the case's detector did
 not see, their correlation, a linear fit of one on the other) and the argmin of the learnt cost
-along each of the six axes through the truth for each (degrees, mm).
+along each of the six axes through the truth for each (degrees, mm), and the regressor's error on each.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ def main() -> None:
           f"rendered X-ray {float(torch.corrcoef(torch.stack([a, b]))[0, 1]):.3f} (inside the field "
           f"{float(torch.corrcoef(torch.stack([a[inside], b[inside]]))[0, 1]):.3f}); "
           f"case = {float(fit[0]):.3f} * rendered + {float(fit[1]):.3f}")
+    with torch.no_grad():
+        for name, image in (("rendered as in training", rendered), ("case X-ray", x)):
+            rot, iso = trainer._regressor_errors(trainer.regressor(image.float()).double(), truth[None].double())
+            print(f"regressor on the {name}: {float(rot[0]):.2f} deg, isocentre {float(iso[0]):.1f} mm")
     costs = {"case X-ray": lambda T: 0.5 * learnt(T).pow(2).sum(-1), "rendered as in training": as_trained}
     profiles = twist_profiles(costs, truth, case.camera.sdd, 15.0, 40.0, args.steps)
     for name, axes in profiles.summary().items():
