@@ -46,6 +46,10 @@ def main() -> None:
     if args.pipeline:
         variants["no-learnt"] = RegisterOptions(optimizer="none")
     torch.set_num_threads(args.threads)
+
+    def label(model_path, variant):
+        return Path(model_path).name + ("" if variant == "learnt" and not args.pipeline else f" {variant}")
+
     case_dirs = sorted(p for p in Path(args.cases).iterdir() if p.is_dir())[: args.limit]
     rows = {(m, v, s): [] for m in args.models for v in variants for s in args.starts}
     print("| case | model | start | start mTRE (mm) | end mTRE (mm) | start mPE (mm) | end mPE (mm) | LM iterations | s |\n"
@@ -55,7 +59,7 @@ def main() -> None:
         truth, landmarks = read_truth(case_dir)
         for model_path, (variant, options) in ((m, v) for m in args.models for v in variants.items()):
             registrar = Registrar(load_model(model_path, case.ct), case.ct, options)
-            name = Path(model_path).name + ("" if variant == "learnt" and not args.pipeline else f" {variant}")
+            name = label(model_path, variant)
             for start in args.starts:
                 t0 = time.perf_counter()
                 result = registrar.register(case.xray, case.camera, init=case.init if start == "init" else None,
@@ -74,7 +78,7 @@ def main() -> None:
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (model_path, variant, start), pairs in rows.items():
         n = len(pairs)
-        name = Path(model_path).name + ("" if variant == "learnt" and not args.pipeline else f" {variant}")
+        name = label(model_path, variant)
         print(f"| {name} | {start} | {n} | {statistics.median(p[0] for p in pairs):.2f} | "
               f"{statistics.median(p[1] for p in pairs):.2f} | {sum(p[1] < p[0] for p in pairs)}/{n} | "
               f"{sum(p[1] < 5 for p in pairs)}/{n} | {statistics.median(p[2] for p in pairs):.2f} | "

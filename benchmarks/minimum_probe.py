@@ -38,9 +38,8 @@ def main() -> None:
     state = read_checkpoint(args.model, case.ct)
     trainer = Trainer(case.ct, TrainConfig.from_dict(state["config"], args.model),
                       Camera.from_json(state["camera"], args.model))
-    for name, module in trainer.networks.items():
-        module.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                for k, v in state["networks"][name].items()})
+    trainer.start_from(state)
+    for module in trainer.networks.values():
         module.eval()
     sim = trainer.similarity
     with torch.no_grad():

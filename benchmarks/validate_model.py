@@ -35,8 +35,7 @@ def main() -> None:
     state = read_checkpoint(args.model, ct)
     config = replace(TrainConfig.from_dict(state["config"], args.model), val_size=args.poses, val_seed=args.seed)
     trainer = Trainer(ct, config, Camera.from_json(state["camera"], args.model))
-    for name, module in trainer.networks.items():
-        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["networks"][name].items()})
+    trainer.start_from(state)
     print(json.dumps({"model": args.model, "step": state["step"], "poses": args.poses, "seed": args.seed,
                       **{k: round(v, 4) for k, v in trainer.validate().items()}}, indent=1))
 

@@ -101,8 +101,6 @@ def learnt_residual(ctx: RegistrationContext):
         with torch.no_grad():
             zx = model.similarity.embed_xray(x)
         render = ctx.renderer(camera, model.feature_volume, model.config.n_samples)
-        if bool(valid.all()):
-            return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T)))
         seen = valid.to(x)  # zero in the X-ray where its detector or field ends: the DRR alike
         return lambda T: model.similarity.residual(zx, model.similarity.embed_drr(render(features, T) * seen))
 

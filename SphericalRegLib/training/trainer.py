@@ -168,8 +168,9 @@ class Trainer:
 
     def anchor_loss(self, feats: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """The value term at the true pose itself (distance 0): the RMS token distance between each
-        X-ray and the feature DRR at its truth, pulled to 0. The direction loss only shapes slopes,
-        which leaves the learnt minimum degrees off the truth (docs/learnability.md, section 11)."""
+        X-ray and the feature DRR at its truth, pulled to 0, so that the minimum is trained and not
+        only the slopes. Measured without gain (docs/learnability.md, sections 11-12): the minimum's
+        offset it was meant for came from registration's input, not from the training."""
         residual = self.similarity.residual(self.similarity.embed_xray(batch["xray"]),
                                             self.similarity.embed_drr(self.renderer(feats, batch["truth"])))
         rms = residual.pow(2).mean(-1).clamp_min(1e-12).sqrt()
