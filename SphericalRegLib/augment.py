@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .errors import InputError
 
-__all__ = ["randomise_xray", "random_bone_scale", "randomise_physics"]
+__all__ = ["randomise_xray", "random_bone_scale", "randomise_physics", "cut_field"]
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, like: Tensor) -> Tensor:
@@ -174,7 +174,8 @@ def _instrument_paths(img: Tensor, g: torch.Generator, pixel_mm: float) -> Tenso
     return torch.stack(out)[:, None].to(img)
 
 
-def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, pixel_mm: float = 1.0) -> Tensor:
+def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, pixel_mm: float = 1.0,
+                      return_field: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Line-integral DRRs ``(B, 1, H, W)`` as a random X-ray system would image and export them, read
     back as line integrals; the input is left unchanged.
 
@@ -192,7 +193,9 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     defects replaced by their 3 x 3 median; shuttered bands and the outside of a round
     image-intensifier field (30% of the images with shutters) are set to 0, as the reader masks
     what it finds (``xray.shutter_mask``, ``xray.round_field_mask``). ``pixel_mm`` is the detector pixel
-    size, for the kernels given in mm. Images no effect was drawn for come back unchanged.
+    size, for the kernels given in mm. Images no effect was drawn for come back unchanged. With
+    ``return_field``, also the ``(B, 1, H, W)`` mask of pixels outside the shutters, which the
+    registration's reader would report as the exposed field.
     """
     if img.dim() != 4 or img.shape[1] != 1:
         raise InputError("img", f"has shape {tuple(img.shape)}", "(B, 1, H, W) line integrals")
@@ -267,4 +270,21 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     raw = torch.where((raw - median).abs() > 2.0, median, raw)
     out = torch.where(coins["processing"], LOG_SPAN * (1 - intensity), raw)
     out = torch.where(shutter, torch.zeros_like(out), out.clamp_min(0))
-    return torch.where(applied, out, img)
+    out = torch.where(applied, out, img)
+    return (out, ~shutter) if return_field else out
+
+
+def cut_field(img: Tensor, generator: torch.Generator, p: float = 0.25,
+              max_band: float = 0.12) -> tuple[Tensor, Tensor]:
+    """X-rays ``(B, 1, H, W)`` whose exposed field ends early, and the mask of the field ``(B, 1, H, W)``.
+
+    With probability ``p`` per image a band of up to ``max_band`` of the size along each border is
+    set to 0, as registration reads an X-ray whose detector is smaller than the training camera's,
+    or off-centre, or collimated (``xray.preprocess_for_camera`` zeroes what its target camera sees
+    past the detector and reports it as outside the field). Training then compares the X-ray with a
+    DRR cut to the same field, as ``register.stages.learnt_residual`` does; the input is left unchanged.
+    """
+    if img.dim() != 4:
+        raise InputError("img", f"has shape {tuple(img.shape)}", "(B, C, H, W) images")
+    outside = _border_mask(img, generator, max_band) & _coin(img.shape[0], p, generator, img)
+    return torch.where(outside, torch.zeros_like(img), img), ~outside

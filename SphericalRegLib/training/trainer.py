@@ -68,6 +68,7 @@ class Trainer:
         self.renderer = Renderer(self.camera, self.volume.ijk_to_ras, self.volume.shape,
                                  config.n_samples).to(self.device)
         self.anatomy_share = check_anatomy_in_view(self.hu, self.renderer, self.reference, source)
+        self.xray_renderer, self.xray_mu = self._fine_xray_renderer(ct, source)
 
         torch.manual_seed(config.seed)
         self.features, self.similarity, self.regressor = (m.to(self.device) for m in build_networks(
@@ -97,8 +98,9 @@ class Trainer:
     # -- data
 
     def sample(self, n: int, generator: torch.Generator, augment: bool = True) -> dict[str, Tensor]:
-        """Ground truths, moving poses ``(n, 4, 4)`` float64 and X-rays ``(n, 1, rows, cols)``."""
-        from ..augment import random_bone_scale, randomise_physics, randomise_xray
+        """Ground truths, moving poses ``(n, 4, 4)`` float64, X-rays ``(n, 1, rows, cols)`` and the
+        masks of their exposed fields (same shape, bool), zero outside it as registration reads them."""
+        from ..augment import cut_field, random_bone_scale, randomise_physics, randomise_xray
 
         c = self.config
         truth = sample_offsets(n, c.truth_rot_deg, c.truth_trans_mm, self.depth, generator) @ self.reference
@@ -111,15 +113,43 @@ class Trainer:
         moving = camera_frame_offset(angles, trans, self.depth) @ truth
         bone = random_bone_scale(n, generator, *c.bone_scale) if augment else torch.ones(n, dtype=torch.float64)
         xray = self.simulate(truth, bone)
+        field = torch.ones_like(xray, dtype=torch.bool)
         if augment and c.physics_p > 0:
-            xray = randomise_physics(xray, generator, p=c.physics_p, pixel_mm=min(self.camera.pixel_spacing))
+            xray, field = randomise_physics(xray, generator, p=c.physics_p, pixel_mm=min(self.camera.pixel_spacing),
+                                            return_field=True)
         if augment:
             xray = randomise_xray(xray, generator, p=c.augment_p)
-        return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray)
+        if augment and c.field_cut_p > 0:
+            xray, cut = cut_field(xray, generator, p=c.field_cut_p)
+            field = field & cut
+        xray = torch.where(field, xray, torch.zeros_like(xray))  # the reader's zeros come last
+        return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray, field=field)
+
+    def _fine_xray_renderer(self, ct: Volume, source) -> tuple[Renderer | None, Tensor | None]:
+        """With ``xray_oversample`` k > 1: the renderer of k x k rays a pixel over the CT at 1/k of the
+        working spacing, and that CT as ``(2, I, J, K)`` attenuation at bone scale 1 and its bone
+        excess (line integrals are linear in the bone scale, so one render serves every scale)."""
+        from dataclasses import replace
+
+        k, c = int(self.config.xray_oversample), self.config
+        if k == 1:
+            return None, None
+        fine = working_volume(ct, replace(c, spacing_mm=c.spacing_mm / k, max_size=c.max_size * k,
+                                          memory_budget_gib=float("inf")), None, source)
+        hu = fine.data.to(self.device)
+        mu = torch.stack([hu_to_mu(hu), hu_to_mu(hu, 2.0) - hu_to_mu(hu)])
+        camera = self.camera.resized(self.camera.rows * k, self.camera.cols * k)
+        n_samples = None if c.n_samples is None else c.n_samples * k
+        return Renderer(camera, fine.ijk_to_ras, fine.shape, n_samples).to(self.device), mu
 
     @torch.no_grad()
     def simulate(self, truth: Tensor, bone_scale: Tensor) -> Tensor:
         """Line integrals of the attenuation at ``truth`` ``(B, 4, 4)``, one bone scale each: ``(B, 1, rows, cols)``."""
+        if self.xray_renderer is not None:
+            k = int(self.config.xray_oversample)
+            L = self.xray_renderer(self.xray_mu, truth.to(self.device))
+            scale = bone_scale.to(self.device, L.dtype).reshape(-1, 1, 1, 1)
+            return F.avg_pool2d(L[:, :1] + (scale - 1) * L[:, 1:], k)
         mu = hu_to_mu(self.hu, bone_scale.to(self.device, torch.float32).reshape(-1, 1, 1, 1, 1))
         mu = mu.expand(truth.shape[0], 1, *self.hu.shape) if mu.dim() == 3 else mu
         return self.renderer(mu, truth.to(self.device))
@@ -130,10 +160,14 @@ class Trainer:
         """``(C, I, J, K)`` features of the CT at bone scale 1, in the autograd graph of the feature net."""
         return self.features(hu_to_mu(self.hu)[None], self.spacing)
 
-    def similarity_gradient(self, feats: Tensor, xray: Tensor, moving: Tensor, create_graph: bool):
-        """``S`` ``(B,)`` and ``g = dS/dxi`` ``(B, 6)`` at ``exp(xi) moving``, xi = 0."""
+    def similarity_gradient(self, feats: Tensor, xray: Tensor, moving: Tensor, create_graph: bool,
+                            field: Tensor | None = None):
+        """``S`` ``(B,)`` and ``g = dS/dxi`` ``(B, 6)`` at ``exp(xi) moving``, xi = 0; the DRR is cut
+        to the X-ray's ``field`` ``(B, 1, rows, cols)`` (default: all of it), as registration cuts it."""
         xi = torch.zeros(moving.shape[0], 6, dtype=torch.float64, device=self.device, requires_grad=True)
         drr = self.renderer(feats, perturb_left(xi, moving))
+        if field is not None:
+            drr = drr * field.to(drr)
         residual = self.similarity.residual(self.similarity.embed_xray(xray), self.similarity.embed_drr(drr))
         S = 0.5 * residual.pow(2).sum(-1)
         (g,) = torch.autograd.grad(S.sum(), xi, create_graph=create_graph)
@@ -148,7 +182,8 @@ class Trainer:
             target = target_gradient(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre,
                                      self.depth)
             feats = self.feature_volume()
-            S, g = self.similarity_gradient(feats, batch["xray"], batch["moving"], create_graph=True)
+            S, g = self.similarity_gradient(feats, batch["xray"], batch["moving"], create_graph=True,
+                                            field=batch["field"])
             direction = direction_loss(g, target, weighted=c.weighted_direction).mean()
             distance = pose_distance(batch["moving"], batch["truth"], c.metric, self.length, self.isocentre,
                                      self.depth)
@@ -171,8 +206,8 @@ class Trainer:
         X-ray and the feature DRR at its truth, pulled to 0, so that the minimum is trained and not
         only the slopes. Measured without gain (docs/learnability.md, sections 11-12): the minimum's
         offset it was meant for came from registration's input, not from the training."""
-        residual = self.similarity.residual(self.similarity.embed_xray(batch["xray"]),
-                                            self.similarity.embed_drr(self.renderer(feats, batch["truth"])))
+        drr = self.renderer(feats, batch["truth"]) * batch["field"].to(feats.dtype)
+        residual = self.similarity.residual(self.similarity.embed_xray(batch["xray"]), self.similarity.embed_drr(drr))
         rms = residual.pow(2).mean(-1).clamp_min(1e-12).sqrt()
         return F.smooth_l1_loss(rms, torch.zeros_like(rms))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from SphericalRegLib.augment import random_bone_scale, randomise_physics, randomise_xray
+from SphericalRegLib.augment import cut_field, random_bone_scale, randomise_physics, randomise_xray
 from SphericalRegLib.errors import InputError
 from fixtures import one_torch_thread
 
@@ -65,6 +65,22 @@ def test_randomise_physics_is_seeded_pure_and_finite():
     assert ((every - img).abs().amax(dim=(1, 2, 3)) > 0.05).all()
     with pytest.raises(InputError):
         randomise_physics(img[:, 0], torch.Generator())
+
+
+def test_the_field_is_what_the_reader_would_report():
+    img = _drrs(n=8)
+    same, field = cut_field(img, torch.Generator().manual_seed(0), p=0.0)
+    assert torch.equal(same, img) and field.all()
+    cut, field = cut_field(img, torch.Generator().manual_seed(0), p=1.0)
+    assert field.dtype == torch.bool and field.shape == img.shape
+    assert (cut[~field] == 0).all() and torch.equal(cut[field], img[field])
+    outside = (~field).flatten(1).float().mean(1)
+    assert (outside > 0).all() and (outside < 0.5).all()  # a band along the borders, not the image
+    assert field[:, :, 32, 32].all()  # the centre always stays in the field
+    # a shuttered band the physics draws is zero in the X-ray and outside its field
+    out, shut = randomise_physics(img, torch.Generator().manual_seed(5), p=1.0, pixel_mm=4.0, return_field=True)
+    assert (~shut).any() and (out[~shut] == 0).all()
+    assert torch.equal(out, randomise_physics(img, torch.Generator().manual_seed(5), p=1.0, pixel_mm=4.0))
 
 
 def test_randomise_physics_effects():

@@ -43,6 +43,30 @@ def test_the_gradient_loss_alone_trains_encoder_and_feature_cnn(trainer):
     assert not has_grad(trainer.regressor)
 
 
+def test_training_compares_the_xray_with_a_drr_cut_to_its_field(trainer):
+    from dataclasses import replace
+
+    config = trainer.config
+    try:
+        trainer.config = replace(config, field_cut_p=1.0)
+        batch = trainer.sample(3, torch.Generator().manual_seed(5))
+    finally:
+        trainer.config = config
+    xray, field, moving = batch["xray"], batch["field"], batch["moving"]
+    assert (~field).any() and field.any() and (xray[~field] == 0).all()
+    with torch.no_grad():
+        feats = trainer.feature_volume()
+    S_cut, _ = trainer.similarity_gradient(feats, xray, moving, create_graph=False, field=field)
+    S_full, _ = trainer.similarity_gradient(feats, xray, moving, create_graph=False)
+    with torch.no_grad():  # what registration computes (register.stages.learnt_residual)
+        drr = trainer.renderer(feats, moving) * field.to(feats.dtype)
+        sim = trainer.similarity
+        expected = 0.5 * sim.residual(sim.embed_xray(xray), sim.embed_drr(drr)).pow(2).sum(-1)
+    assert torch.allclose(S_cut.float(), expected.float(), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(S_cut, S_full, rtol=1e-3)
+    assert trainer.sample(2, torch.Generator().manual_seed(5))["field"].all()  # off unless configured
+
+
 def test_space_switch_changes_the_similarity_gradient(trainer):
     g = torch.Generator().manual_seed(7)
     batch = trainer.sample(2, g, augment=False)
