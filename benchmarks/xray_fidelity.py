@@ -1,13 +1,14 @@
 """How close the X-rays training renders are to a case's X-ray as registration reads it.
 
-    python benchmarks/xray_fidelity.py MODEL.pt CASES_DIR [--limit 6] [--oversample 1 2 3]
+    python benchmarks/xray_fidelity.py MODEL.pt CASES_DIR [--limit 6]
 
-For each case, the X-ray the trainer renders at the true pose (``TrainConfig.xray_oversample`` k:
-k x k rays a pixel over the CT at 1/k of the working spacing, binned) against the case's frame read
+For each case, the X-ray the trainer renders at the true pose against the case's frame read
 and warped into the model's camera (``XrayPyramid.in_camera``, as the learnt stage and the regressor
 see it). Prints, inside the exposed field: the correlation, the RMS of the residual after the best
 affine fit (in units of the case's standard deviation: what per-image standardisation leaves) and the
 ratio of high-pass energy (sharpness, rendered over case); and the render time of a batch of 4.
+Commit 3f72c5e also rendered training X-rays k x k rays a pixel over the CT at 1/k of the working
+spacing (``--oversample``): no closer (docs/learnability.md, section 13), so that option went.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,6 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("cases", type=Path)
     parser.add_argument("--limit", type=int, default=6)
-    parser.add_argument("--oversample", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
     folders = sorted(p for p in args.cases.iterdir() if (p / "geometry.json").is_file())[:args.limit]
@@ -45,8 +44,8 @@ def main() -> None:
     state = read_checkpoint(args.model, first.ct)
     camera = Camera.from_json(state["camera"], args.model)
     base = TrainConfig.from_dict(state["config"], args.model)
-    trainers = {k: Trainer(first.ct, replace(base, xray_oversample=k), camera) for k in args.oversample}
-    rows = {k: dict(corr=[], resid=[], sharp=[]) for k in args.oversample}
+    trainers = {1: Trainer(first.ct, base, camera)}
+    rows = {k: dict(corr=[], resid=[], sharp=[]) for k in trainers}
     for folder in folders:
         case = read_case(folder)
         truth, _ = read_truth(folder)

@@ -94,9 +94,6 @@ class TrainConfig:
     # probability per training X-ray of a field that ends early (augment.cut_field: a smaller or
     # off-centre detector, collimation), the DRR cut alike as registration cuts it
     field_cut_p: float = 0.0
-    # training X-rays from the CT at 1/k of the working spacing, k x k rays per pixel averaged as a
-    # detector bins them: closer to an X-ray of the patient than the working volume's DRR; 1 = off
-    xray_oversample: int = 1
     # the networks this run optimises (the others keep their weights: e.g. a regressor fine-tuned
     # alone, without rendering feature DRRs or the double backward, at ~1/10 of a joint step)
     trained: tuple = NETWORKS
@@ -139,8 +136,6 @@ class TrainConfig:
         for name in ("physics_p", "field_cut_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(name, f"is {getattr(self, name)}", "a probability from 0 (off) to 1")
-        if int(self.xray_oversample) != self.xray_oversample or not 1 <= self.xray_oversample <= 4:
-            raise InputError("xray_oversample", f"is {self.xray_oversample}", "a whole number from 1 (off) to 4")
         if self.calibration_cases < 0:
             raise InputError("calibration_cases", f"is {self.calibration_cases}", "0 (no calibration) or more cases")
         from ..physics import PRESETS as PHYSICS

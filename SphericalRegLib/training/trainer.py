@@ -68,7 +68,6 @@ class Trainer:
         self.renderer = Renderer(self.camera, self.volume.ijk_to_ras, self.volume.shape,
                                  config.n_samples).to(self.device)
         self.anatomy_share = check_anatomy_in_view(self.hu, self.renderer, self.reference, source)
-        self.xray_renderer, self.xray_mu = self._fine_xray_renderer(ct, source)
 
         torch.manual_seed(config.seed)
         self.features, self.similarity, self.regressor = (m.to(self.device) for m in build_networks(
@@ -125,31 +124,9 @@ class Trainer:
         xray = torch.where(field, xray, torch.zeros_like(xray))  # the reader's zeros come last
         return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray, field=field)
 
-    def _fine_xray_renderer(self, ct: Volume, source) -> tuple[Renderer | None, Tensor | None]:
-        """With ``xray_oversample`` k > 1: the renderer of k x k rays a pixel over the CT at 1/k of the
-        working spacing, and that CT as ``(2, I, J, K)`` attenuation at bone scale 1 and its bone
-        excess (line integrals are linear in the bone scale, so one render serves every scale)."""
-        from dataclasses import replace
-
-        k, c = int(self.config.xray_oversample), self.config
-        if k == 1:
-            return None, None
-        fine = working_volume(ct, replace(c, spacing_mm=c.spacing_mm / k, max_size=c.max_size * k,
-                                          memory_budget_gib=float("inf")), None, source)
-        hu = fine.data.to(self.device)
-        mu = torch.stack([hu_to_mu(hu), hu_to_mu(hu, 2.0) - hu_to_mu(hu)])
-        camera = self.camera.resized(self.camera.rows * k, self.camera.cols * k)
-        n_samples = None if c.n_samples is None else c.n_samples * k
-        return Renderer(camera, fine.ijk_to_ras, fine.shape, n_samples).to(self.device), mu
-
     @torch.no_grad()
     def simulate(self, truth: Tensor, bone_scale: Tensor) -> Tensor:
         """Line integrals of the attenuation at ``truth`` ``(B, 4, 4)``, one bone scale each: ``(B, 1, rows, cols)``."""
-        if self.xray_renderer is not None:
-            k = int(self.config.xray_oversample)
-            L = self.xray_renderer(self.xray_mu, truth.to(self.device))
-            scale = bone_scale.to(self.device, L.dtype).reshape(-1, 1, 1, 1)
-            return F.avg_pool2d(L[:, :1] + (scale - 1) * L[:, 1:], k)
         mu = hu_to_mu(self.hu, bone_scale.to(self.device, torch.float32).reshape(-1, 1, 1, 1, 1))
         mu = mu.expand(truth.shape[0], 1, *self.hu.shape) if mu.dim() == 3 else mu
         return self.renderer(mu, truth.to(self.device))
