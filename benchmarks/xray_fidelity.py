@@ -7,6 +7,9 @@ and warped into the model's camera (``XrayPyramid.in_camera``, as the learnt sta
 see it). Prints, inside the exposed field: the correlation, the RMS of the residual after the best
 affine fit (in units of the case's standard deviation: what per-image standardisation leaves) and the
 ratio of high-pass energy (sharpness, rendered over case); and the render time of a batch of 4.
+Then the model's regressor (median error at the isocentre, mm and degrees) on the case's X-ray, on
+the rendered one, and on the rendered one zeroed outside the case's field: which part of the gap
+the field's edge makes.
 Commit 3f72c5e also rendered training X-rays k x k rays a pixel over the CT at 1/k of the working
 spacing (``--oversample``): no closer (docs/learnability.md, section 13), so that option went.
 """
@@ -45,7 +48,9 @@ def main() -> None:
     camera = Camera.from_json(state["camera"], args.model)
     base = TrainConfig.from_dict(state["config"], args.model)
     trainers = {1: Trainer(first.ct, base, camera)}
+    trainers[1].start_from(state)
     rows = {k: dict(corr=[], resid=[], sharp=[]) for k in trainers}
+    regressor = {name: ([], []) for name in ("case X-ray", "rendered", "rendered, zero outside the case's field")}
     for folder in folders:
         case = read_case(folder)
         truth, _ = read_truth(folder)
@@ -61,6 +66,15 @@ def main() -> None:
             rows[k]["resid"].append(float((A @ fit).flatten().sub(bi).pow(2).mean().sqrt() / bi.std()))
             ha, hb = high_pass(a[None, None])[0, 0][inside], high_pass(b[None, None])[0, 0][inside]
             rows[k]["sharp"].append(float((ha * fit[0, 0]).pow(2).mean().sqrt() / hb.pow(2).mean().sqrt()))
+        trainer = trainers[1]
+        trainer.regressor.eval()
+        rendered = trainer.simulate(truth[None], torch.ones(1, dtype=torch.float64)).float()
+        inputs = (x.float(), rendered, rendered * valid.to(rendered))
+        with torch.no_grad():
+            for (rot, iso), image in zip(regressor.values(), inputs):
+                r, i = trainer._regressor_errors(trainer.regressor(image).double(), truth[None].double())
+                rot.append(float(r[0]))
+                iso.append(float(i[0]))
     print(f"{len(folders)} cases of {args.cases}; model camera {camera.image_size} px of {camera.pixel_spacing[0]:.2f} mm")
     print("| oversample | correlation inside the field, median (min) | affine residual / case sd | sharpness rendered / case | s per batch of 4 |")
     print("|---:|---|---:|---:|---:|")
@@ -74,6 +88,10 @@ def main() -> None:
         r = rows[k]
         print(f"| {k} | {statistics.median(r['corr']):.4f} ({min(r['corr']):.4f}) | {statistics.median(r['resid']):.3f} | "
               f"{statistics.median(r['sharp']):.2f} | {s:.2f} |")
+    print("| regressor input | isocentre mm, median | deg, median |")
+    print("|---|---:|---:|")
+    for name, (rot, iso) in regressor.items():
+        print(f"| {name} | {statistics.median(iso):.1f} | {statistics.median(rot):.2f} |")
 
 
 if __name__ == "__main__":
