@@ -47,52 +47,45 @@ def main() -> None:
     state = read_checkpoint(args.model, first.ct)
     camera = Camera.from_json(state["camera"], args.model)
     base = TrainConfig.from_dict(state["config"], args.model)
-    trainers = {1: Trainer(first.ct, base, camera)}
-    trainers[1].start_from(state)
-    rows = {k: dict(corr=[], resid=[], sharp=[]) for k in trainers}
+    trainer = Trainer(first.ct, base, camera)
+    trainer.start_from(state)
+    trainer.regressor.eval()
+    stats = dict(corr=[], resid=[], sharp=[])
     regressor = {name: ([], []) for name in ("case X-ray", "rendered", "rendered, zero outside the case's field")}
     for folder in folders:
         case = read_case(folder)
         truth, _ = read_truth(folder)
         x, _, valid = XrayPyramid(case.xray, case.camera, case.meta.get("photometric", "MONOCHROME2")).in_camera(camera)
-        b = x[0, 0].double()
-        inside = valid & F.max_pool2d((~valid).float()[None, None], 3, 1, 1)[0, 0].eq(0)  # off the field's edge
-        for k, trainer in trainers.items():
-            a = trainer.simulate(truth[None], torch.ones(1, dtype=torch.float64))[0, 0].double()
-            ai, bi = a[inside], b[inside]
-            A = torch.stack([ai, torch.ones_like(ai)], 1)
-            fit = torch.linalg.lstsq(A, bi[:, None]).solution
-            rows[k]["corr"].append(float(torch.corrcoef(torch.stack([ai, bi]))[0, 1]))
-            rows[k]["resid"].append(float((A @ fit).flatten().sub(bi).pow(2).mean().sqrt() / bi.std()))
-            ha, hb = high_pass(a[None, None])[0, 0][inside], high_pass(b[None, None])[0, 0][inside]
-            rows[k]["sharp"].append(float((ha * fit[0, 0]).pow(2).mean().sqrt() / hb.pow(2).mean().sqrt()))
-        trainer = trainers[1]
-        trainer.regressor.eval()
         rendered = trainer.simulate(truth[None], torch.ones(1, dtype=torch.float64)).float()
-        inputs = (x.float(), rendered, rendered * valid.to(rendered))
+        a, b = rendered[0, 0].double(), x[0, 0].double()
+        inside = valid & F.max_pool2d((~valid).float()[None, None], 3, 1, 1)[0, 0].eq(0)  # off the field's edge
+        ai, bi = a[inside], b[inside]
+        A = torch.stack([ai, torch.ones_like(ai)], 1)
+        fit = torch.linalg.lstsq(A, bi[:, None]).solution
+        stats["corr"].append(float(torch.corrcoef(torch.stack([ai, bi]))[0, 1]))
+        stats["resid"].append(float((A @ fit).flatten().sub(bi).pow(2).mean().sqrt() / bi.std()))
+        ha, hb = high_pass(a[None, None])[0, 0][inside], high_pass(b[None, None])[0, 0][inside]
+        stats["sharp"].append(float((ha * fit[0, 0]).pow(2).mean().sqrt() / hb.pow(2).mean().sqrt()))
         with torch.no_grad():
-            for (rot, iso), image in zip(regressor.values(), inputs):
+            for (rot, iso), image in zip(regressor.values(), (x.float(), rendered, rendered * valid.to(rendered))):
                 r, i = trainer._regressor_errors(trainer.regressor(image).double(), truth[None].double())
                 rot.append(float(r[0]))
                 iso.append(float(i[0]))
-    print(f"{len(folders)} cases of {args.cases}; model camera {camera.image_size} px of {camera.pixel_spacing[0]:.2f} mm")
-    print("| oversample | correlation inside the field, median (min) | affine residual / case sd | sharpness rendered / case | s per batch of 4 |")
-    print("|---:|---|---:|---:|---:|")
-    for k, trainer in trainers.items():
-        poses = trainer.reference.expand(4, 4, 4).clone()
+    poses = trainer.reference.expand(4, 4, 4).clone()
+    trainer.simulate(poses, torch.ones(4, dtype=torch.float64))
+    t0 = time.perf_counter()
+    for _ in range(3):
         trainer.simulate(poses, torch.ones(4, dtype=torch.float64))
-        t0 = time.perf_counter()
-        for _ in range(3):
-            trainer.simulate(poses, torch.ones(4, dtype=torch.float64))
-        s = (time.perf_counter() - t0) / 3
-        r = rows[k]
-        print(f"| {k} | {statistics.median(r['corr']):.4f} ({min(r['corr']):.4f}) | {statistics.median(r['resid']):.3f} | "
-              f"{statistics.median(r['sharp']):.2f} | {s:.2f} |")
+    seconds = (time.perf_counter() - t0) / 3
+    print(f"{len(folders)} cases of {args.cases}; model camera {camera.image_size} px of {camera.pixel_spacing[0]:.2f} mm")
+    print("| correlation inside the field, median (min) | affine residual / case sd | sharpness rendered / case | s per batch of 4 |")
+    print("|---|---:|---:|---:|")
+    print(f"| {statistics.median(stats['corr']):.4f} ({min(stats['corr']):.4f}) | {statistics.median(stats['resid']):.3f} | "
+          f"{statistics.median(stats['sharp']):.2f} | {seconds:.2f} |")
     print("| regressor input | isocentre mm, median | deg, median |")
     print("|---|---:|---:|")
     for name, (rot, iso) in regressor.items():
         print(f"| {name} | {statistics.median(iso):.1f} | {statistics.median(rot):.2f} |")
-
 
 if __name__ == "__main__":
     main()
