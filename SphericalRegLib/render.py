@@ -137,28 +137,32 @@ class Renderer(nn.Module):
         entry = source[:, None] + t0[..., None] * direction  # (B, n, 3)
         chord = span[..., None] * direction
         frac = self.frac.to(chord)
-        points = torch.addcmul(entry[:, :, None], frac[:, None], chord[:, :, None])  # (B, n, S, 3)
         step_mm = span * ray_mm / self.n_samples  # (B, n)
         if slopes is None:
+            points = torch.addcmul(entry[:, :, None], frac[:, None], chord[:, :, None])  # (B, n, S, 3)
             return _read(vol, batched, points).sum(-1) * step_mm[:, None]
         # Linearised in the pose: values read at the detached points plus the interpolant's slope
         # times the points' motion. A ray's points move only through entry + frac * chord, so the
         # slopes are summed along the ray before they meet the pose's derivatives: per ray, not
-        # per sample, which is what makes forward-mode Jacobians cheap.
-        fixed = points.detach()
+        # per sample, which is what makes forward-mode Jacobians cheap. The points are built from
+        # the detached ray, so no derivative is ever carried per sample.
+        fixed = torch.addcmul(entry.detach()[:, :, None], frac[:, None], chord.detach()[:, :, None])
         total = _read(vol, batched, fixed).sum(-1)  # (B, C, n)
         half = self.intervals.to(entry) / 2  # grid units -> continuous voxel index
         index = (fixed + 1) * half
         moving_entry = (entry - entry.detach()) * half  # zero, carrying the derivatives (B, n, 3)
         moving_chord = (chord - chord.detach()) * half
+        along = torch.stack([torch.ones_like(frac), frac], dim=-1)  # (S, 2): sum and frac-weighted sum
         for axis, slope_volume in enumerate(slopes):
-            cell = index[..., axis].floor()
-            inside = (index[..., axis] >= 0) & (index[..., axis] <= self.intervals[axis])
+            # the cell's lower corner; outside the voxel centres' range the interpolant is flat
+            # (border padding), so those points read the last slice, whose forward difference is 0
+            i = index[..., axis]
+            last = float(self.intervals[axis])
+            cell = torch.where((i >= 0) & (i <= last), i.floor().clamp_max(last), torch.full_like(i, last))
             at_cell = fixed.clone()
-            at_cell[..., axis] = cell.clamp(0, float(self.intervals[axis])) * (2 / self.intervals[axis]) - 1
-            slope = _read(slope_volume, batched, at_cell) * inside[:, None]  # (B, C, n, S)
-            total = (total + slope.sum(-1) * moving_entry[:, None, :, axis]
-                     + (slope * frac).sum(-1) * moving_chord[:, None, :, axis])
+            at_cell[..., axis] = cell * (2 / last) - 1
+            sums = _read(slope_volume, batched, at_cell) @ along  # (B, C, n, 2)
+            total = total + sums[..., 0] * moving_entry[:, None, :, axis] + sums[..., 1] * moving_chord[:, None, :, axis]
         return total * step_mm[:, None]
 
 
