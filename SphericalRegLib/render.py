@@ -167,12 +167,22 @@ class Renderer(nn.Module):
 
 
 def _read(vol: Tensor, batched: bool, points: Tensor) -> Tensor:
-    """Trilinear reads at grid points ``(B, n, S, 3)`` -> ``(B, C, n, S)``."""
+    """Trilinear reads at grid points ``(B, n, S, 3)`` -> ``(B, C, n, S)``.
+
+    On a CPU ``grid_sample`` runs its 3-D batch in parallel and nothing else, so one volume read
+    at all rays is split into as many batch entries as torch has threads (the volume expanded,
+    not copied): the same values, on every core."""
     if batched:
         return F.grid_sample(vol, points[:, None], mode="bilinear", padding_mode="border",
                              align_corners=True)[:, :, 0]
-    return F.grid_sample(vol[None], points[None], mode="bilinear", padding_mode="border",
-                         align_corners=True)[0].transpose(0, 1)
+    B, n, S = points.shape[:3]
+    parts = torch.get_num_threads() if vol.device.type == "cpu" else 1
+    while (B * n) % parts:
+        parts -= 1
+    grid = points.reshape(parts, 1, B * n // parts, S, 3)
+    out = F.grid_sample(vol[None].expand(parts, *vol.shape), grid, mode="bilinear", padding_mode="border",
+                        align_corners=True)  # (parts, C, 1, B n / parts, S)
+    return out.transpose(0, 1).reshape(vol.shape[0], B, n, S).transpose(0, 1)
 
 
 def _forward_differences(vol: Tensor) -> list[Tensor]:
