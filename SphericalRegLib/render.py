@@ -158,7 +158,7 @@ class Renderer(nn.Module):
             # (border padding), so those points read the last slice, whose forward difference is 0
             i = index[..., axis]
             last = float(self.intervals[axis])
-            cell = torch.where((i >= 0) & (i <= last), i.floor().clamp_max(last), torch.full_like(i, last))
+            cell = torch.where((i >= 0) & (i <= last), i.floor().clamp_max(last), last)
             at_cell = fixed.clone()
             at_cell[..., axis] = cell * (2 / last) - 1
             sums = _read(slope_volume, batched, at_cell) @ along  # (B, C, n, 2)
