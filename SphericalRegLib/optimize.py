@@ -192,7 +192,8 @@ def levenberg_marquardt(
 
     An element stops as *converged* when a proposed step is below ``step_tol`` = (rotation
     rad, translation mm), when ``patience`` accepted steps in a row lower the cost by less
-    than ``cost_tol`` relative, or when its cost is exactly zero. It stops as *diverged* when
+    than ``cost_tol`` relative, when a rejected step's own linear model promised less than that
+    (at a noise floor LM would otherwise raise lambda until the cap), or when its cost is exactly zero. It stops as *diverged* when
     no damping up to ``max_damping`` finds a trial pose with a finite residual inside the trust
     region (``bounds(T) -> (B,)`` bool, or ``max_rotation`` rad / ``max_translation`` mm of left
     displacement from ``pose0``), or its Jacobian is non-finite; it then keeps its last good pose.
@@ -271,7 +272,9 @@ def levenberg_marquardt(
             # Stopping right after a trial was inadmissible means pressing against the trust region or
             # a non-finite region: that is not a minimum, whatever the step size says.
             since_barrier = torch.where(active & ~ok, 0, since_barrier + 1)
-            done = active & ok & (small | (stall >= patience) | (cost == 0))
+            # a rejected step whose own linear model promised less than cost_tol: nothing left to gain
+            settled = ~accept & (predicted <= cost_tol * cost)
+            done = active & ok & (small | (stall >= patience) | (cost == 0) | settled)
             blocked = done & (since_barrier <= 5) & (cost > 0)
             diverged = diverged | newly_diverged | blocked
             converged = converged | (done & ~blocked)

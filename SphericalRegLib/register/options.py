@@ -15,13 +15,16 @@ OPTIMIZERS = ("lm", "gd", "adam", "none")
 @dataclass(frozen=True)
 class IntensityLevel:
     """One level of the intensity stage: CT voxels (mm), image size (px), NCC patch (px), the
-    residual form of :func:`~SphericalRegLib.register.residuals.ncc_residual` and LM's iteration cap."""
+    residual form of :func:`~SphericalRegLib.register.residuals.ncc_residual`, LM's iteration cap
+    and its convergence test: LM stops once two accepted steps in a row each lower the cost by
+    less than ``cost_tol`` of itself."""
 
     spacing_mm: float
     image_size: int
     patch: int
     form: str
     iterations: int
+    cost_tol: float = 1e-4
 
 
 @dataclass
@@ -43,7 +46,7 @@ class RegisterOptions:
     refine: bool = True
     refine_levels: tuple = (
         IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
-        IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=12),
+        IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=30),
     )
     # with several views the pose is pinned in every direction and the finest level converges in
     # about half its iterations (5-7 of 12 on the tuning cases, docs/results.md): its cap then

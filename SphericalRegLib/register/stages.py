@@ -185,7 +185,7 @@ def intensity_refinement(ctx: RegistrationContext, pose: Tensor, levels=None) ->
         if ctx.n_views > 1 and k == len(levels) - 1:
             cap = min(cap, ctx.options.joint_final_iterations)
         res = levenberg_marquardt(ctx.intensity_residual(level), pose.to(ctx.device, torch.float64)[None],
-                                  max_iters=cap,
+                                  max_iters=cap, cost_tol=level.cost_tol,
                                   callback=ctx.iteration_callback(f"intensity {k + 1}", cap),
                                   **ctx.bounds)
         ctx.check_cancel()

@@ -108,6 +108,23 @@ def test_intensity_stage_registers_a_simulated_xray(tiny_model_file, tiny_cases)
     assert len(record.cost) == len(record.poses) == record.iterations + 1  # one history over both levels
 
 
+def test_an_intensity_level_stops_by_its_own_convergence_test(tiny_model_file, tiny_cases):
+    """A level's ``cost_tol`` reaches its LM: at 1 (every step counts as settled) the level stops
+    within a few steps, at 1e-8 it works on (the tiny case's GN steps overshoot for many
+    iterations: that is what the iteration cap is for); the loose test's pose is still better
+    than the start."""
+    from dataclasses import replace
+
+    case, ctx = _context(tiny_model_file, tiny_cases)
+    truth, landmarks = read_truth(tiny_cases / "case_000")
+    level = IntensityLevel(6.0, 48, 8, "difference", iterations=25)
+    loose = intensity_refinement(ctx, case.init, levels=(replace(level, cost_tol=1.0),))
+    strict = intensity_refinement(ctx, case.init, levels=(replace(level, cost_tol=1e-8),))
+    assert loose.converged and not loose.diverged and loose.iterations <= 4, loose.cost
+    assert strict.iterations > loose.iterations + 5, (strict.iterations, loose.iterations)
+    assert loose.cost[-1] < loose.cost[0]
+
+
 def test_translation_search_keeps_the_start_that_images_the_xray_best(tiny_model_file, tiny_cases):
     """Of two starting poses, one far off and one a grid step from the truth, the search moves the
     second onto the truth's grid point and names it, whichever order they come in."""
