@@ -1,0 +1,54 @@
+"""The default pipeline from the regressor against variants of its intensity stage, case by case.
+
+    python benchmarks/intensity_ab.py THREADS VARIANTS OUT.jsonl CASES [CASES ...]
+
+VARIANTS, comma-separated: ``base`` (the defaults), ``old`` (before the eleventh session: both
+levels capped at 12 iterations, LM's strict 1e-8 stopping test), ``itersN`` (the finest level capped
+at N). One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks'
+centroid, confidence, seconds.
+"""
+import sys, json, time
+from dataclasses import replace
+from pathlib import Path
+import torch
+from SphericalRegLib.io import read_case, read_truth
+from SphericalRegLib.model import load_model
+from SphericalRegLib.confidence import load_calibration
+from SphericalRegLib.register import Registrar, RegisterOptions
+from SphericalRegLib.metrics import mtre, centroid_errors
+
+torch.set_num_threads(int(sys.argv[1]))
+variants = sys.argv[2].split(",")
+out = open(sys.argv[3], "a")
+M = "Resources/Models/chest_example.pt"
+
+def options(v):
+    o = RegisterOptions()
+    lv = list(o.refine_levels)
+    if v == "old":
+        lv = [replace(l, cost_tol=1e-8, iterations=12) for l in lv]
+    elif v.startswith("iters"):
+        lv[-1] = replace(lv[-1], iterations=int(v[5:]))
+    elif v != "base":
+        raise SystemExit(f"unknown variant {v!r}: base, old or itersN")
+    o.refine_levels = tuple(lv)
+    return o
+
+regs = {}
+for folder in map(Path, sys.argv[4:]):
+    for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        case = read_case(case_dir); truth, lm = read_truth(case_dir)
+        for v in variants:
+            if v not in regs:
+                regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
+            t0 = time.perf_counter()
+            r = regs[v].register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"),
+                                 check_polarity=case.meta.get("photometric_source") == "pixels")
+            dt = time.perf_counter() - t0
+            T = r.camera_from_world.to(torch.float64)
+            e = float(mtre(T[None], truth.to(torch.float64)[None], lm.to(torch.float64))[0])
+            d, p = centroid_errors(T[None], truth.to(torch.float64)[None], lm.to(torch.float64))
+            row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=e, depth=float(d[0]), inplane=float(p[0]),
+                       confidence=r.confidence, diverged=r.diverged, seconds=dt)
+            out.write(json.dumps(row) + "\n"); out.flush()
+            print(f"{folder.name} {case_dir.name} {v:5s} mTRE {e:7.2f} depth {float(d[0]):6.2f} conf {r.confidence} {dt:.1f}s", flush=True)
