@@ -193,10 +193,10 @@ def levenberg_marquardt(
     An element stops as *converged* when a proposed step is below ``step_tol`` = (rotation
     rad, translation mm), when ``patience`` accepted steps in a row lower the cost by less
     than ``cost_tol`` relative, when a rejected step's own linear model promised less than that
-    (at a noise floor LM would otherwise raise lambda until the cap), or when its cost is exactly zero. It stops as *diverged* when
-    no damping up to ``max_damping`` finds a trial pose with a finite residual inside the trust
-    region (``bounds(T) -> (B,)`` bool, or ``max_rotation`` rad / ``max_translation`` mm of left
-    displacement from ``pose0``), or its Jacobian is non-finite; it then keeps its last good pose.
+    (at a noise floor LM would otherwise raise lambda until the cap), or when its cost is exactly
+    zero. It stops as *diverged* when no damping up to ``max_damping`` finds a trial pose with a
+    finite residual inside the trust region (``bounds(T) -> (B,)`` bool, or ``max_rotation`` rad /
+    ``max_translation`` mm of left displacement from ``pose0``), or its Jacobian is non-finite; it then keeps its last good pose.
     Otherwise it runs ``max_iters`` iterations.
     ``callback(k, history[k])`` returning True stops every element.
 

@@ -17,7 +17,7 @@ class IntensityLevel:
     """One level of the intensity stage: CT voxels (mm), image size (px), NCC patch (px), the
     residual form of :func:`~SphericalRegLib.register.residuals.ncc_residual`, LM's iteration cap
     and its convergence test: LM stops once two accepted steps in a row each lower the cost by
-    less than ``cost_tol`` of itself."""
+    less than ``cost_tol`` of itself, or a rejected step's own model promised less than that."""
 
     spacing_mm: float
     image_size: int
@@ -47,7 +47,7 @@ class RegisterOptions:
     refine_levels: tuple = (
         IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
         IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=30),
-    )
+    )  # under heavy scatter the finest level still descends after 12 (docs/results.md, eleventh session)
     # with several views the pose is pinned in every direction and the finest level converges in
     # about half its iterations (5-7 of 12 on the tuning cases, docs/results.md): its cap then
     joint_final_iterations: int = 6

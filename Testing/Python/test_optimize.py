@@ -204,3 +204,20 @@ def test_lm_leaves_frozen_twist_components_alone():
     poses = [h["pose"] for h in res.history]
     steps = torch.cat([se3_log(b @ se3_inverse(a)) for a, b in zip(poses[:-1], poses[1:])])
     assert steps[:, 3:5].abs().max() > 1.0 and steps[:, 5].abs().max() < 1e-6
+
+
+def test_lm_stops_when_a_rejected_step_promised_less_than_cost_tol():
+    """r = atan(x) from x = 3: the Gauss-Newton step (-12.5) overshoots and is rejected although its
+    linear model promised to remove the whole cost. A ``cost_tol`` above that promise (1) calls the
+    element settled at once, where it stands; the default works on to the minimum at x = 0."""
+    def residual(T):
+        return torch.atan(T[:, 0, 3:4])
+
+    start = torch.eye(4, dtype=torch.float64)[None].clone()
+    start[0, 0, 3] = 3.0
+    settled = levenberg_marquardt(residual, start, cost_tol=1.0, max_iters=50)
+    assert bool(settled.converged[0]) and int(settled.iterations[0]) == 1
+    assert torch.equal(settled.pose, start)
+    strict = levenberg_marquardt(residual, start, max_iters=50)
+    assert bool(strict.converged[0]) and float(strict.cost[0]) < 1e-10
+    assert int(strict.iterations[0]) > 1
