@@ -196,8 +196,8 @@ def levenberg_marquardt(
     (at a noise floor LM would otherwise raise lambda until the cap), or when its cost is exactly
     zero. It stops as *diverged* when no damping up to ``max_damping`` finds a trial pose with a
     finite residual inside the trust region (``bounds(T) -> (B,)`` bool, or ``max_rotation`` rad /
-    ``max_translation`` mm of left displacement from ``pose0``), or its Jacobian is non-finite; it then keeps its last good pose.
-    Otherwise it runs ``max_iters`` iterations.
+    ``max_translation`` mm of left displacement from ``pose0``), or its Jacobian is non-finite; it
+    then keeps its last good pose. Otherwise it runs ``max_iters`` iterations.
     ``callback(k, history[k])`` returning True stops every element.
 
     ``differentiable=True`` keeps the graph through the Jacobians, the solves and the
