@@ -1,11 +1,11 @@
 """The depth bias of variants of the finest level's cost (benchmarks/depth_bias.py's probe): the DRRs
 at the truth moved -16 .. 16 mm along the central ray are rendered once per case and scored by the
-library's residual (``lib``), each of its four NCC terms alone, their mean without the whole-image
+library's residual (``lib``, the finest level's), each of its four NCC terms alone, their mean without the whole-image
 terms (``no_whole``), edges only, other patch sizes, high-passed images (``hpS``, a Gaussian of S px
 removed) and a comparison of transmissions exp(-p) after an affine fit of the X-ray's line
 integrals to the DRR's (``exp_ls``, ``exp_q``).
 
-    python benchmarks/depth_bias_variants.py FOLDER [FOLDER ...]
+    python benchmarks/depth_bias_variants.py FOLDER [FOLDER ...] [--model M]
 
 Per variant: the median |depth of the minimum|, how many beyond 2 mm, and each case's.
 """
@@ -19,7 +19,6 @@ from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.model import load_model
 from SphericalRegLib.register import Registrar
 from SphericalRegLib.register.residuals import ncc_residual, bright_outliers
-from SphericalRegLib.intensity import standardise, sobel
 
 torch.set_num_threads(1)
 
@@ -35,39 +34,27 @@ def highpass(x, m, s):
     low = gblur(x * mf, s) / gblur(mf, s).clamp_min(1e-6)
     return (x - low) * mf
 
+TERMS = ("int_local", "int_whole", "edge_local", "edge_whole")
+
+
 def terms(a, b, m, patch):
-    B = a.shape[0]; H, W = a.shape[-2:]
-    out = {}
-    for name, fa, fb in (("int", a, b), ("edge", sobel(a), sobel(b))):
-        mm = m.expand(B, fa.shape[1], H, W).to(fa.dtype)
-        h, w = (H // patch) * patch, (W // patch) * patch
-        def tiles(x):
-            c = x.shape[1]
-            x = x[..., :h, :w].reshape(B, c, h // patch, patch, w // patch, patch)
-            return x.permute(0, 2, 4, 1, 3, 5).reshape(B, -1, c * patch * patch)
-        ta, tb, tm = tiles(fa), tiles(fb), tiles(mm)
-        n_valid = tm.sum(-1)
-        ok = (n_valid >= 0.5 * tm.shape[-1]).to(fa.dtype)
-        nccp = (standardise(ta, -1, tm) * standardise(tb, -1, tm)).sum(-1) / n_valid.clamp_min(1)
-        out[name + "_local"] = ((1 - nccp) * ok).sum(-1) / ok.sum(-1).clamp_min(1)
-        za, zb = standardise(fa, (1, 2, 3), mm), standardise(fb, (1, 2, 3), mm)
-        out[name + "_whole"] = 1 - (za * zb).sum((1, 2, 3)) / mm.sum((1, 2, 3)).clamp_min(1)
-    return out
+    """The library's residual at ``patch`` split into its four ``1 - NCC`` costs (``0.5 |r|^2`` is their
+    mean): intensities and edges, over patches and over the whole image."""
+    H, W = a.shape[-2:]
+    hw = (H // patch) * patch * (W // patch) * patch
+    r = ncc_residual(patch, "difference")(a, b, m)
+    return {name: 2 * part.pow(2).sum(-1) for name, part in zip(TERMS, r.split([hw, H * W, 2 * hw, 2 * H * W], -1))}
 
 def variants(x, drr, valid, level):
-    v = {}
-    lib = ncc_residual(level.patch, level.form)
-    v["lib"] = 0.5 * lib(x, drr, valid).pow(2).sum(-1)
     t = terms(x, drr, valid, level.patch)
-    v.update(t)
-    v["mean4"] = sum(t.values()) / 4
+    v = {"lib": sum(t.values()) / 4, **t}
     v["no_whole"] = (t["int_local"] + t["edge_local"]) / 2
     v["edges"] = (t["edge_local"] + t["edge_whole"]) / 2
     for p in (8, 32):
-        t2 = terms(x, drr, valid, p); v[f"mean4_p{p}"] = sum(t2.values()) / 4
+        v[f"lib_p{p}"] = sum(terms(x, drr, valid, p).values()) / 4
     for s in (2, 4, 8):
         xa, da = highpass(x, valid, s), highpass(drr, valid, s)
-        t3 = terms(xa, da, valid, level.patch); v[f"hp{s}"] = sum(t3.values()) / 4
+        v[f"hp{s}"] = sum(terms(xa, da, valid, level.patch).values()) / 4
     for fit in ("ls", "q"):
         xe, de = to_transmission(x, drr, valid, fit)
         t4 = terms(xe, de, valid, level.patch)
@@ -93,12 +80,14 @@ def to_transmission(x, drr, valid, fit):
         out.append(torch.exp(-(x[k] - b) / a))
     return torch.stack(out), torch.exp(-drr)
 
+MODEL = sys.argv[sys.argv.index("--model") + 1] if "--model" in sys.argv else "Resources/Models/chest_example.pt"
+FOLDERS = [a for i, a in enumerate(sys.argv[1:], 1) if a != "--model" and sys.argv[i - 1] != "--model"]
 registrar = None
-for folder in map(Path, sys.argv[1:]):
+for folder in map(Path, FOLDERS):
     rows = {}
     for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         case = read_case(case_dir); truth, _ = read_truth(case_dir)
-        registrar = registrar or Registrar(load_model("Resources/Models/chest_example.pt", case.ct), case.ct)
+        registrar = registrar or Registrar(load_model(MODEL, case.ct), case.ct)
         ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
         level = registrar.options.refine_levels[-1]
         x, cam, valid = ctx.xray_level(ctx.xray, level.image_size)

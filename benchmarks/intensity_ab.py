@@ -15,7 +15,7 @@ from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.model import load_model
 from SphericalRegLib.confidence import load_calibration
 from SphericalRegLib.register import Registrar, RegisterOptions
-from SphericalRegLib.metrics import mtre, centroid_errors
+from SphericalRegLib.evaluation.rows import errors
 
 torch.set_num_threads(int(sys.argv[1]))
 variants = sys.argv[2].split(",")
@@ -45,10 +45,9 @@ for folder in map(Path, sys.argv[4:]):
             r = regs[v].register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"),
                                  check_polarity=case.meta.get("photometric_source") == "pixels")
             dt = time.perf_counter() - t0
-            T = r.camera_from_world.to(torch.float64)
-            e = float(mtre(T[None], truth.to(torch.float64)[None], lm.to(torch.float64))[0])
-            d, p = centroid_errors(T[None], truth.to(torch.float64)[None], lm.to(torch.float64))
-            row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=e, depth=float(d[0]), inplane=float(p[0]),
-                       confidence=r.confidence, diverged=r.diverged, seconds=dt)
+            err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
+            row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],
+                       inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt)
             out.write(json.dumps(row) + "\n"); out.flush()
-            print(f"{folder.name} {case_dir.name} {v:5s} mTRE {e:7.2f} depth {float(d[0]):6.2f} conf {r.confidence} {dt:.1f}s", flush=True)
+            print(f"{folder.name} {case_dir.name} {v:5s} mTRE {err['mTRE']:7.2f} depth {err['depth']:6.2f} "
+                  f"conf {r.confidence} {dt:.1f}s", flush=True)

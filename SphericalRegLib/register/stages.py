@@ -237,7 +237,8 @@ def relative_pose_refinement(ctx: RegistrationContext, pose: Tensor, centre: Ten
             r = image(P)
             return torch.cat([r, prior.to(r.dtype)], dim=-1)
 
-        res = levenberg_marquardt(residual, P0, max_iters=level.iterations, max_rotation=4 * sd_rot,
+        res = levenberg_marquardt(residual, P0, max_iters=level.iterations, cost_tol=level.cost_tol,
+                                  max_rotation=4 * sd_rot,
                                   max_translation=opt.max_translation_mm,
                                   callback=ctx.iteration_callback(f"relative pose {k}", level.iterations))
         ctx.check_cancel()

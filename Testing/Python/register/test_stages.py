@@ -116,7 +116,6 @@ def test_an_intensity_level_stops_by_its_own_convergence_test(tiny_model_file, t
     from dataclasses import replace
 
     case, ctx = _context(tiny_model_file, tiny_cases)
-    truth, landmarks = read_truth(tiny_cases / "case_000")
     level = IntensityLevel(6.0, 48, 8, "difference", iterations=25)
     loose = intensity_refinement(ctx, case.init, levels=(replace(level, cost_tol=1.0),))
     strict = intensity_refinement(ctx, case.init, levels=(replace(level, cost_tol=1e-8),))
