@@ -73,14 +73,24 @@ def _box_mask(img: Tensor, g: torch.Generator, area: tuple[float, float]) -> Ten
     return inside[:, None]
 
 
-def _border_mask(img: Tensor, g: torch.Generator, max_band: float) -> Tensor:
-    """``(B, 1, H, W)`` True in a band of up to ``max_band`` of the size along each border."""
+def _border_mask(img: Tensor, g: torch.Generator, max_band: float, min_side: float = 1.0) -> Tensor:
+    """``(B, 1, H, W)`` True outside a square detector of side ``U(min_side, 1)`` of the image's,
+    off-centre by up to half the margin it leaves, and in a band of up to ``max_band`` of its side
+    along each of its borders (with ``min_side`` 1, the bands alone, along the image's borders)."""
     B, _, H, W = img.shape
-    bands = [_uniform(B, 0, max_band, g, img).flatten() * n for n in (H, H, W, W)]
+    if min_side < 1:
+        side = _uniform(B, min_side, 1.0, g, img).flatten()
+        margin = (1 - side) / 2
+        shift = [_uniform(B, -0.5, 0.5, g, img).flatten() * margin for _ in range(2)]
+    else:
+        side, margin, shift = torch.ones(B).to(img), torch.zeros(B).to(img), [torch.zeros(B).to(img)] * 2
+    bands = [_uniform(B, 0, max_band, g, img).flatten() * side for _ in range(4)]
+    top, bottom = (margin + shift[0] + bands[0]) * H, (1 - margin + shift[0] - bands[1]) * H
+    left, right = (margin + shift[1] + bands[2]) * W, (1 - margin + shift[1] - bands[3]) * W
     rows = torch.arange(H, device=img.device, dtype=img.dtype)[None, :, None]
     cols = torch.arange(W, device=img.device, dtype=img.dtype)[None, None, :]
-    outside = ((rows < bands[0][:, None, None]) | (rows >= H - bands[1][:, None, None])
-               | (cols < bands[2][:, None, None]) | (cols >= W - bands[3][:, None, None]))
+    outside = ((rows < top[:, None, None]) | (rows >= bottom[:, None, None])
+               | (cols < left[:, None, None]) | (cols >= right[:, None, None]))
     return outside[:, None]
 
 
@@ -274,17 +284,21 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
     return (out, ~shutter) if return_field else out
 
 
-def cut_field(img: Tensor, generator: torch.Generator, p: float = 0.25,
-              max_band: float = 0.12) -> tuple[Tensor, Tensor]:
+def cut_field(img: Tensor, generator: torch.Generator, p: float = 0.25, max_band: float = 0.12,
+              min_side: float = 1.0) -> tuple[Tensor, Tensor]:
     """X-rays ``(B, 1, H, W)`` whose exposed field ends early, and the mask of the field ``(B, 1, H, W)``.
 
-    With probability ``p`` per image a band of up to ``max_band`` of the size along each border is
-    set to 0, as registration reads an X-ray whose detector is smaller than the training camera's,
-    or off-centre, or collimated (``xray.preprocess_for_camera`` zeroes what its target camera sees
+    With probability ``p`` per image the field is cut to a square detector whose side is a fraction
+    ``U(min_side, 1)`` of the image's, its centre jittered by up to half the margin it leaves, and
+    then a band of up to ``max_band`` of that side along each of its borders is cut too. That is
+    what registration reads from a C-arm whose detector is smaller than the training camera's, or
+    off-centre, or collimated (``xray.preprocess_for_camera`` zeroes what its target camera sees
     past the detector and reports it as outside the field). Training then compares the X-ray with a
     DRR cut to the same field, as ``register.stages.learnt_residual`` does; the input is left unchanged.
     """
     if img.dim() != 4:
         raise InputError("img", f"has shape {tuple(img.shape)}", "(B, C, H, W) images")
-    outside = _border_mask(img, generator, max_band) & _coin(img.shape[0], p, generator, img)
+    if not 0 < min_side <= 1:
+        raise InputError("min_side", f"is {min_side}", "a fraction of the image's side in (0, 1]")
+    outside = _border_mask(img, generator, max_band, min_side) & _coin(img.shape[0], p, generator, img)
     return torch.where(outside, torch.zeros_like(img), img), ~outside

@@ -94,6 +94,10 @@ class TrainConfig:
     # probability per training X-ray of a field that ends early (augment.cut_field: a smaller or
     # off-centre detector, collimation), the DRR cut alike as registration cuts it
     field_cut_p: float = 0.0
+    # the smallest detector a cut field stands for, as a fraction of the training camera's side:
+    # a narrow CT's C-arm, or a 9-inch intensifier read by a model trained for 30 cm, fills a third
+    # to a half of the training image, and a regressor that never saw that reads it 100+ mm off
+    field_min_side: float = 1.0
     # the networks this run optimises (the others keep their weights: e.g. a regressor fine-tuned
     # alone, without rendering feature DRRs or the double backward, at ~1/10 of a joint step)
     trained: tuple = NETWORKS
@@ -136,6 +140,9 @@ class TrainConfig:
         for name in ("physics_p", "field_cut_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(name, f"is {getattr(self, name)}", "a probability from 0 (off) to 1")
+        if not 0 < self.field_min_side <= 1:
+            raise InputError("field_min_side", f"is {self.field_min_side}",
+                             "a fraction of the training camera's side in (0, 1]")
         if self.calibration_cases < 0:
             raise InputError("calibration_cases", f"is {self.calibration_cases}", "0 (no calibration) or more cases")
         from ..physics import PRESETS as PHYSICS
@@ -179,7 +186,7 @@ PRESETS = {
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
                          batch_size=4, steps=1600, warmup_steps=100, val_every=200, val_size=64,
                          checkpoint_every=200, memory_budget_gib=4.0, augment_p=0.1, lr_similarity=5e-4,
-                         field_cut_p=0.5),
+                         field_cut_p=0.5, field_min_side=0.35),
     # Fine-tuning a trained model's regressor alone (``sphericalreg train --init MODEL --config
     # finetune``): no feature DRRs, no double backward, so a step at batch 16 costs about a joint
     # step at batch 4 (docs/results.md, "Regressor fine-tuned under the physics family"); the
@@ -187,7 +194,7 @@ PRESETS = {
     "finetune": TrainConfig(preset="finetune", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
                             batch_size=16, steps=2400, warmup_steps=50, val_every=300, val_size=64,
                             checkpoint_every=100, memory_budget_gib=4.0, augment_p=0.1, physics_p=0.25,
-                            trained=("regressor",), lr_regressor=2e-4, field_cut_p=0.5),
+                            trained=("regressor",), lr_regressor=2e-4, field_cut_p=0.5, field_min_side=0.35),
     # One GPU.
     "full": TrainConfig(preset="full", spacing_mm=2.0, max_size=128, image_size=128, batch_size=16,
                         steps=20000, memory_budget_gib=24.0, val_every=500, val_size=64,

@@ -119,7 +119,7 @@ class Trainer:
         if augment:
             xray = randomise_xray(xray, generator, p=c.augment_p)
         if augment and c.field_cut_p > 0:
-            xray, cut = cut_field(xray, generator, p=c.field_cut_p)
+            xray, cut = cut_field(xray, generator, p=c.field_cut_p, min_side=c.field_min_side)
             field = field & cut
         xray = torch.where(field, xray, torch.zeros_like(xray))  # the reader's zeros come last
         return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray, field=field)
@@ -261,6 +261,8 @@ class Trainer:
         a = {k: torch.cat(v) for k, v in angles.items()}
         e = {k: torch.cat(v) for k, v in errors.items()}
         physics = self._validate_regressor_under_physics() if c.physics_p > 0 else {}
+        if c.field_cut_p > 0 and c.field_min_side < 1:
+            physics.update(self._validate_regressor_on_small_detector())
         return dict(**physics,
             reg_geodesic_mm=float(e["geodesic"].mean()), prior_geodesic_mm=float(e["prior"].mean()),
             reg_rot_deg=float(e["rot"].mean()),
@@ -275,23 +277,41 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _validate_regressor_under_physics(self) -> dict[str, float]:
-        """The regressor on the validation poses imaged through the physics family (every effect at
-        ``physics_p``, one fixed draw from ``val_seed``): what a start costs on other X-ray systems."""
-        from ..augment import randomise_physics
-
+    def _validate_regressor_on(self, name: str, image) -> dict[str, float]:
+        """The regressor's mean rotation (deg) and isocentre (mm) errors on the validation poses
+        imaged as ``image(clean X-rays (B, 1, H, W)) -> X-rays``, kept as ``name`` for later validations."""
         c, val = self.config, self.validation_set()
-        if "xray_physics" not in val:
-            generator = torch.Generator().manual_seed(c.val_seed + 1)
-            val["xray_physics"] = randomise_physics(val["xray"].cpu(), generator, p=c.physics_p,
-                                                    pixel_mm=min(self.camera.pixel_spacing)).to(self.device)
+        if name not in val:
+            val[name] = image(val["xray"].cpu()).to(self.device)
         rot, iso = [], []
         for start in range(0, c.val_size, c.batch_size):
             sl = slice(start, start + c.batch_size)
-            r, i = self._regressor_errors(self.regressor(val["xray_physics"][sl]).double(), val["truth"][sl])
+            r, i = self._regressor_errors(self.regressor(val[name][sl]).double(), val["truth"][sl])
             rot.append(r)
             iso.append(i)
-        return dict(reg_rot_deg_physics=float(torch.cat(rot).mean()), reg_iso_mm_physics=float(torch.cat(iso).mean()))
+        return {f"reg_rot_deg_{name}": float(torch.cat(rot).mean()), f"reg_iso_mm_{name}": float(torch.cat(iso).mean())}
+
+    def _validate_regressor_under_physics(self) -> dict[str, float]:
+        """Through the physics family (every effect at ``physics_p``, one fixed draw from
+        ``val_seed``): what a start costs on other X-ray systems."""
+        from ..augment import randomise_physics
+
+        c = self.config
+        return self._validate_regressor_on("physics", lambda x: randomise_physics(
+            x, torch.Generator().manual_seed(c.val_seed + 1), p=c.physics_p, pixel_mm=min(self.camera.pixel_spacing)))
+
+    def _validate_regressor_on_small_detector(self) -> dict[str, float]:
+        """On a centred detector of the smallest side training drew (``field_min_side``): what a
+        start costs from a C-arm whose detector is that much smaller than the training camera's."""
+        side = self.config.field_min_side
+
+        def crop(x: Tensor) -> Tensor:
+            H, W = x.shape[-2:]
+            rows = ((torch.arange(H) + 0.5) / H - 0.5).abs() <= side / 2
+            cols = ((torch.arange(W) + 0.5) / W - 0.5).abs() <= side / 2
+            return x * (rows[:, None] & cols[None, :]).to(x)
+
+        return self._validate_regressor_on("small_detector", crop)
 
     def _regressor_errors(self, est: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
         """Rotation error (deg) and isocentre error (mm) ``(B,)`` each of poses ``est`` against ``truth`` ``(B, 4, 4)``."""
@@ -422,7 +442,10 @@ def run(trainer: Trainer, out: Path, main_process: bool = True) -> None:
                               f"similarity gradients within 30 deg: {val['grad_within30']:.0%} "
                               f"(rotation {val['rot_within30']:.0%}, translation {val['tr_within30']:.0%})"
                               + (f"; regressor under the physics family {val['reg_rot_deg_physics']:.2f} deg, "
-                                 f"isocentre {val['reg_iso_mm_physics']:.1f} mm" if "reg_iso_mm_physics" in val else ""))
+                                 f"isocentre {val['reg_iso_mm_physics']:.1f} mm" if "reg_iso_mm_physics" in val else "")
+                              + (f"; on a detector {c.field_min_side:.0%} of the training side "
+                                 f"{val['reg_rot_deg_small_detector']:.2f} deg, isocentre "
+                                 f"{val['reg_iso_mm_small_detector']:.1f} mm" if "reg_iso_mm_small_detector" in val else ""))
             if main_process and (trainer.step % c.checkpoint_every == 0 or last):
                 trainer.save(out)
                 plot_history(trainer.history, curves_path(out))

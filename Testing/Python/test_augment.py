@@ -126,3 +126,18 @@ def test_the_trainer_draws_physics_only_when_asked():
     assert not torch.allclose(a["xray"], b["xray"])
     assert torch.equal(plain.sample(3, torch.Generator().manual_seed(0))["xray"], a["xray"])
     assert torch.isfinite(torch.tensor(physics.train_step()["loss"]))
+
+
+def test_a_cut_field_stands_for_detectors_down_to_min_side():
+    img = _drrs(n=64)
+    with pytest.raises(InputError):
+        cut_field(img, torch.Generator(), p=1.0, min_side=0.0)
+    _, bands = cut_field(img, torch.Generator().manual_seed(0), p=1.0)
+    _, small = cut_field(img, torch.Generator().manual_seed(0), p=1.0, min_side=0.35)
+    kept = small.flatten(1).float().mean(1)
+    side = small.any(dim=-1).flatten(1).float().mean(1)  # rows of the field, as a fraction of the image's
+    assert kept.min() < 0.25 < bands.flatten(1).float().mean(1).min()  # some fields far smaller than bands make
+    assert side.min() >= 0.35 * (1 - 2 * 0.12) - 2 / 64 and side.max() <= 1
+    for f in small[:, 0]:  # each field is one rectangle: its rows all span the same columns
+        rows = f.any(dim=1)
+        assert torch.equal(f[rows], f[rows][:1].expand_as(f[rows]))

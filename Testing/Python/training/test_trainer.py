@@ -91,6 +91,27 @@ def test_validation_reports_regressor_errors_and_gradient_shares(trainer):
     assert 0 <= val["grad_within30"] <= 1 and 0 <= val["rot_within30"] <= 1
     # the held-out set is fixed: a second call sees the same poses
     assert torch.equal(trainer.validation_set()["truth"], trainer.validation_set()["truth"])
+    assert "reg_iso_mm_small_detector" not in val  # field cuts off: no detector of another size drawn
+
+
+def test_validation_reads_the_regressor_on_the_smallest_detector_training_drew(trainer):
+    from dataclasses import replace
+
+    config = trainer.config
+    try:
+        trainer.config = replace(config, field_cut_p=0.5, field_min_side=0.4)
+        val = trainer.validate()
+        small = trainer.validation_set()["small_detector"]
+    finally:
+        trainer.config = config
+    clean = trainer.validation_set()["xray"]
+    H, W = clean.shape[-2:]
+    centre = (slice(int(0.33 * H), int(0.67 * H) + 1), slice(int(0.33 * W), int(0.67 * W) + 1))
+    assert torch.equal(small[..., centre[0], centre[1]], clean[..., centre[0], centre[1]])
+    border = torch.ones(H, W, dtype=torch.bool)
+    border[int(0.27 * H):int(0.73 * H) + 1, int(0.27 * W):int(0.73 * W) + 1] = False
+    assert (small[..., border] == 0).all() and (clean[..., border] != 0).any()  # a centred square of side 0.4
+    assert val["reg_iso_mm_small_detector"] >= 0 and val["reg_rot_deg_small_detector"] >= 0
 
 
 def test_an_interrupt_saves_the_finished_steps(ct, tmp_path):
