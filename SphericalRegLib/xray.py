@@ -17,7 +17,7 @@ from torch import Tensor
 from .camera import Camera
 from .errors import InputError
 
-__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "round_field_mask", "describe",
+__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "round_field_mask", "is_round_field", "describe",
            "defects", "resample", "preprocess", "LOG_SPAN"]
 
 LOG_SPAN = 5.0
@@ -272,6 +272,21 @@ def round_field_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, span: in
     edge = float(radii[int(torch.where(ok, q[1], torch.full_like(q[1], -1e9)).argmax())])
     v, u = torch.meshgrid(torch.arange(H, dtype=x.dtype), torch.arange(W, dtype=x.dtype), indexing="ij")
     return ((u - cx) ** 2 + (v - cy) ** 2).sqrt() <= edge - span / 2
+
+
+def is_round_field(field: Tensor, min_cut: float = 0.03, min_iou: float = 0.9) -> bool:
+    """Whether an exposed field ``(rows, cols)`` bool is round and centred, as an image
+    intensifier's (or an iris's) is: at least ``min_cut`` of the detector lies outside it, and it
+    overlaps the centred disk of its own area by ``min_iou`` or more. A flat panel's field, blades
+    or no collimation, is not."""
+    field = torch.as_tensor(field, dtype=torch.bool)
+    H, W = field.shape
+    area = int(field.sum())
+    if area == 0 or 1 - area / (H * W) < min_cut:
+        return False
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    disk = ((u - (W - 1) / 2) ** 2 + (v - (H - 1) / 2) ** 2) <= area / math.pi
+    return int((disk & field).sum()) / int((disk | field).sum()) >= min_iou
 
 
 def describe(image: Tensor, photometric: str | None = None) -> dict:

@@ -18,6 +18,7 @@ from ..quality import model_quality
 from ..optimize import twist_jacobian
 from ..views import IDENTITY, View, view_poses
 from ..volume import Volume, hu_to_mu
+from ..xray import is_round_field
 from .context import RegistrationContext
 from .options import RegisterOptions
 from .pyramid import XrayPyramid
@@ -152,7 +153,8 @@ class Registrar:
             iterations=sum(s.iterations for s in stages.values()),
             confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
-            stages=stages, warnings=list(self.warnings) + self._view_warnings(views), covariance=covariance,
+            stages=stages, warnings=list(self.warnings) + self._view_warnings(views) + self._distortion_warnings(ctx),
+            covariance=covariance,
             uncertainty=uncertainty, views=views, distortion=distortion, photometric=ctx.xray.photometric)
 
     def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):
@@ -201,6 +203,21 @@ class Registrar:
         return [f"{v.name}: its final NCC {v.final_ncc:.2f} is far below the best view's {best:.2f}; it may show "
                 "other anatomy, or its camera_from_reference may be wrong" for v in views
                 if best - v.final_ncc > VIEW_NCC_GAP]
+
+    def _distortion_warnings(self, ctx: RegistrationContext) -> list[str]:
+        """An image intensifier's round field registered without its dewarp: the frame's pincushion
+        reads as depth to a rigid pose (docs/results.md, image-intensifier distortion)."""
+        if ctx.distortion is not None:
+            return []
+        size = self.options.refine_levels[-1].image_size
+        round_views = [self._view_name(k) for k, pyramid in enumerate(ctx.pyramids)
+                       if is_round_field(ctx.xray_level(pyramid, size)[2])]
+        if not round_views:
+            return []
+        return [f"{', '.join(round_views)}: the exposed field is round, as an image intensifier's; if the frame "
+                "was not dewarped, its pincushion distortion shifts the pose along the central ray by about a third "
+                "of the distortion times the source-to-patient distance (5 mm at 2%): give the C-arm's dewarp "
+                "calibration (pincushion and S; --distortion K,S on the command line) or register a second view"]
 
     def _plausible(self, pose: Tensor, camera: Camera) -> bool:
         """The CT centre must lie in front of the source and project onto the detector."""

@@ -77,3 +77,22 @@ def test_the_result_says_which_distortion_was_undone(tiny_model_file, tiny_cases
     plain = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=2), search_step_mm=0)
     assert "distortion" not in Registrar(load_model(tiny_model_file, case.ct), case.ct, plain).register(
         case.xray, case.camera, case.init).to_json()
+
+
+def test_a_round_field_registered_without_a_dewarp_is_warned_about(tiny_model_file, tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    H, W = case.xray.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=f64), torch.arange(W, dtype=f64), indexing="ij")
+    outside = ((u - (W - 1) / 2) ** 2 + (v - (H - 1) / 2) ** 2).sqrt() > 0.47 * min(H, W)
+    intensifier = torch.where(outside, case.xray.min() * 0.01, case.xray.double())  # behind the iris: dark
+    model = load_model(tiny_model_file, case.ct)
+
+    def warnings(image, distortion=None):
+        options = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=1), search_step_mm=0,
+                                  distortion=distortion)
+        result = Registrar(model, case.ct, options).register(image, case.camera, case.init)
+        return [w for w in result.warnings if "round" in w]
+
+    assert len(warnings(intensifier)) == 1 and "--distortion" in warnings(intensifier)[0]
+    assert warnings(intensifier, (0.05, 0.0)) == []  # dewarped: nothing to warn about
+    assert warnings(case.xray) == []  # a flat panel's square field

@@ -238,3 +238,18 @@ def test_round_field_mask_finds_an_image_intensifiers_field_and_nothing_in_anato
         assert not (valid & outside).any() and valid[r < radius - 4].float().mean() > 0.99
     assert round_field_mask(L).all()  # a body's outline steps down outwards
     assert round_field_mask(body_line_integrals()[:, :8]).all()  # too small to hold a circle
+
+
+def test_is_round_field_tells_an_intensifiers_field_from_blades_and_an_open_detector():
+    from SphericalRegLib.xray import is_round_field
+
+    H = W = 64
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    r = ((u - 31.5) ** 2 + (v - 31.5) ** 2).sqrt()
+    assert is_round_field(r <= 30) and is_round_field(r <= 20)
+    assert not is_round_field(torch.ones(H, W, dtype=torch.bool))  # open: nothing cut
+    blades = torch.zeros(H, W, dtype=torch.bool)
+    blades[8:56, 4:60] = True
+    assert not is_round_field(blades)
+    assert not is_round_field((r <= 30) & (u < 40))  # a round field with a blade across it: not only round
+    assert not is_round_field(torch.zeros(H, W, dtype=torch.bool))
