@@ -183,6 +183,9 @@ PRESETS = {
     # Half the training X-rays end early at a border (field_cut_p), as registration reads an X-ray
     # from a detector smaller than the training camera's: without it the regressor read the example
     # cases 11.8 mm off at the isocentre, with it 6.2 mm (docs/results.md, field cuts).
+    # The cut field may also be a detector down to 35% of the camera's side (field_min_side): the spine
+    # crop's cases, on a 150 mm detector, were read 144 mm off without it, 80 mm with it (docs/results.md,
+    # "Detectors smaller than the training camera's").
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
                          batch_size=4, steps=1600, warmup_steps=100, val_every=200, val_size=64,
                          checkpoint_every=200, memory_budget_gib=4.0, augment_p=0.1, lr_similarity=5e-4,
