@@ -83,7 +83,7 @@ def _border_mask(img: Tensor, g: torch.Generator, max_band: float, min_side: flo
         margin = (1 - side) / 2
         shift = [_uniform(B, -0.5, 0.5, g, img).flatten() * margin for _ in range(2)]
     else:
-        side, margin, shift = torch.ones(B).to(img), torch.zeros(B).to(img), [torch.zeros(B).to(img)] * 2
+        side, margin, shift = 1.0, 0.0, (0.0, 0.0)
     bands = [_uniform(B, 0, max_band, g, img).flatten() * side for _ in range(4)]
     top, bottom = (margin + shift[0] + bands[0]) * H, (1 - margin + shift[0] - bands[1]) * H
     left, right = (margin + shift[1] + bands[2]) * W, (1 - margin + shift[1] - bands[3]) * W

@@ -233,6 +233,12 @@ def shutter_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, max_fraction
     return mask
 
 
+def _centre_distance(H: int, W: int) -> Tensor:
+    """``(H, W)`` float64 distance in pixels of each pixel from the detector's centre."""
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    return ((u - (W - 1) / 2) ** 2 + (v - (H - 1) / 2) ** 2).sqrt()
+
+
 def round_field_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, span: int = 4,
                      min_arc: float = 0.08) -> Tensor:
     """Exposed pixels ``(rows, cols)`` bool of line integrals ``L``: False outside the round field
@@ -270,8 +276,7 @@ def round_field_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, span: in
     if not ok.any():
         return torch.ones_like(x, dtype=torch.bool)
     edge = float(radii[int(torch.where(ok, q[1], torch.full_like(q[1], -1e9)).argmax())])
-    v, u = torch.meshgrid(torch.arange(H, dtype=x.dtype), torch.arange(W, dtype=x.dtype), indexing="ij")
-    return ((u - cx) ** 2 + (v - cy) ** 2).sqrt() <= edge - span / 2
+    return _centre_distance(H, W) <= edge - span / 2
 
 
 def is_round_field(field: Tensor, min_cut: float = 0.03, min_iou: float = 0.9) -> bool:
@@ -284,8 +289,7 @@ def is_round_field(field: Tensor, min_cut: float = 0.03, min_iou: float = 0.9) -
     area = int(field.sum())
     if area == 0 or 1 - area / (H * W) < min_cut:
         return False
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
-    disk = ((u - (W - 1) / 2) ** 2 + (v - (H - 1) / 2) ** 2) <= area / math.pi
+    disk = _centre_distance(H, W) ** 2 <= area / math.pi
     return int((disk & field).sum()) / int((disk | field).sum()) >= min_iou
 
 
