@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 ResidualFn = Callable[[Tensor], Tensor]
+EXTEND_GAIN = 1.5
+"""Gain ratio above which :func:`levenberg_marquardt` tries its accepted step doubled."""
 BoundsFn = Callable[[Tensor], Tensor]
 
 
@@ -179,6 +181,8 @@ def levenberg_marquardt(
     jacobian: str = "forward",
     max_damping: float = 1e10,
     free: Tensor | None = None,
+    broyden: bool = False,
+    max_extensions: int = 0,
 ) -> OptimizeResult:
     """Minimise ``0.5 ||r(T)||^2`` per batch element by Levenberg-Marquardt on SE(3).
 
@@ -206,8 +210,24 @@ def levenberg_marquardt(
     met a non-finite residual may themselves be NaN. ``jacobian`` picks the
     :func:`twist_jacobian` method. ``free`` (6,) bool: the twist components LM may move (rotation
     x, y, z, translation x, y, z in the camera frame); the others stay as they are (default all).
+
+    ``broyden=True`` replaces the Jacobian after an accepted step by Broyden's rank-one update
+    (Madsen, Nielsen & Tingleff, *Methods for non-linear least squares problems*, 2004, sec. 3.4)
+    instead of recomputing it: one residual per step instead of six derivative passes. The exact
+    Jacobian is recomputed whenever a step made with an updated one is rejected (without raising
+    lambda: the Jacobian, not the step length, is suspect) and whenever a stopping test fires
+    with one, so an element only ever stops on an exact Jacobian. Not with ``differentiable``.
+
+    ``max_extensions``: an accepted step that lowered the cost by more than 1.5 times what its linear
+    model promised (gain ratio ``rho > 1.5``: the cost curves less along the step than Gauss-Newton
+    assumes, as where a large residual's own curvature cancels part of ``J^T J``) is doubled, up
+    to this many times, while each doubling lowers the cost further: one residual per doubling
+    instead of a derivative pass per iteration. Not with ``differentiable``.
     """
     _check_pose(pose0)
+    if differentiable and (broyden or max_extensions):
+        raise ValueError("broyden updates and step extensions are not differentiable; pass broyden=False and "
+                         "max_extensions=0 with differentiable=True")
     B = pose0.shape[0]
     device = pose0.device
     grad_mode = torch.enable_grad() if differentiable else torch.no_grad()
@@ -227,6 +247,7 @@ def levenberg_marquardt(
         rot_tol, trans_tol = step_tol
         eye6 = torch.eye(6, dtype=pose0.dtype, device=device)
         since_barrier = torch.full((B,), max_iters + 1, dtype=torch.long, device=device)
+        exact = torch.ones(B, dtype=torch.bool, device=device)  # J computed, not updated, at pose
 
         for k in range(1, max_iters + 1):
             if not bool(active.any()):
@@ -254,38 +275,68 @@ def levenberg_marquardt(
             )
             rho = (cost - cost_trial) / predicted.clamp_min(torch.finfo(A.dtype).tiny)
             accept = active & ok & (rho > 0)
+            extend = accept & (rho > EXTEND_GAIN)
+            scale = torch.ones_like(cost)
+            for _ in range(max_extensions):
+                if not bool(extend.any()):
+                    break
+                longer = perturb_left(2 * scale[:, None] * delta, pose)
+                r_longer = residual_fn(longer).to(pose.dtype)
+                cost_longer = 0.5 * r_longer.pow(2).sum(-1)
+                better = extend & (cost_longer < cost_trial) & _inside(longer, pose0, bounds, max_rotation,
+                                                                      max_translation)
+                trial = torch.where(better[:, None, None], longer, trial)
+                r_trial = torch.where(better[:, None], r_longer, r_trial)
+                cost_trial = torch.where(better, cost_longer, cost_trial)
+                scale = torch.where(better, 2 * scale, scale)
+                extend = better
+            delta = scale[:, None] * delta
+            # with an updated Jacobian a rejection blames the Jacobian: recompute it, keep lambda
+            suspect = active & ~accept & ~exact
 
             # A trial outside the trust region or with a non-finite residual is rejected like any
             # other, with stronger damping; only when no damping finds an admissible step is the
             # element given up as diverged.
-            newly_diverged = active & ~ok & (lam * 10 > max_damping)
+            newly_diverged = active & ~ok & exact & (lam * 10 > max_damping)
             rot, trans = _step_sizes(delta)
             small = (rot <= rot_tol) & (trans <= trans_tol)
             rel_decrease = (cost - cost_trial) / cost.clamp_min(torch.finfo(A.dtype).tiny)
             stall = torch.where(accept, torch.where(rel_decrease < cost_tol, stall + 1, 0), stall)
 
+            if broyden:
+                rows = (r_trial - r - (J @ delta[..., None])[..., 0]) / delta.pow(2).sum(-1, keepdim=True).clamp_min(
+                    torch.finfo(A.dtype).tiny)
+                J = torch.where(accept[:, None, None], J + rows[..., None] * delta[:, None, :], J)
             pose = torch.where(accept[:, None, None], trial, pose)
             cost = torch.where(accept, cost_trial, cost)
             r = torch.where(accept[:, None], r_trial, r)
-            lam = torch.where(accept, lam / 3, torch.where(active & ok, lam * 2, torch.where(active, lam * 10, lam)))
+            lam = torch.where(accept, lam / 3, torch.where(suspect, lam, torch.where(
+                active & ok, lam * 2, torch.where(active, lam * 10, lam))))
             iterations = iterations + active.long()
             # Stopping right after a trial was inadmissible means pressing against the trust region or
             # a non-finite region: that is not a minimum, whatever the step size says.
-            since_barrier = torch.where(active & ~ok, 0, since_barrier + 1)
+            since_barrier = torch.where(active & ~ok & exact, 0, since_barrier + 1)
             # a rejected step whose own linear model promised less than cost_tol: nothing left to gain
             settled = ~accept & (predicted <= cost_tol * cost)
-            done = active & ok & (small | (stall >= patience) | (cost == 0) | settled)
+            stopping = active & ok & (small | (stall >= patience) | (cost == 0) | settled)
+            done = stopping & exact
             blocked = done & (since_barrier <= 5) & (cost > 0)
             diverged = diverged | newly_diverged | blocked
             converged = converged | (done & ~blocked)
             active = active & ~newly_diverged & ~done
+            # elements whose Jacobian must be computed at their (new) pose before the next step
+            if broyden:
+                refresh = active & (suspect | stopping)
+                exact = torch.where(accept, False, exact)
+            else:  # a rejected element did not move: its Jacobian stands
+                refresh = active & accept
 
-            if bool(active.any()) and (differentiable or bool(accept.any())):
-                # Rejected elements did not move, so recomputing their Jacobian changes nothing.
+            if bool(refresh.any()):
                 r_new, J_new = twist_jacobian(residual_fn, pose, create_graph=differentiable, method=jacobian)
-                J = torch.where(accept[:, None, None], J_new, J)
-                r = torch.where(accept[:, None], r_new, r)
-                bad = active & ~torch.isfinite(J).flatten(1).all(-1)
+                J = torch.where(refresh[:, None, None], J_new, J)
+                r = torch.where(refresh[:, None], r_new, r)
+                exact = exact | refresh
+                bad = refresh & ~torch.isfinite(J).flatten(1).all(-1)
                 diverged = diverged | bad
                 active = active & ~bad
 

@@ -2,9 +2,13 @@
 
     python benchmarks/intensity_ab.py THREADS VARIANTS OUT.jsonl CASES [CASES ...]
 
-VARIANTS, comma-separated: ``base`` (the defaults), ``old`` (before the eleventh session: both
-levels capped at 12 iterations, LM's strict 1e-8 stopping test), ``itersN`` (the finest level capped
-at N). One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks'
+VARIANTS, comma-separated, each a ``+``-joined list of changes to the defaults: ``base`` (none),
+``old`` (before the eleventh session: both levels capped at 12 iterations, LM's strict 1e-8
+stopping test), ``itersN`` (the finest level capped at N), ``exact`` (every level recomputes its
+Jacobian after each step, doubles no step), ``broyden`` (every level updates its Jacobian
+between exact ones), ``ext`` (every level doubles steps that gained more than promised, up to 3
+times), ``bext`` (both), ``searchF`` (the translation search samples rays at F times the
+default). One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks'
 centroid, confidence, seconds.
 """
 import sys, json, time
@@ -25,12 +29,17 @@ M = "Resources/Models/chest_example.pt"
 def options(v):
     o = RegisterOptions()
     lv = list(o.refine_levels)
-    if v == "old":
-        lv = [replace(l, cost_tol=1e-8, iterations=12) for l in lv]
-    elif v.startswith("iters"):
-        lv[-1] = replace(lv[-1], iterations=int(v[5:]))
-    elif v != "base":
-        raise SystemExit(f"unknown variant {v!r}: base, old or itersN")
+    for part in v.split("+"):
+        if part == "old":
+            lv = [replace(l, cost_tol=1e-8, iterations=12) for l in lv]
+        elif part in ("broyden", "ext", "bext", "exact"):
+            lv = [replace(l, broyden=part in ("broyden", "bext"), extensions=3 if "ext" in part else 0) for l in lv]
+        elif part.startswith("iters"):
+            lv[-1] = replace(lv[-1], iterations=int(part[5:]))
+        elif part.startswith("search"):
+            o.search_level = replace(o.search_level, ray_samples=float(part[6:]))
+        elif part != "base":
+            raise SystemExit(f"unknown variant {part!r}: base, old, exact, broyden, ext, bext, itersN or searchF")
     o.refine_levels = tuple(lv)
     return o
 

@@ -18,7 +18,7 @@ from ..camera import Camera
 from ..distortion import undistort
 from ..errors import Cancelled
 from ..model import ModelBundle
-from ..render import Renderer
+from ..render import Renderer, default_n_samples
 from ..volume import Volume
 from .options import IntensityLevel, RegisterOptions
 from .pyramid import XrayPyramid
@@ -104,7 +104,7 @@ class RegistrationContext:
 
         def one(pyramid: XrayPyramid):
             x, camera, valid = self.xray_level(pyramid, level.image_size)
-            render = self.renderer(camera, mu)
+            render = self.renderer(camera, mu, max(2, round(default_n_samples(mu.shape[-3:]) * level.ray_samples)))
             valid = valid.to(x.device)[None, None]
 
             def r(T):

@@ -17,7 +17,12 @@ class IntensityLevel:
     """One level of the intensity stage: CT voxels (mm), image size (px), NCC patch (px), the
     residual form of :func:`~SphericalRegLib.register.residuals.ncc_residual`, LM's iteration cap
     and its convergence test: LM stops once two accepted steps in a row each lower the cost by
-    less than ``cost_tol`` of itself, or a rejected step's own model promised less than that."""
+    less than ``cost_tol`` of itself, or a rejected step's own model promised less than that.
+    ``ray_samples``: samples per ray as a fraction of the renderer's default (a step of at most 1.41
+    voxels, :func:`~SphericalRegLib.render.default_n_samples`).
+    ``broyden``: between exact Jacobians, LM updates the last one from each step's residual;
+    ``extensions``: how many times LM may double a step that gained more than its model promised
+    (both :func:`~SphericalRegLib.optimize.levenberg_marquardt`)."""
 
     spacing_mm: float
     image_size: int
@@ -25,6 +30,9 @@ class IntensityLevel:
     form: str
     iterations: int
     cost_tol: float = 1e-4
+    ray_samples: float = 1.0
+    broyden: bool = False
+    extensions: int = 0
 
 
 @dataclass

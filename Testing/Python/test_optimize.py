@@ -221,3 +221,64 @@ def test_lm_stops_when_a_rejected_step_promised_less_than_cost_tol():
     strict = levenberg_marquardt(residual, start, max_iters=50)
     assert bool(strict.converged[0]) and float(strict.cost[0]) < 1e-10
     assert int(strict.iterations[0]) > 1
+
+
+def test_broyden_updates_reach_the_exact_minimum_with_fewer_derivative_passes():
+    """Projected points (pinhole, 1000 mm focal length) with pixel noise: LM with Broyden updates
+    ends where LM with exact Jacobians ends, stops only on an exact Jacobian (its gradient there is
+    at the noise fit's floor), and evaluates derivatives fewer times."""
+    _, T0, T_true = point_problem(seed=3)
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(1, 30, 3, generator=g, dtype=DT) * 50
+
+    def project(T):
+        P = transform_points(T, X)
+        return 1000 * P[..., :2] / P[..., 2:]
+
+    target = project(T_true) + 0.5 * torch.randn(1, 30, 2, generator=g, dtype=DT)
+    passes = {"derivative": 0}
+
+    def residual(T):
+        if torch._C._functorch.is_functorch_wrapped_tensor(T):  # under jacfwd: a derivative pass
+            passes["derivative"] += 1
+        return (project(T) - target).flatten(1)
+
+    exact = levenberg_marquardt(residual, T0, max_iters=100)
+    exact_passes, passes["derivative"] = passes["derivative"], 0
+    updated = levenberg_marquardt(residual, T0, max_iters=100, broyden=True)
+    assert bool(exact.converged[0]) and bool(updated.converged[0])
+    assert relative_error(updated.pose, exact.pose).item() < 1e-4
+    assert abs(updated.cost.item() - exact.cost.item()) <= 1e-4 * exact.cost.item()
+    assert passes["derivative"] < exact_passes
+    r, J = twist_jacobian(residual, updated.pose)
+    gradient = (J.transpose(-1, -2) @ r[..., None])[..., 0]
+    r0, J0 = twist_jacobian(residual, T0)
+    assert gradient.norm() < 1e-3 * (J0.transpose(-1, -2) @ r0[..., None]).norm()
+
+
+def test_broyden_updates_refuse_a_differentiable_run():
+    residual, T0, _ = point_problem()
+    with pytest.raises(ValueError, match="broyden"):
+        levenberg_marquardt(residual, T0, broyden=True, differentiable=True)
+
+
+def test_extensions_cross_a_flat_valley_that_gauss_newton_creeps_along():
+    """r = (x, 3 cos(x / 3)) along camera x: the second, large residual's own curvature cancels J^T J,
+    so the cost is nearly flat where Gauss-Newton's model is steep and its steps are far too short
+    (gain ratio near 2). Doubling such steps goes much further in the same iterations; the cost
+    still never rises."""
+    def residual(T):
+        x = T[:, 0, 3:4]
+        W = T[:, :3, :3] - T[:, :3, :3].transpose(-1, -2)
+        return torch.cat([x, 3 * torch.cos(x / 3), T[:, 1:3, 3], W[:, 0, 1:], W[:, 1, 2:]], dim=-1)
+
+    start = torch.eye(4, dtype=DT)[None].clone()
+    start[0, 0, 3] = 2.0
+    plain = levenberg_marquardt(residual, start, max_iters=10, cost_tol=0.0)
+    extended = levenberg_marquardt(residual, start, max_iters=10, cost_tol=0.0, max_extensions=3)
+    x_plain, x_extended = plain.pose[0, 0, 3].abs().item(), extended.pose[0, 0, 3].abs().item()
+    assert x_extended < 0.5 * x_plain
+    cost = extended.stacked("cost")[:, 0]
+    assert (cost[1:] <= cost[:-1]).all()
+    with pytest.raises(ValueError, match="extensions"):
+        levenberg_marquardt(residual, start, max_extensions=1, differentiable=True)
