@@ -1,15 +1,17 @@
-"""The default pipeline from the regressor against variants of its intensity stage, case by case.
+"""The default pipeline from the regressor against variants of its later stages, case by case.
 
     python benchmarks/intensity_ab.py THREADS VARIANTS OUT.jsonl CASES [CASES ...]
 
-VARIANTS, comma-separated, each a ``+``-joined list of changes to the defaults: ``base`` (none),
-``old`` (before the eleventh session: both levels capped at 12 iterations, LM's strict 1e-8
-stopping test), ``itersN`` (the finest level capped at N), ``exact`` (every level recomputes its
-Jacobian after each step, doubles no step), ``broyden`` (every level updates its Jacobian
-between exact ones), ``ext`` (every level doubles steps that gained more than promised, up to 3
-times), ``bext`` (both), ``searchF`` (the translation search samples rays at F times the
-default). One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks'
-centroid, confidence, seconds.
+VARIANTS, comma-separated, each a ``+``-joined list of changes to the current defaults:
+``base`` (none); ``previous`` (LM, search and learnt stage as before the thirteenth session: exact
+Jacobians, no step doubling, full ray sampling in the search); ``old`` (the eleventh session's
+stopping rule undone: both levels capped at 12, LM's strict 1e-8 test; ``previous+old`` is the code
+before it); ``exact``, ``broyden``, ``ext``, ``bext`` (the intensity levels with exact Jacobians
+and no doubling, Broyden updates only, doubling only, both); ``learntb`` (the learnt stage with
+Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``levelsF`` and
+``searchF`` (the intensity levels or the search sample rays at F times the renderer's default).
+One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
+confidence, seconds. Cases with several views are registered jointly.
 """
 import sys, json, time
 from dataclasses import replace
@@ -36,10 +38,18 @@ def options(v):
             lv = [replace(l, broyden=part in ("broyden", "bext"), extensions=3 if "ext" in part else 0) for l in lv]
         elif part.startswith("iters"):
             lv[-1] = replace(lv[-1], iterations=int(part[5:]))
+        elif part == "learntb":
+            o.learnt_broyden = True
+        elif part == "previous":  # the twelfth session's code
+            lv = [replace(l, broyden=False, extensions=0) for l in lv]
+            o.search_level = replace(o.search_level, ray_samples=1.0)
+            o.learnt_broyden = False
+        elif part.startswith("levels"):
+            lv = [replace(l, ray_samples=float(part[6:])) for l in lv]
         elif part.startswith("search"):
             o.search_level = replace(o.search_level, ray_samples=float(part[6:]))
         elif part != "base":
-            raise SystemExit(f"unknown variant {part!r}: base, old, exact, broyden, ext, bext, itersN or searchF")
+            raise SystemExit(f"unknown variant {part!r}: base, old, exact, broyden, ext, bext, learntb, previous, itersN, levelsF or searchF")
     o.refine_levels = tuple(lv)
     return o
 
@@ -52,7 +62,8 @@ for folder in map(Path, sys.argv[4:]):
                 regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
             t0 = time.perf_counter()
             r = regs[v].register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"),
-                                 check_polarity=case.meta.get("photometric_source") == "pixels")
+                                 check_polarity=case.meta.get("photometric_source") == "pixels",
+                                 other_views=case.views[1:])
             dt = time.perf_counter() - t0
             err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
             row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],

@@ -43,6 +43,10 @@ class RegisterOptions:
 
     optimizer: str = "lm"
     iterations: int = 20
+    # LM on the learnt similarity updates its Jacobian (forward-mode through the encoder, 9x a
+    # residual's cost) by Broyden's rule between exact ones (optimize.levenberg_marquardt): 1-3 s
+    # faster a registration, the same poses on 11 of 12 tuning cases (docs/results.md)
+    learnt_broyden: bool = True
     # whether LM on the learnt similarity may move the pose along the central ray (camera z): the
     # direction one view shows least and the one the learnt cost captured worst (docs/results.md)
     learnt_moves_depth: bool = True
@@ -52,10 +56,13 @@ class RegisterOptions:
     lr_rot: float = 3e-6
     lr_trans: float = 1.5
     refine: bool = True
+    # under heavy scatter the finest level still descends after 12 (docs/results.md, eleventh session);
+    # Broyden updates and step doubling cut its time by a fifth at equal accuracy (thirteenth session)
     refine_levels: tuple = (
-        IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12),
-        IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=30),
-    )  # under heavy scatter the finest level still descends after 12 (docs/results.md, eleventh session)
+        IntensityLevel(spacing_mm=3.0, image_size=64, patch=8, form="ncc", iterations=12, broyden=True, extensions=3),
+        IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=30, broyden=True,
+                       extensions=3),
+    )
     # with several views the pose is pinned in every direction and the finest level converges in
     # about half its iterations (5-7 of 12 on the tuning cases, docs/results.md): its cap then
     joint_final_iterations: int = 6
@@ -68,7 +75,10 @@ class RegisterOptions:
     # coarse search over camera-frame translations before the intensity levels (0 switches it off)
     search_step_mm: float = 15.0
     search_steps: tuple = (4, 4, 2)  # grid half-widths along camera x, y, z, in steps
-    search_level: IntensityLevel = IntensityLevel(spacing_mm=6.0, image_size=32, patch=8, form="ncc", iterations=0)
+    # half the renderer's samples per ray (steps of 2.8 voxels, 17 mm): 32 px images resolve nothing
+    # finer, and the search is twice as fast (same choice on 24 of 28 tuning cases, docs/results.md)
+    search_level: IntensityLevel = IntensityLevel(spacing_mm=6.0, image_size=32, patch=8, form="ncc", iterations=0,
+                                                  ray_samples=0.5)
     # an image-intensifier C-arm's distortion (pincushion, S rotation at the corners; docs/physics.md),
     # from its dewarp calibration, undone before the intensity stage; None: frames without (a flat panel)
     distortion: tuple | None = None

@@ -115,7 +115,7 @@ def learnt_similarity(ctx: RegistrationContext, pose: Tensor) -> StageRecord:
     start = pose.to(ctx.device, torch.float64)[None]
     if opt.optimizer == "lm":
         free = None if opt.learnt_moves_depth else torch.tensor([True] * 5 + [False], device=ctx.device)
-        res = levenberg_marquardt(residual, start, max_iters=opt.iterations, free=free,
+        res = levenberg_marquardt(residual, start, max_iters=opt.iterations, free=free, broyden=opt.learnt_broyden,
                                   callback=ctx.iteration_callback("similarity", opt.iterations), **ctx.bounds)
     else:
         method = gradient_descent if opt.optimizer == "gd" else adam
