@@ -33,9 +33,12 @@ __all__ = [
 ]
 
 ResidualFn = Callable[[Tensor], Tensor]
-EXTEND_GAIN = 1.5
-"""Gain ratio above which :func:`levenberg_marquardt` tries its accepted step doubled."""
 BoundsFn = Callable[[Tensor], Tensor]
+
+EXTEND_GAIN = 1.5
+"""Gain ratio above which :func:`levenberg_marquardt` tries its accepted step doubled. Along an
+undamped Gauss-Newton step of a cost that is quadratic there, the ratio is 2 - (the cost's
+curvature / the model's): 1 where the model is right, 2 where the cost is flat along the step."""
 
 
 @dataclass
@@ -218,11 +221,11 @@ def levenberg_marquardt(
     lambda: the Jacobian, not the step length, is suspect) and whenever a stopping test fires
     with one, so an element only ever stops on an exact Jacobian. Not with ``differentiable``.
 
-    ``max_extensions``: an accepted step that lowered the cost by more than 1.5 times what its linear
-    model promised (gain ratio ``rho > 1.5``: the cost curves less along the step than Gauss-Newton
-    assumes, as where a large residual's own curvature cancels part of ``J^T J``) is doubled, up
-    to this many times, while each doubling lowers the cost further: one residual per doubling
-    instead of a derivative pass per iteration. Not with ``differentiable``.
+    ``max_extensions``: an accepted step that lowered the cost by more than :data:`EXTEND_GAIN` times
+    what its linear model promised (the cost curves less along the step than Gauss-Newton assumes,
+    as where a large residual's own curvature cancels part of ``J^T J``) is doubled, up to this
+    many times, while each doubling lowers the cost further: one residual per doubling instead of a
+    derivative pass per iteration. Not with ``differentiable``.
     """
     _check_pose(pose0)
     if differentiable and (broyden or max_extensions):
