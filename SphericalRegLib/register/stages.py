@@ -110,8 +110,8 @@ def learnt_residual(ctx: RegistrationContext):
 def learnt_similarity(ctx: RegistrationContext, pose: Tensor) -> StageRecord:
     """LM (or, for the ablation, gradient descent or Adam) on the learnt similarity from ``pose``."""
     opt = ctx.options
+    t0 = time.perf_counter()  # the X-ray's embedding and the renderer belong to the stage's time
     residual = learnt_residual(ctx)
-    t0 = time.perf_counter()
     start = pose.to(ctx.device, torch.float64)[None]
     if opt.optimizer == "lm":
         free = None if opt.learnt_moves_depth else torch.tensor([True] * 5 + [False], device=ctx.device)
