@@ -17,8 +17,8 @@ from torch import Tensor
 from .camera import Camera
 from .errors import InputError
 
-__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "round_field_mask", "is_round_field", "describe",
-           "defects", "resample", "preprocess", "LOG_SPAN"]
+__all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "round_field_mask",
+           "is_round_field", "describe", "defects", "resample", "preprocess", "LOG_SPAN"]
 
 LOG_SPAN = 5.0
 """A processed (windowed, log-like) export is read as line integrals ``LOG_SPAN (white - v) / (white - black)``

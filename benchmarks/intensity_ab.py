@@ -23,12 +23,11 @@ from SphericalRegLib.confidence import load_calibration
 from SphericalRegLib.register import Registrar, RegisterOptions
 from SphericalRegLib.evaluation.rows import errors
 
-torch.set_num_threads(int(sys.argv[1]))
-variants = sys.argv[2].split(",")
-out = open(sys.argv[3], "a")
 M = "Resources/Models/chest_example.pt"
 
+
 def options(v):
+    """The RegisterOptions of one VARIANT (see the module's docstring)."""
     o = RegisterOptions()
     lv = list(o.refine_levels)
     for part in v.split("+"):
@@ -53,21 +52,30 @@ def options(v):
     o.refine_levels = tuple(lv)
     return o
 
-regs = {}
-for folder in map(Path, sys.argv[4:]):
-    for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        case = read_case(case_dir); truth, lm = read_truth(case_dir)
-        for v in variants:
-            if v not in regs:
-                regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
-            t0 = time.perf_counter()
-            r = regs[v].register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"),
-                                 check_polarity=case.meta.get("photometric_source") == "pixels",
-                                 other_views=case.views[1:])
-            dt = time.perf_counter() - t0
-            err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
-            row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],
-                       inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt)
-            out.write(json.dumps(row) + "\n"); out.flush()
-            print(f"{folder.name} {case_dir.name} {v:5s} mTRE {err['mTRE']:7.2f} depth {err['depth']:6.2f} "
-                  f"conf {r.confidence} {dt:.1f}s", flush=True)
+
+def main():
+    torch.set_num_threads(int(sys.argv[1]))
+    variants = sys.argv[2].split(",")
+    out = open(sys.argv[3], "a")
+    regs = {}
+    for folder in map(Path, sys.argv[4:]):
+        for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            case = read_case(case_dir); truth, lm = read_truth(case_dir)
+            for v in variants:
+                if v not in regs:
+                    regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
+                t0 = time.perf_counter()
+                r = regs[v].register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"),
+                                     check_polarity=case.meta.get("photometric_source") == "pixels",
+                                     other_views=case.views[1:])
+                dt = time.perf_counter() - t0
+                err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
+                row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],
+                           inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt)
+                out.write(json.dumps(row) + "\n"); out.flush()
+                print(f"{folder.name} {case_dir.name} {v:5s} mTRE {err['mTRE']:7.2f} depth {err['depth']:6.2f} "
+                      f"conf {r.confidence} {dt:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

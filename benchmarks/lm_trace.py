@@ -1,37 +1,34 @@
 """Where a registration's time goes, iteration by iteration: every LM stage's cost, whether the step
 was accepted, the damping and the seconds the iteration took, then the stages' totals.
 
-    python benchmarks/lm_trace.py CASE [--threads N] [--model M] [--exact]
+    python benchmarks/lm_trace.py CASE [--threads N] [--model M] [--variant V]
 
-``--exact``: the intensity levels as before the thirteenth session (an exact Jacobian after every
-accepted step, no step doubling, the search at the renderer's full sampling).
+``--variant``: the options of one of ``intensity_ab.py``'s variants (default ``base``, the
+defaults); ``previous`` is the code before the thirteenth session (exact Jacobians, no step
+doubling, the search at the renderer's full sampling).
 """
 import argparse
 import time
-from dataclasses import replace
 
 import torch
+from intensity_ab import options
 
 from SphericalRegLib.confidence import load_calibration
 from SphericalRegLib.io import read_case
 from SphericalRegLib.model import load_model
-from SphericalRegLib.register import Registrar, RegisterOptions
+from SphericalRegLib.register import Registrar
 from SphericalRegLib.register import stages
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("case")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--model", default="Resources/Models/chest_example.pt")
-p.add_argument("--exact", action="store_true")
+p.add_argument("--variant", default="base")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 
-options = RegisterOptions()
-if args.exact:
-    options.refine_levels = tuple(replace(level, broyden=False, extensions=0) for level in options.refine_levels)
-    options.search_level = replace(options.search_level, ray_samples=1.0)
 case = read_case(args.case)
-registrar = Registrar(load_model(args.model, case.ct), case.ct, options, load_calibration(args.model))
+registrar = Registrar(load_model(args.model, case.ct), case.ct, options(args.variant), load_calibration(args.model))
 levenberg_marquardt = stages.levenberg_marquardt
 
 

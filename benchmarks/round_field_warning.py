@@ -27,15 +27,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    model = None
+    registrar = None  # the cases share one CT: its attenuation per level is prepared once
     print("| case | iris | pincushion | warned |\n|---|---:|---:|---|")
     for folder in map(Path, args.cases):
         for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             case = read_case(case_dir)
-            model = model or load_model(args.model, case.ct)
+            registrar = registrar or Registrar(load_model(args.model, case.ct), case.ct)
             drawn = json.loads((folder / f"{case_dir.name}.truth.json").read_text()).get("physics") or [{}]
             physics = drawn[0].get("physics", {})
-            registrar = Registrar(model, case.ct)
             ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
             warned = bool(registrar._distortion_warnings(ctx))
             print(f"| {folder.name}/{case_dir.name} | {physics.get('iris', 0):.2f} | "
