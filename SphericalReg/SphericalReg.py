@@ -465,6 +465,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             status += "\n" + _("The registration diverged: do not use this pose (start from a better one).")
         for warning in result.get("warnings") or []:
             status += "\n" + _("Warning: {warning}").format(warning=warning)
+        for note in result.get("notes") or []:
+            status += "\n" + _("Note: {note}").format(note=note)
         self.ui.statusLabel.text = status
         self.ui.viewsLabel.text = self._describeViews(views, result.get("warnings") or [])
         self.ui.viewsLabel.visible = len(views) > 1

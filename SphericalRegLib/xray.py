@@ -18,11 +18,20 @@ from .camera import Camera
 from .errors import InputError
 
 __all__ = ["to_line_integrals", "looks_like_line_integrals", "collimator_mask", "shutter_mask", "round_field_mask",
-           "is_round_field", "describe", "defects", "resample", "preprocess", "LOG_SPAN"]
+           "is_round_field", "describe", "defects", "resample", "preprocess", "LOG_SPAN", "LINEAR_FLOOR", "ENCODINGS"]
 
 LOG_SPAN = 5.0
 """A processed (windowed, log-like) export is read as line integrals ``LOG_SPAN (white - v) / (white - black)``
 (air bright): its scale is unknown, NCC does not need it, and 0-5 is a chest's range."""
+
+LINEAR_FLOOR = 0.02
+"""A windowed export of intensities (a linear LUT, "processed-linear") is read as line integrals
+``-log(v' + LINEAR_FLOOR)`` with ``v'`` its air-bright values scaled to 0-1: the window's black is
+some small intensity above 0, unknown, and this keeps the darkest pixels finite (about 3.9)."""
+
+ENCODINGS = ("intensity", "processed", "processed-linear")
+"""How a frame's values relate to the line integrals L: raw detector counts (``-log(I / I0)``), a
+windowed export of a log-like LUT (affine in L) or of a linear one (affine in exp(-L))."""
 
 _BITS = (8, 10, 12, 14, 16)
 
@@ -220,8 +229,8 @@ def shutter_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, max_fraction
             return 0
         r = int(torch.where(ok, q[1], torch.full_like(q[1], -1e9)).argmax())
         edge = r + span // 2 + 1  # first line past the step's middle
-        shadow = lines[:max(1, r + 1)].median()
-        inside = lines[r + span:r + span + max(r + 1, span)].median()
+        shadow = middle[:max(1, r + 1)].median()  # the other blades' shadows lie outside the middle
+        inside = middle[r + span:r + span + max(r + 1, span)].median()
         if not shadow - inside > step:
             return 0
         return min(edge + span // 2, limit)
@@ -240,7 +249,7 @@ def _centre_distance(H: int, W: int) -> Tensor:
 
 
 def round_field_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, span: int = 4,
-                     min_arc: float = 0.08) -> Tensor:
+                     min_arc: float = 0.08, within: Tensor | None = None) -> Tensor:
     """Exposed pixels ``(rows, cols)`` bool of line integrals ``L``: False outside the round field
     of an image intensifier (or an iris collimator), centred on the detector.
 
@@ -251,7 +260,8 @@ def round_field_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, span: in
     ``min_arc`` of the circle: a field wider than the detector leaves only its corners). Of the
     radii that qualify the one with the largest step is the edge; the mask keeps the field up to
     ``span / 2`` px inside it. A body's outline is neither centred nor round, and it steps down
-    outwards (into air).
+    outwards (into air). ``within`` (rows, cols) bool: the field other blades leave (the iris is
+    looked for only where both sides of its edge lie in it; behind a blade nothing steps).
     """
     x = torch.as_tensor(L, dtype=torch.float64)
     H, W = x.shape
@@ -265,6 +275,8 @@ def round_field_mask(L: Tensor, step: float = 0.8, agree: float = 0.25, span: in
         rows, cols = cy + r[:, None] * theta.sin(), cx + r[:, None] * theta.cos()
         on = (rows >= 0) & (rows <= H - 1) & (cols >= 0) & (cols <= W - 1)
         i, j = rows.round().clamp(0, H - 1).long(), cols.round().clamp(0, W - 1).long()
+        if within is not None:
+            on = on & within[i, j]
         return x[i, j], on
 
     inner, on_in = sample(radii - span / 2)
@@ -346,21 +358,26 @@ def _read(image: Tensor, photometric: str, air, dark, encoding: str) -> tuple[Te
     """Full-resolution ``(L, field, unclipped)``: line integrals, the exposed field (collimator and
     shutters) and the pixels not clipped by saturation or a display window."""
     x = torch.as_tensor(image, dtype=torch.float64)
-    if encoding == "processed":
+    if encoding in ("processed", "processed-linear"):
         v = _as_intensity(x, photometric)  # air bright
         lo, hi = float(v.min()), float(v.max())
-        L = LOG_SPAN * (hi - v) / max(hi - lo, 1e-12)
+        if encoding == "processed":
+            L = LOG_SPAN * (hi - v) / max(hi - lo, 1e-12)
+        else:
+            L = math.log(1 + LINEAR_FLOOR) - torch.log((v - lo) / max(hi - lo, 1e-12) + LINEAR_FLOOR)
         low, high = _plateaus(v)
         unclipped = ~(((v == lo) & (low >= 0.0005)) | ((v == hi) & (high >= 0.0005)))
         filled = torch.where(unclipped, L, _median3(L))
-        field = collimator_mask(x, photometric) & shutter_mask(filled) & round_field_mask(filled)
+        field = collimator_mask(x, photometric) & shutter_mask(filled)
+        field = field & round_field_mask(filled, within=field)
         return torch.where(field, L, torch.zeros_like(L)), field, unclipped
     # raw detector counts: the old reading, exactly, when nothing is found
     field = collimator_mask(x, photometric)
     probe = to_line_integrals(x, photometric, air=air, mask=field, dark=dark, check=False)
     bad = defects(probe)
     filled = torch.where(bad, _median3(probe), probe)
-    field = field & shutter_mask(filled) & round_field_mask(filled)
+    field = field & shutter_mask(filled)
+    field = field & round_field_mask(filled, within=field)
     L = to_line_integrals(x, photometric, air=air, mask=field, dark=dark)
     v = _as_intensity(x, photometric)
     top = float(x.max())  # saturation: a plateau at the converter's full scale
@@ -378,7 +395,8 @@ def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photo
 
     ``size`` is the longer side in pixels (aspect kept) or ``(rows, cols)``. ``encoding``: "auto"
     (:func:`describe` decides from the pixels), "intensity" (raw counts: ``-log(I / I0)``, I0 among
-    the exposed pixels) or "processed" (a windowed export, read affinely, :data:`LOG_SPAN`);
+    the exposed pixels), "processed" (a windowed export, read affinely, :data:`LOG_SPAN`) or
+    "processed-linear" (a windowed export of intensities, :data:`LINEAR_FLOOR`);
     ``photometric`` "AUTO" lets :func:`describe` choose it too. The exposed field (collimator
     blades, :func:`collimator_mask` and :func:`shutter_mask`) is found on the full-resolution frame;
     dead and hot pixels (:func:`defects`) are replaced by their 3 x 3 median. The mask is resampled
@@ -391,8 +409,8 @@ def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photo
     if line_integrals:
         L, new_camera = resample(torch.as_tensor(image).float(), camera, rows, cols)
         return L, new_camera, torch.ones_like(L, dtype=torch.bool)
-    if encoding not in ("auto", "intensity", "processed"):
-        raise InputError("encoding", f"is {encoding!r}", "auto, intensity or processed")
+    if encoding not in ("auto", *ENCODINGS):
+        raise InputError("encoding", f"is {encoding!r}", "auto, " + ", ".join(ENCODINGS))
     if encoding == "auto" or (photometric or "").upper() == "AUTO":
         found = describe(image, None if (photometric or "").upper() == "AUTO" else photometric)
         photometric = found["photometric"]
@@ -432,7 +450,7 @@ def warp_to_camera(image: Tensor, camera: Camera, target: Camera) -> Tensor:
 
 
 def preprocess_for_camera(image: Tensor, camera: Camera, target: Camera, photometric: str = "MONOCHROME2",
-                          line_integrals: bool = False) -> tuple[Tensor, Tensor]:
+                          line_integrals: bool = False, encoding: str = "auto") -> tuple[Tensor, Tensor]:
     """Line integrals of a detector frame in ``target``'s intrinsics, and the mask of target pixels
     that saw the exposed field: ``(target rows, cols)`` each.
 
@@ -442,7 +460,8 @@ def preprocess_for_camera(image: Tensor, camera: Camera, target: Camera, photome
     footprint = (min(target.pixel_spacing) / target.sdd) / (min(camera.pixel_spacing) / camera.sdd)
     rows = max(2, min(camera.rows, round(camera.rows / max(footprint, 1e-6))))
     cols = max(2, min(camera.cols, round(camera.cols / max(footprint, 1e-6))))
-    L, binned, mask = preprocess(image, camera, (rows, cols), photometric=photometric, line_integrals=line_integrals)
+    L, binned, mask = preprocess(image, camera, (rows, cols), photometric=photometric, line_integrals=line_integrals,
+                                 encoding=encoding)
     warped = warp_to_camera(L, binned, target)
     valid = warp_to_camera(mask.float(), binned, target) > 0.999
     return torch.where(valid, warped, torch.zeros_like(warped)), valid

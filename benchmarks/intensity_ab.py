@@ -3,13 +3,16 @@
     python benchmarks/intensity_ab.py THREADS VARIANTS OUT.jsonl CASES [CASES ...]
 
 VARIANTS, comma-separated, each a ``+``-joined list of changes to the current defaults:
-``base`` (none); ``previous`` (LM, search and learnt stage as before the thirteenth session: exact
-Jacobians, no step doubling, full ray sampling in the search); ``old`` (the eleventh session's
+``base`` (none); ``learnt`` (the learnt-similarity stage whatever the model's validation says, the
+default before the fourteenth session); ``previous`` (LM, search and learnt stage as before the
+thirteenth session: exact Jacobians, no step doubling, full ray sampling in the search, the learnt
+stage run); ``old`` (the eleventh session's
 stopping rule undone: both levels capped at 12, LM's strict 1e-8 test; ``previous+old`` is the code
 before it); ``exact``, ``broyden``, ``ext``, ``bext`` (the intensity levels with exact Jacobians
 and no doubling, Broyden updates only, doubling only, both); ``learntb`` (the learnt stage with
 Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``levelsF`` and
-``searchF`` (the intensity levels or the search sample rays at F times the renderer's default).
+``searchF`` (the intensity levels or the search sample rays at F times the renderer's default);
+``fixedreading`` (a processed export always read as a log LUT's, as before the fourteenth session).
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
 confidence, seconds. Cases with several views are registered jointly.
 """
@@ -22,6 +25,7 @@ from SphericalRegLib.model import load_model
 from SphericalRegLib.confidence import load_calibration
 from SphericalRegLib.register import Registrar, RegisterOptions
 from SphericalRegLib.evaluation.rows import errors
+from SphericalRegLib.xray import describe
 
 M = "Resources/Models/chest_example.pt"
 
@@ -39,16 +43,21 @@ def options(v):
             lv[-1] = replace(lv[-1], iterations=int(part[5:]))
         elif part == "learntb":
             o.learnt_broyden = True
+        elif part == "learnt":
+            o.learnt_stage = "always"
         elif part == "previous":  # the twelfth session's code
             lv = [replace(l, broyden=False, extensions=0) for l in lv]
             o.search_level = replace(o.search_level, ray_samples=1.0)
             o.learnt_broyden = False
+            o.learnt_stage = "always"
         elif part.startswith("levels"):
             lv = [replace(l, ray_samples=float(part[6:])) for l in lv]
         elif part.startswith("search"):
             o.search_level = replace(o.search_level, ray_samples=float(part[6:]))
+        elif part == "fixedreading":
+            pass  # main() passes the pixels' encoding, which skips the choice
         elif part != "base":
-            raise SystemExit(f"unknown variant {part!r}: base, old, exact, broyden, ext, bext, learntb, previous, itersN, levelsF or searchF")
+            raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, previous, itersN, levelsF or searchF")
     o.refine_levels = tuple(lv)
     return o
 
@@ -67,7 +76,9 @@ def main():
                 t0 = time.perf_counter()
                 r = regs[v].register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"),
                                      check_polarity=case.meta.get("photometric_source") == "pixels",
-                                     other_views=case.views[1:])
+                                     other_views=case.views[1:],
+                                     encoding=describe(case.xray, case.meta.get("photometric"))["encoding"]
+                                     if "fixedreading" in v else "auto")
                 dt = time.perf_counter() - t0
                 err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
                 row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],

@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true",
                         help="the whole pipeline (search and intensity stage too), with and without the learnt stage")
     args = parser.parse_args()
-    variants = {"learnt": RegisterOptions(refine=args.pipeline, learnt_moves_depth=not args.fix_depth,
+    variants = {"learnt": RegisterOptions(refine=args.pipeline, learnt_stage="always", learnt_moves_depth=not args.fix_depth,
                                                iterations=args.iterations)}
     if args.pipeline:
         variants["no-learnt"] = RegisterOptions(optimizer="none")

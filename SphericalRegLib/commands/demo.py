@@ -53,5 +53,7 @@ def main(args) -> int:
           f"confidence {conf} | {result.seconds:.1f} s")
     if result.uncertainty is not None:
         print(f"[demo] {describe_uncertainty(result.uncertainty)}")
+    for note in result.notes:
+        print(f"[demo] note: {note}")
     print(f"[demo] overlay: {paths['overlay']}")
     return 0

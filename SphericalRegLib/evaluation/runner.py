@@ -57,10 +57,10 @@ class _Runner:
         from ..model import load_model
         from ..register import Registrar, RegisterOptions
 
-        key = (method.model, method.optimizer, method.refine, self._key(ct))
+        key = (method.model, method.optimizer, method.learnt_stage, method.refine, self._key(ct))
         if key not in self._prepared:
             path = self.models[method.model]
-            options = RegisterOptions(optimizer=method.optimizer, refine=method.refine)
+            options = RegisterOptions(optimizer=method.optimizer, learnt_stage=method.learnt_stage, refine=method.refine)
             self._prepared[key] = Registrar(load_model(path, ct, self.device), ct, options, load_calibration(path))
         return self._prepared[key]
 

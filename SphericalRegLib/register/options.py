@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from ..distortion import validate_distortion
 from ..errors import InputError
 
-__all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS"]
+__all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE"]
 
 OPTIMIZERS = ("lm", "gd", "adam", "none")
+LEARNT_STAGE = ("auto", "always")
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,14 @@ class IntensityLevel:
 @dataclass
 class RegisterOptions:
     """How to register. ``optimizer`` picks the learnt-similarity stage's method (the ablation of
-    LM against first-order methods; ``none`` skips the stage); ``refine`` switches the translation
-    search and the intensity stage."""
+    LM against first-order methods; ``none`` skips the stage) and ``learnt_stage`` whether a model
+    that did not validate runs it; ``refine`` switches the translation search and the intensity stage."""
 
     optimizer: str = "lm"
+    # "auto": the learnt-similarity stage runs only with a model whose validation says its similarity
+    # learnt (quality.GRADIENT_TARGET); a similarity that has not costs 4-5 s a registration for no
+    # measured gain (docs/results.md, fourteenth session). "always": run it whatever the validation says
+    learnt_stage: str = "auto"
     iterations: int = 20
     # LM on the learnt similarity updates its Jacobian (forward-mode through the encoder, 9x a
     # residual's cost) by Broyden's rule between exact ones (optimize.levenberg_marquardt): 1-3 s
@@ -87,6 +92,8 @@ class RegisterOptions:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise InputError("optimizer", f"is {self.optimizer!r}", ", ".join(OPTIMIZERS[:-1]) + " or none")
+        if self.learnt_stage not in LEARNT_STAGE:
+            raise InputError("learnt_stage", f"is {self.learnt_stage!r}", " or ".join(LEARNT_STAGE))
         if self.distortion is not None:
             self.distortion = validate_distortion(self.distortion)
         if self.iterations < 1:

@@ -97,7 +97,8 @@ class RegistrationResult:
     [0, 1], or None when the model carries no calibration; final_ncc: NCC of the final DRR with
     the X-ray; drr, xray: the images of the last intensity level, for review (None for a peer that
     renders its own); ``stages`` holds each stage's record; ``warnings`` what the user must know
-    before trusting the pose (a model that did not learn, for one); covariance: ``(6, 6)`` of the
+    before trusting the pose (a model that did not learn, for one), ``notes`` what ran and why
+    (a stage skipped, for one); covariance: ``(6, 6)`` of the
     final pose's left twist (rad, mm), and uncertainty: the standard deviations (mm) it gives the
     CT centre along the central ray and in the detector plane (None without an intensity stage).
     views: one :class:`ViewResult` per view registered (empty for a peer, which uses view 0);
@@ -118,6 +119,7 @@ class RegistrationResult:
     final_ncc: float | None = None
     stages: dict[str, StageRecord] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     covariance: Tensor | None = None
     uncertainty: dict | None = None
     views: list[ViewResult] = field(default_factory=list)
@@ -136,6 +138,7 @@ class RegistrationResult:
             "final_ncc": self.final_ncc,
             "stages": {name: stage.to_json() for name, stage in self.stages.items()},
             "warnings": self.warnings,
+            "notes": self.notes,
             "uncertainty": self.uncertainty,
             "views": max(1, len(self.views)),
         }

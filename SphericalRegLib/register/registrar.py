@@ -14,7 +14,7 @@ from ..distortion import NAMES as DISTORTION_NAMES
 from ..geometry import se3_inverse, transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
-from ..quality import model_quality
+from ..quality import GRADIENT_TARGET, model_quality
 from ..optimize import twist_jacobian
 from ..views import IDENTITY, View, view_poses
 from ..volume import Volume, hu_to_mu
@@ -24,7 +24,7 @@ from .options import RegisterOptions
 from .pyramid import XrayPyramid
 from .records import RegistrationResult, StageRecord, ViewResult
 from .uncertainty import covariance, point_standard_deviations
-from .stages import choose_polarity, initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
+from .stages import choose_polarity, choose_reading, initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
     relative_pose_refinement, translation_search
 
 __all__ = ["Registrar", "VIEW_NCC_GAP"]
@@ -50,6 +50,7 @@ class Registrar:
         self.device = model.mu.device
         quality = model_quality(model.history)
         self.warnings = list(quality["warnings"]) if quality else []
+        self.runs_learnt_stage, self.notes = self._learnt_stage_decision(quality)
         self.attenuation: dict[float, Volume] = {}
         for level in (self.options.search_level, *self.options.refine_levels):
             if level.spacing_mm not in self.attenuation:
@@ -59,11 +60,12 @@ class Registrar:
 
     def context(self, image: Tensor, camera: Camera, *, photometric: str = "MONOCHROME2",
                 line_integrals: bool = False, other_views: Sequence[View] = (), progress=None,
-                cancel=None) -> RegistrationContext:
+                cancel=None, encoding: str = "auto") -> RegistrationContext:
         """The shared state of one registration of ``image`` (rows, cols) seen by ``camera``
         (view 0), and of ``other_views`` (view 1, 2, ...) with it."""
-        pyramids = [XrayPyramid(image, camera, photometric, line_integrals, self.device)]
-        pyramids += [XrayPyramid(v.xray, v.camera, v.photometric, line_integrals, self.device) for v in other_views]
+        pyramids = [XrayPyramid(image, camera, photometric, line_integrals, self.device, encoding)]
+        pyramids += [XrayPyramid(v.xray, v.camera, v.photometric, line_integrals, self.device, encoding)
+                     for v in other_views]
         relative = torch.stack([IDENTITY, *(torch.as_tensor(v.camera_from_reference, dtype=torch.float64)
                                             for v in other_views)])
         scale = ((self.calibration or {}).get("uncertainty_scale") or {}).get("inplane", 1.0)
@@ -75,7 +77,8 @@ class Registrar:
 
     def register(self, image: Tensor, camera: Camera, init: Tensor | None = None, *,
                  photometric: str = "MONOCHROME2", line_integrals: bool = False, other_views: Sequence[View] = (),
-                 check_polarity: bool = False, progress=None, cancel=None) -> RegistrationResult:
+                 check_polarity: bool = False, encoding: str = "auto", progress=None,
+                 cancel=None) -> RegistrationResult:
         """Register ``image`` (rows, cols) seen by ``camera``, jointly with ``other_views`` when given.
 
         ``image`` holds detector intensities (air bright; MONOCHROME1 inverted) unless
@@ -84,17 +87,19 @@ class Registrar:
         ``camera_from_reference``; the answer is still view 0's pose, pinned by all of them.
         ``check_polarity``: the views' photometric interpretations were guessed from their pixels (no
         DICOM tag said so), so each is also tried inverted and the CT decides
-        (:func:`~.stages.choose_polarity`).
+        (:func:`~.stages.choose_polarity`). ``encoding``: how the values relate to line integrals
+        (:data:`~SphericalRegLib.xray.ENCODINGS`); "auto" tells raw counts from a processed export by
+        the pixels, and a processed export's LUT (log or linear) by the CT (:func:`~.stages.choose_reading`).
         ``progress(stage, fraction)`` is called as work advances; ``cancel`` is anything with
         ``is_set()`` (raises :class:`~SphericalRegLib.errors.Cancelled`).
         """
         opt, t0 = self.options, time.perf_counter()
         ctx = self.context(image, camera, photometric=photometric, line_integrals=line_integrals,
-                           other_views=other_views, progress=progress, cancel=cancel)
+                           other_views=other_views, progress=progress, cancel=cancel, encoding=encoding)
         polarity_warnings = choose_polarity(ctx, init) if check_polarity and not line_integrals else []
         stages = {"initial": initial_pose(ctx, init)}
         pose, search = stages["initial"].pose, None
-        if opt.optimizer != "none":
+        if self.runs_learnt_stage:
             stages["similarity"] = learnt_similarity(ctx, pose)
             pose, search = keep_or_discard(ctx, stages["initial"], stages["similarity"])
         if opt.searches and search is None:
@@ -102,6 +107,12 @@ class Registrar:
         if search is not None:
             stages["search"] = search
             pose = search.pose
+        reading_notes = choose_reading(ctx, pose) if opt.refine else []
+        if reading_notes and opt.searches:  # the search weighed its grid in the reading just replaced
+            first = stages["search"]
+            stages["search"] = first.then(translation_search(ctx, {"search": pose}))
+            stages["search"].source = first.source
+            pose = stages["search"].pose
         given = ctx.camera_from_reference.clone()
         if opt.refine:
             stages["intensity"] = intensity_refinement(ctx, pose)
@@ -114,7 +125,22 @@ class Registrar:
             failed = "similarity" in stages and stages["similarity"].diverged
         result = self._result(ctx, pose, stages, failed, time.perf_counter() - t0, given)
         result.warnings += polarity_warnings
+        result.notes += reading_notes
         return result
+
+    def _learnt_stage_decision(self, quality: dict | None) -> tuple[bool, list[str]]:
+        """Whether LM on the learnt similarity runs (``options.optimizer``, ``options.learnt_stage``
+        and the model's last validation), and a note for the result when ``auto`` skips it."""
+        opt = self.options
+        if opt.optimizer == "none":
+            return False, []
+        if opt.learnt_stage == "always" or (quality is not None and quality["similarity"] == "learnt"):
+            return True, []
+        why = ("the model was never validated" if quality is None else
+               f"{quality['grad_within30']:.0%} of the model's held-out similarity gradients lie within 30 deg "
+               f"of the truth, {GRADIENT_TARGET:.0%} counts as learnt")
+        return False, [f"the learnt-similarity stage did not run: {why}; the search and the intensity stage "
+                       f"started from the initial pose (learnt_stage 'always' runs the stage anyway)"]
 
     def _result(self, ctx: RegistrationContext, pose: Tensor, stages: dict[str, StageRecord], failed: bool,
                 seconds_so_far: float, given_relative: Tensor) -> RegistrationResult:
@@ -154,7 +180,7 @@ class Registrar:
             confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
             stages=stages, warnings=list(self.warnings) + self._view_warnings(views) + self._distortion_warnings(ctx),
-            covariance=covariance,
+            covariance=covariance, notes=list(self.notes),
             uncertainty=uncertainty, views=views, distortion=distortion, photometric=ctx.xray.photometric)
 
     def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):

@@ -16,11 +16,12 @@ from torch import Tensor
 
 from ..geometry import perturb_left, se3_inverse, transform_points
 from ..optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
+from ..xray import describe
 from .context import RegistrationContext
 from .pyramid import XrayPyramid
 from .records import StageRecord
 
-__all__ = ["choose_polarity", "initial_pose", "learnt_similarity", "keep_or_discard", "translation_search", "intensity_refinement",
+__all__ = ["choose_polarity", "choose_reading", "initial_pose", "learnt_similarity", "keep_or_discard", "translation_search", "intensity_refinement",
            "learnt_residual", "relative_pose_refinement"]
 
 
@@ -46,7 +47,7 @@ def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> li
         if read.photometric.upper() not in INVERSE:
             continue
         other = XrayPyramid(read.image, read.camera, INVERSE[read.photometric.upper()], read.line_integrals,
-                            read.device)
+                            read.device, read.encoding)
         costs = []
         for pyramid in (read, other):
             ctx.pyramids[k] = pyramid
@@ -60,6 +61,42 @@ def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> li
             notes.append(f"{name}: its polarity guessed from the pixels ({read.photometric}) images the CT worse "
                             f"than its inverse (coarse cost {costs[0]:.2f} against {costs[1]:.2f}): registered as "
                             f"{other.photometric}; check the export's photometric interpretation")
+        else:
+            ctx.pyramids[k] = read
+    return notes
+
+
+READING_MARGIN = 0.01
+""":func:`choose_reading` reads a processed export as a linear LUT's only when that lowers the coarse
+cost by this much. On 32 tuning X-rays the reading with the lower coarse cost at the searched pose
+was the one with the lower cost at the truth in 31; the other differed by 0.002 (docs/results.md)."""
+
+
+@torch.no_grad()
+def choose_reading(ctx: RegistrationContext, pose: Tensor) -> list[str]:
+    """Each view that is a processed export, read as a log LUT's (affine in the line integrals) and as
+    a linear LUT's (affine in the intensities, :data:`~SphericalRegLib.xray.LINEAR_FLOOR`): whichever
+    images the CT better at ``pose`` (4, 4) by :data:`READING_MARGIN` is kept in ``ctx.pyramids``.
+    Returns a note for each view read as linear.
+
+    The pixels of a windowed 8-bit export do not say which LUT made them, and a linear one read as
+    a log one crushes everything thick into a few grey levels, the body's outline included: that
+    pulled the pose along the central ray by millimetres (docs/results.md). At one pose both readings
+    meet the same DRR, so the comparison needs no good pose, only the anatomy in view."""
+    notes = []
+    for k, read in enumerate(list(ctx.pyramids)):
+        if read.line_integrals or read.encoding != "auto" or describe(read.image, read.photometric)["encoding"] != "processed":
+            continue
+        linear = XrayPyramid(read.image, read.camera, read.photometric, False, read.device, "processed-linear")
+        costs = []
+        for pyramid in (read, linear):
+            ctx.pyramids[k] = pyramid
+            costs.append(float(ctx.coarse_cost(pose[None].to(ctx.device, torch.float64), views=[k])[0]))
+        if costs[1] < costs[0] - READING_MARGIN:
+            name = "the X-ray" if k == 0 else f"view_{k}'s X-ray"
+            notes.append(f"{name}: read as a linear-LUT export (values proportional to transmitted intensity), "
+                         f"which images the CT better than a log LUT's reading (coarse cost {costs[1]:.2f} "
+                         f"against {costs[0]:.2f})")
         else:
             ctx.pyramids[k] = read
     return notes

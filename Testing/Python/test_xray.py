@@ -253,3 +253,52 @@ def test_is_round_field_tells_an_intensifiers_field_from_blades_and_an_open_dete
     assert not is_round_field(blades)
     assert not is_round_field((r <= 30) & (u < 40))  # a round field with a blade across it: not only round
     assert not is_round_field(torch.zeros(H, W, dtype=torch.bool))
+
+
+def _correlation(a, b):
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def test_a_linear_lut_export_read_as_one_gives_the_line_integrals():
+    """An 8-bit export of intensities crushes the thick anatomy into a few grey levels; read as a log
+    LUT's export (affinely) it is far from the line integrals, read as a linear LUT's it is close."""
+    L = body_line_integrals()
+    I = torch.exp(-L)
+    lo, hi = torch.quantile(I.flatten(), torch.tensor([0.01, 0.99], dtype=torch.float64))
+    export = ((I - lo) / (hi - lo)).clamp(0, 1).mul(255).round()
+    as_log, _, valid_log = preprocess(export, camera(), size=80, encoding="processed")
+    as_linear, _, valid = preprocess(export, camera(), size=80, encoding="processed-linear")
+    body = valid & valid_log & (L > 0.5)
+    assert _correlation(as_linear[body], L[body]) > 0.99 > 0.95 > _correlation(as_log[body], L[body])
+    with pytest.raises(InputError, match="processed-linear"):
+        preprocess(export, camera(), size=80, encoding="linear")
+
+
+def test_a_side_blade_between_deep_top_and_bottom_blades_is_found():
+    """The shadow and the open field beside a blade are compared where no other blade reaches:
+    across the whole line, deep top and bottom blades made the open side look like shadow."""
+    L = body_line_integrals() + 2.0
+    shadow = torch.zeros_like(L, dtype=torch.bool)
+    shadow[:16], shadow[-16:], shadow[:, :12] = True, True, True
+    mask = shutter_mask(torch.where(shadow, L + 3.9, L))
+    assert not (mask & shadow).any() and mask[21:-21, 15:-2].all()  # the penumbra: span // 2 px more
+
+
+def test_an_iris_behind_blades_is_found_where_its_edge_shows():
+    """An iris whose circle the blades cut leaves only arcs at the corners of their field: its edge is
+    looked for only there, not on the blades' flat shadows, where nothing steps."""
+    from SphericalRegLib.xray import round_field_mask
+
+    H = W = 160
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    r = ((u - (W - 1) / 2) ** 2 + (v - (H - 1) / 2) ** 2).sqrt()
+    L = 1.0 + 2.0 * torch.exp(-((u - 80) / 30) ** 2) + 0.5 * torch.sin(v / 9)  # a spine-like band and ribs
+    blades = torch.zeros_like(L, dtype=torch.bool)
+    blades[:16], blades[-16:], blades[:, :16], blades[:, -16:] = True, True, True, True
+    corners = (r > 74.0) & ~blades
+    image = torch.where(blades | (r > 74.0), L + 3.9, L)
+    assert corners.sum() > 1000 and round_field_mask(image).all()  # most of the circle lies behind blades
+    field = shutter_mask(image)
+    found = round_field_mask(image, within=field)
+    assert not (found & corners).any() and found[(r < 70.0) & field].all()

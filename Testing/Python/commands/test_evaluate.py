@@ -12,7 +12,9 @@ def test_evaluate_command_tabulates_methods_and_plots(tiny_model_file, tiny_case
                      "--methods", "ours,ours-gd,regressor,ours-no-intensity,diffpose-ncc,euclidean",
                      "--baseline-iterations", "3"]) == 0
     table = (out / "results.md").read_text()
-    for method in ("| ours |", "| ours-gd |", "| regressor |", "| ours-no-intensity |", "| diffpose-ncc |"):
+    # ours-no-intensity is a stage of ours-learnt's run, which runs for it unasked
+    for method in ("| ours |", "| ours-learnt |", "| ours-gd |", "| regressor |", "| ours-no-intensity |",
+                   "| diffpose-ncc |"):
         assert method in table
     assert "Not run: euclidean" in table  # no model given for the ablation: said, not hidden
     for name in ("results.csv", "cases.csv", "cdf.png", "convergence.png", "info.json", "curves.json"):
@@ -20,7 +22,7 @@ def test_evaluate_command_tabulates_methods_and_plots(tiny_model_file, tiny_case
     for method in ("ours", "diffpose-ncc"):  # every method that runs leaves its result.json
         assert (out / method / "case_000" / "result.json").exists()
     rows = read_rows(out / "cases.csv")
-    assert len(rows) == 2 * 5
+    assert len(rows) == 2 * 6
     baseline = [r for r in rows if r.method == "diffpose-ncc"]
     assert all(r.confidence is None and r.cost is None and isinstance(r.diverged, bool) for r in baseline)
     # two cases cannot calibrate a confidence: a clear refusal, not a meaningless fit

@@ -6,7 +6,8 @@ from SphericalRegLib.errors import InputError
 from SphericalRegLib.register import RegisterOptions
 
 
-@pytest.mark.parametrize("field, value", [("optimizer", "sgd"), ("iterations", 0), ("refine_levels", ())])
+@pytest.mark.parametrize("field, value", [("optimizer", "sgd"), ("learnt_stage", "never"), ("iterations", 0),
+                                          ("refine_levels", ())])
 def test_bad_options_name_their_field(field, value):
     with pytest.raises(InputError) as e:
         RegisterOptions(**{field: value})

@@ -29,7 +29,7 @@ def test_a_pose_off_the_field_of_view_is_flagged_not_returned_as_good(tiny_model
 
 def test_every_stage_leaves_a_record_and_result_json_summarises_them(tiny_model_file, tiny_cases):
     case = read_case(tiny_cases / "case_000")
-    options = RegisterOptions(iterations=3, refine_levels=TINY_LEVELS, search_steps=(1, 1, 1))
+    options = RegisterOptions(iterations=3, refine_levels=TINY_LEVELS, search_steps=(1, 1, 1), learnt_stage="always")
     seen = []
     result = Registrar(load_model(tiny_model_file, case.ct), case.ct, options).register(
         case.xray, case.camera, progress=lambda stage, fraction: seen.append(stage))
@@ -43,6 +43,22 @@ def test_every_stage_leaves_a_record_and_result_json_summarises_them(tiny_model_
     assert summary["stages"]["similarity"]["kept"] == result.stages["similarity"].kept
     assert summary["final_ncc"] == result.final_ncc and -1 <= result.final_ncc <= 1
     assert {"initial", "similarity", "search", "intensity 1"} <= set(seen)
+
+
+def test_the_learnt_stage_runs_by_default_only_for_a_model_whose_similarity_validated(tiny_model_file, tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    model = load_model(tiny_model_file, case.ct)
+    options = RegisterOptions(iterations=2, refine_levels=tiny_levels(iterations=1), search_steps=(1, 1, 1))
+    result = Registrar(model, case.ct, options).register(case.xray, case.camera)
+    assert list(result.stages) == ["initial", "search", "intensity"]  # the tiny model's similarity did not learn
+    assert len(result.notes) == 1 and "did not run" in result.notes[0] and result.to_json()["notes"] == result.notes
+    model.history = {"val_step": [10], "val_grad_within30": [0.7], "val_grad_angle_median_deg": [20.0]}
+    result = Registrar(model, case.ct, options).register(case.xray, case.camera)
+    assert list(result.stages) == ["initial", "similarity", "search", "intensity"] and not result.notes
+    model.history = {}  # never validated: untested learnt parts stay out unless asked for
+    assert not Registrar(model, case.ct, options).runs_learnt_stage
+    assert Registrar(model, case.ct, RegisterOptions(learnt_stage="always")).runs_learnt_stage
+    assert not Registrar(model, case.ct, RegisterOptions(optimizer="none", learnt_stage="always")).runs_learnt_stage
 
 
 def test_a_registration_that_worked_states_its_uncertainty_depth_the_weakest(tiny_model_file, tiny_cases):

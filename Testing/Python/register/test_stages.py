@@ -158,3 +158,27 @@ def test_keep_or_discard_is_the_one_decision_on_the_learnt_pose(tiny_model_file,
     learnt = StageRecord(pose=far, seconds=0.0)
     pose, search = keep_or_discard(ctx, StageRecord(pose=near, seconds=0.0), learnt)
     assert learnt.kept is True and search is None and torch.equal(pose, far)
+
+
+def _export(counts: torch.Tensor, lut: str) -> torch.Tensor:
+    """A fluoroscopy system's 8-bit export of raw ``counts`` (air bright) through a ``lut``, "log" or
+    "linear", windowed on the 1st-99th percentiles."""
+    y = counts.double().log() if lut == "log" else counts.double()
+    lo, hi = torch.quantile(y.flatten(), torch.tensor([0.01, 0.99], dtype=f64))
+    return ((y - lo) / (hi - lo)).clamp(0, 1).mul(255).round()
+
+
+def test_a_processed_export_is_read_with_the_lut_that_images_the_ct(tiny_model_file, tiny_cases):
+    """An 8-bit export of intensities (a linear LUT) is read as one, and a log LUT's export as before:
+    at the true pose, the CT decides."""
+    from SphericalRegLib.register.stages import choose_reading
+
+    case = read_case(tiny_cases / "case_000")
+    truth, _ = read_truth(tiny_cases / "case_000")
+    registrar = Registrar(load_model(tiny_model_file, case.ct), case.ct)
+    for lut, encoding in (("linear", "processed-linear"), ("log", "auto")):
+        ctx = registrar.context(_export(case.xray, lut), case.camera)
+        notes = choose_reading(ctx, truth)
+        assert ctx.xray.encoding == encoding and len(notes) == (lut == "linear")
+    ctx = registrar.context(case.xray, case.camera)  # raw counts: nothing to choose
+    assert choose_reading(ctx, truth) == [] and ctx.xray.encoding == "auto"
