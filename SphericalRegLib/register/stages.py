@@ -68,8 +68,9 @@ def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> li
 
 READING_MARGIN = 0.01
 """:func:`choose_reading` reads a processed export as a linear LUT's only when that lowers the coarse
-cost by this much. On 32 tuning X-rays the reading with the lower coarse cost at the searched pose
-was the one with the lower cost at the truth in 31; the other differed by 0.002 (docs/results.md)."""
+cost by this much. On 32 processed tuning X-rays the reading with the lower coarse cost at the searched
+pose was the one with the lower cost at the truth in 31; the other differed by 0.002
+(``benchmarks/reading_choice.py``, docs/results.md)."""
 
 
 @torch.no_grad()
