@@ -48,22 +48,36 @@ def choose_polarity(ctx: RegistrationContext, given: Tensor | None = None) -> li
             continue
         other = XrayPyramid(read.image, read.camera, INVERSE[read.photometric.upper()], read.line_integrals,
                             read.device, read.encoding)
-        costs = []
-        for pyramid in (read, other):
-            ctx.pyramids[k] = pyramid
+
+        def cost_at_own_start(pyramid):
             with warnings.catch_warnings():  # the trial reading's own "looks inverted" is no news to the user
                 if pyramid is other:
                     warnings.simplefilter("ignore", UserWarning)
                 start = initial_pose(ctx, given).pose
-                costs.append(float(ctx.coarse_cost(start[None].to(ctx.device, torch.float64), views=[k])[0]))
-        if costs[1] < costs[0] - POLARITY_MARGIN:
+                return float(ctx.coarse_cost(start[None].to(ctx.device, torch.float64), views=[k])[0])
+
+        costs = _keep_the_better_reading(ctx, k, read, other, cost_at_own_start, POLARITY_MARGIN)
+        if costs is not None:
             name = "the X-ray" if k == 0 else f"view_{k}'s X-ray"
             notes.append(f"{name}: its polarity guessed from the pixels ({read.photometric}) images the CT worse "
                             f"than its inverse (coarse cost {costs[0]:.2f} against {costs[1]:.2f}): registered as "
                             f"{other.photometric}; check the export's photometric interpretation")
-        else:
-            ctx.pyramids[k] = read
     return notes
+
+
+def _keep_the_better_reading(ctx: RegistrationContext, k: int, read: XrayPyramid, other: XrayPyramid, cost,
+                             margin: float) -> list[float] | None:
+    """View ``k`` read as ``read`` and as ``other``: ``other`` stays in ``ctx.pyramids`` when its
+    ``cost(pyramid)`` (with that pyramid in place) is lower by ``margin``; returns both costs then, else
+    None with ``read`` back in place."""
+    costs = []
+    for pyramid in (read, other):
+        ctx.pyramids[k] = pyramid
+        costs.append(cost(pyramid))
+    if costs[1] < costs[0] - margin:
+        return costs
+    ctx.pyramids[k] = read
+    return None
 
 
 READING_MARGIN = 0.01
@@ -89,17 +103,14 @@ def choose_reading(ctx: RegistrationContext, pose: Tensor) -> list[str]:
         if read.line_integrals or read.encoding != "auto" or describe(read.image, read.photometric)["encoding"] != "processed":
             continue
         linear = XrayPyramid(read.image, read.camera, read.photometric, False, read.device, "processed-linear")
-        costs = []
-        for pyramid in (read, linear):
-            ctx.pyramids[k] = pyramid
-            costs.append(float(ctx.coarse_cost(pose[None].to(ctx.device, torch.float64), views=[k])[0]))
-        if costs[1] < costs[0] - READING_MARGIN:
+        costs = _keep_the_better_reading(
+            ctx, k, read, linear,
+            lambda _: float(ctx.coarse_cost(pose[None].to(ctx.device, torch.float64), views=[k])[0]), READING_MARGIN)
+        if costs is not None:
             name = "the X-ray" if k == 0 else f"view_{k}'s X-ray"
             notes.append(f"{name}: read as a linear-LUT export (values proportional to transmitted intensity), "
                          f"which images the CT better than a log LUT's reading (coarse cost {costs[1]:.2f} "
                          f"against {costs[0]:.2f})")
-        else:
-            ctx.pyramids[k] = read
     return notes
 
 
