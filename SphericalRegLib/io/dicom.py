@@ -12,7 +12,8 @@ from ..camera import Camera
 from ..errors import InputError
 
 __all__ = ["read_dicom_series", "read_dicom_xray", "camera_from_dicom", "SDD", "IMAGER_SPACING", "PIXEL_SPACING",
-           "ACTIVE_ORIGIN", "PHOTOMETRIC", "PRIMARY_ANGLE", "SECONDARY_ANGLE", "BITS_STORED"]
+           "ACTIVE_ORIGIN", "PHOTOMETRIC", "PRIMARY_ANGLE", "SECONDARY_ANGLE", "BITS_STORED",
+           "INTENSITY_RELATIONSHIP"]
 
 # DICOM tags, as SimpleITK's GetMetaData keys them
 SDD = "0018|1110"
@@ -23,6 +24,7 @@ PHOTOMETRIC = "0028|0004"
 PRIMARY_ANGLE = "0018|1510"
 SECONDARY_ANGLE = "0018|1511"
 BITS_STORED = "0028|0101"
+INTENSITY_RELATIONSHIP = "0028|1040"  # Pixel Intensity Relationship: LIN, LOG or DISP
 _DICOM_PIXEL_TAG = b"\xe0\x7f\x10\x00"
 
 
@@ -65,7 +67,7 @@ def read_dicom_xray(path: Path) -> tuple[np.ndarray, dict]:
         raise InputError(path, f"cannot be read; the file is unreadable or truncated ({detail})",
                          "a DICOM X-ray image") from None
     tags = _dicom_tags(reader, (SDD, IMAGER_SPACING, PIXEL_SPACING, ACTIVE_ORIGIN, PHOTOMETRIC,
-                                PRIMARY_ANGLE, SECONDARY_ANGLE, BITS_STORED))
+                                PRIMARY_ANGLE, SECONDARY_ANGLE, BITS_STORED, INTENSITY_RELATIONSHIP))
     return sitk.GetArrayFromImage(image), tags
 
 

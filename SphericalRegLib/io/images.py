@@ -92,8 +92,11 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None) -> 
     inverted by the reader; its tag is kept in ``meta["stored_photometric"]``); for other files
     (which cannot say), what :func:`SphericalRegLib.xray.describe` decides from the pixels, with
     ``photometric_source`` ("dicom" or "pixels"), ``photometric_evidence`` and
-    ``photometric_confident``. ``meta["encoding"]``: "intensity" (raw detector counts) or
-    "processed" (a windowed export, read affinely).
+    ``photometric_confident``. ``meta["encoding"]``: "intensity" (raw detector counts),
+    "processed" (a windowed export, read affinely) or, from a DICOM's Pixel Intensity Relationship
+    (0028,1040) LIN on a windowed export, "processed-linear"; ``meta["encoding_source"]`` says
+    whether the tag ("dicom") or the pixels ("pixels") decided. Without the tag a processed export's
+    LUT is left to registration, which asks the CT (:func:`~SphericalRegLib.register.stages.choose_reading`).
     """
     path = Path(path)
     require_file(path, "a 2D X-ray (.dcm, .png, .tif or .npy)")
@@ -124,6 +127,12 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None) -> 
     meta.update(photometric=found["photometric"], encoding=found["encoding"],
                 photometric_source="dicom" if dicom.PHOTOMETRIC in tags else "pixels",
                 photometric_evidence=found["evidence"], photometric_confident=found["confident"])
+    relationship = tags.get(dicom.INTENSITY_RELATIONSHIP, "").strip().upper()
+    if relationship in ("LIN", "LOG"):  # values proportional to intensity, or to its logarithm
+        linear = "processed-linear" if found["encoding"] == "processed" else "intensity"
+        meta.update(encoding=linear if relationship == "LIN" else "processed", encoding_source="dicom")
+    else:
+        meta["encoding_source"] = "pixels"
     if not found["confident"]:
         warnings.warn(f"{path.name}: a processed export whose polarity the pixels do not tell ({found['evidence']}); "
                       f"read as {found['photometric']}. If bone is bright in it, pass photometric MONOCHROME1.",

@@ -4,6 +4,8 @@ import gzip
 import json
 import struct
 
+import warnings
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -119,6 +121,25 @@ def test_read_xray_dicom_geometry_from_tags(tmp_path):
     assert meta["photometric"] == "MONOCHROME2" and meta["stored_photometric"] == "MONOCHROME1"
     assert meta["geometry_source"] == "dicom"
     assert meta["positioner_primary_angle"] == 12.5 and meta["positioner_secondary_angle"] == -3
+
+
+def test_a_dicom_says_whether_its_values_follow_intensity_or_its_log(tmp_path):
+    """Pixel Intensity Relationship (0028,1040): LIN on a windowed export is a linear LUT's, LIN on raw
+    counts is raw counts, LOG is a log LUT's; without the tag the pixels decide and registration asks
+    the CT about the LUT."""
+    geometry = {"0018|1110": "1100", "0018|1164": "0.4\\0.5"}
+    export = (np.random.default_rng(2).random((20, 30)) * 255).astype(np.uint16)
+    export[0, 0], export[0, 1] = 0, 255  # a full 8-bit window
+    raw = (np.random.default_rng(3).random((20, 30)) * 4000 + 300).astype(np.uint16)
+    for name, pixels, relationship, encoding, source in (
+            ("lin.dcm", export, "LIN", "processed-linear", "dicom"), ("log.dcm", export, "LOG", "processed", "dicom"),
+            ("raw.dcm", raw, "LIN", "intensity", "dicom"), ("none.dcm", export, None, "processed", "pixels")):
+        tags = dict(geometry, **({"0028|1040": relationship} if relationship else {}))
+        dicom_xray(tmp_path / name, pixels, tags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, _, meta = read_xray(tmp_path / name)
+        assert (meta["encoding"], meta["encoding_source"]) == (encoding, source), name
 
 
 def test_read_xray_png_tif_npy_with_geometry_json(tmp_path):
