@@ -26,6 +26,10 @@ def add_arguments(p) -> None:
                    help="an image-intensifier C-arm's distortion from its dewarp calibration: pincushion and S "
                         "rotation (rad) at the detector's corners (docs/physics.md); omit for a flat panel or a "
                         "dewarped frame")
+    p.add_argument("--encoding", default=None, choices=["auto", "intensity", "processed", "processed-linear"],
+                   help="how the X-ray's values relate to line integrals: raw detector counts, a processed export "
+                        "of a log LUT or of a linear one (default: a DICOM's Pixel Intensity Relationship, else "
+                        "auto: the pixels tell raw from processed, the CT tells the LUT)")
     p.add_argument("--out", help="output folder (default: the case folder)")
     p.add_argument("--optimizer", default="lm", choices=["lm", "gd", "adam", "none"],
                    help="the learnt-similarity stage's method; none skips the stage")
@@ -56,7 +60,8 @@ def main(args) -> int:
 
     with flags_for_fields(FLAGS):
         result, paths = register_case(args.case, args.model, out=args.out, use_init=args.init, options=options,
-                                      views=args.views, overwrite=args.overwrite, progress=progress, device=device)
+                                      views=args.views, overwrite=args.overwrite, progress=progress, device=device,
+                                      encoding=args.encoding)
     conf = "n/a (uncalibrated model)" if result.confidence is None else f"{result.confidence:.2f}"
     print(f"registered in {result.seconds:.1f} s, {result.iterations} iterations, confidence {conf}"
           + (" - DIVERGED, do not use this pose" if result.diverged else ""))

@@ -18,10 +18,12 @@ __all__ = ["register_case"]
 
 def register_case(folder, model_path, *, out=None, use_init: bool = False, options: RegisterOptions | None = None,
                   views: int | None = None, overwrite: bool = False, progress=None, cancel=None,
-                  device="cpu") -> tuple[RegistrationResult, dict]:
+                  device="cpu", encoding: str | None = None) -> tuple[RegistrationResult, dict]:
     """Register a case folder of the conventions and write its outputs (to ``out``, default the folder).
 
-    ``views``: how many of the case's views to register jointly, from view 0 (default all)."""
+    ``views``: how many of the case's views to register jointly, from view 0 (default all).
+    ``encoding``: how the X-ray's values relate to line integrals (:data:`~SphericalRegLib.xray.ENCODINGS`
+    or "auto"); default what a DICOM's Pixel Intensity Relationship says, else "auto"."""
     case = read_case(folder)
     if use_init and case.init is None:
         raise InputError(Path(folder) / "init.json", "not found", "an init.json when starting from the given pose (--init)")
@@ -33,7 +35,8 @@ def register_case(folder, model_path, *, out=None, use_init: bool = False, optio
     result = registrar.register(case.xray, case.camera, case.init if use_init else None,
                                 photometric=case.meta.get("photometric", "MONOCHROME2"),
                                 check_polarity=case.meta.get("photometric_source") == "pixels",
-                                encoding=case.meta["encoding"] if case.meta.get("encoding_source") == "dicom" else "auto",
+                                encoding=encoding or (case.meta["encoding"] if case.meta.get("encoding_source") == "dicom"
+                                                      else "auto"),
                                 other_views=case.views[1:views], progress=progress, cancel=cancel)
     paths = write_outputs(Path(out or folder), result, overwrite=overwrite)
     return result, paths

@@ -49,3 +49,28 @@ def test_errors_name_the_flag_the_user_typed(tiny_model_file, tiny_cases, tmp_pa
     assert "--device: is 'tpu'" in capsys.readouterr().err
     assert cli.main(argv + ["--distortion", "0.08"]) == 2
     assert "--distortion: is ['0.08']" in capsys.readouterr().err
+
+
+def test_a_processed_export_is_read_as_the_user_says_or_as_the_ct_decides(tiny_model_file, tiny_cases, tmp_path):
+    """An 8-bit export of intensities (a linear LUT), saved as a PNG: left to itself, registration reads
+    it as linear because the CT says so and notes it; told --encoding, it reads it so and asks nothing."""
+    import shutil
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from SphericalRegLib.io import read_case
+
+    case_dir = tmp_path / "case"
+    shutil.copytree(tiny_cases / "case_000", case_dir)
+    counts = read_case(case_dir).xray.double()
+    lo, hi = torch.quantile(counts.flatten(), torch.tensor([0.01, 0.99], dtype=f64))
+    export = ((counts - lo) / (hi - lo)).clamp(0, 1).mul(255).round().numpy().astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(export), str(case_dir / "xray.png"))
+    argv = ["register", str(case_dir), "--model", str(tiny_model_file), "--init", "--iterations", "2"]
+    assert cli.main(argv + ["--out", str(tmp_path / "auto")]) in (0, 3)
+    notes = json.loads((tmp_path / "auto" / "result.json").read_text())["notes"]
+    assert any("linear-LUT" in n for n in notes)
+    assert cli.main(argv + ["--out", str(tmp_path / "told"), "--encoding", "processed-linear"]) in (0, 3)
+    notes = json.loads((tmp_path / "told" / "result.json").read_text())["notes"]
+    assert not any("linear-LUT" in n for n in notes)
