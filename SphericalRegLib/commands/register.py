@@ -9,7 +9,8 @@ from ..register import RegisterOptions, register_case
 from ..register.uncertainty import describe as describe_uncertainty
 from . import flags_for_fields, set_threads
 
-FLAGS = {"optimizer": "--optimizer", "learnt_stage": "--learnt-stage", "iterations": "--iterations", "device": "--device", "views": "--views",
+FLAGS = {"optimizer": "--optimizer", "learnt_stage": "--learnt-stage", "iterations": "--iterations",
+         "device": "--device", "views": "--views",
          "relative_rotation_sd_deg": "--relative-sd", "distortion": "--distortion"}
 
 
@@ -46,7 +47,8 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     set_threads(args.threads)
     with flags_for_fields(FLAGS):
-        options = RegisterOptions(optimizer=args.optimizer, learnt_stage=args.learnt_stage, iterations=args.iterations, refine=not args.no_refine,
+        options = RegisterOptions(optimizer=args.optimizer, learnt_stage=args.learnt_stage, iterations=args.iterations,
+                                  refine=not args.no_refine,
                                   relative_rotation_sd_deg=args.relative_sd,
                                   distortion=None if args.distortion is None else args.distortion.split(","))
         device = resolve_device(args.device)

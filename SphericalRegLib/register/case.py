@@ -35,8 +35,8 @@ def register_case(folder, model_path, *, out=None, use_init: bool = False, optio
     result = registrar.register(case.xray, case.camera, case.init if use_init else None,
                                 photometric=case.meta.get("photometric", "MONOCHROME2"),
                                 check_polarity=case.meta.get("photometric_source") == "pixels",
-                                encoding=encoding or (case.meta["encoding"] if case.meta.get("encoding_source") == "dicom"
-                                                      else "auto"),
+                                encoding=encoding or (case.meta["encoding"]
+                                                      if case.meta.get("encoding_source") == "dicom" else "auto"),
                                 other_views=case.views[1:views], progress=progress, cancel=cancel)
     paths = write_outputs(Path(out or folder), result, overwrite=overwrite)
     return result, paths

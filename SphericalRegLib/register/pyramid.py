@@ -16,9 +16,9 @@ class XrayPyramid:
 
     image: (rows, cols) detector intensities (air bright; see :func:`~SphericalRegLib.xray.preprocess`)
     or, with ``line_integrals``, -log(I/I0) already; camera: its :class:`Camera`; encoding: how its
-    values relate to line integrals (:data:`~SphericalRegLib.xray.ENCODINGS`, or "auto": from the pixels). The renderers of
-    the intensity stage take squares, so every level is ``n x n`` of the same detector; the networks
-    take the X-ray in the intrinsics they were trained for (:meth:`in_camera`).
+    values relate to line integrals (:data:`~SphericalRegLib.xray.ENCODINGS`, or "auto": from the
+    pixels). The renderers of the intensity stage take squares, so every level is ``n x n`` of the
+    same detector; the networks take the X-ray in the intrinsics they were trained for (:meth:`in_camera`).
     """
 
     def __init__(self, image: Tensor, camera: Camera, photometric: str = "MONOCHROME2",

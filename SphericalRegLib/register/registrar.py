@@ -24,8 +24,8 @@ from .options import RegisterOptions
 from .pyramid import XrayPyramid
 from .records import RegistrationResult, StageRecord, ViewResult
 from .uncertainty import covariance, point_standard_deviations
-from .stages import choose_polarity, choose_reading, initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity, \
-    relative_pose_refinement, translation_search
+from .stages import (choose_polarity, choose_reading, initial_pose, intensity_refinement, keep_or_discard,
+                     learnt_residual, learnt_similarity, relative_pose_refinement, translation_search)
 
 __all__ = ["Registrar", "VIEW_NCC_GAP"]
 

@@ -21,7 +21,8 @@ from .context import RegistrationContext
 from .pyramid import XrayPyramid
 from .records import StageRecord
 
-__all__ = ["choose_polarity", "choose_reading", "initial_pose", "learnt_similarity", "keep_or_discard", "translation_search", "intensity_refinement",
+__all__ = ["choose_polarity", "choose_reading", "initial_pose", "learnt_similarity", "keep_or_discard",
+           "translation_search", "intensity_refinement",
            "learnt_residual", "relative_pose_refinement"]
 
 
@@ -100,7 +101,9 @@ def choose_reading(ctx: RegistrationContext, pose: Tensor) -> list[str]:
     meet the same DRR, so the comparison needs no good pose, only the anatomy in view."""
     notes = []
     for k, read in enumerate(list(ctx.pyramids)):
-        if read.line_integrals or read.encoding != "auto" or describe(read.image, read.photometric)["encoding"] != "processed":
+        if read.line_integrals or read.encoding != "auto":
+            continue
+        if describe(read.image, read.photometric)["encoding"] != "processed":
             continue
         linear = XrayPyramid(read.image, read.camera, read.photometric, False, read.device, "processed-linear")
         costs = _keep_the_better_reading(
