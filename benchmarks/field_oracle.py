@@ -43,8 +43,7 @@ def main():
         truth_field["now"] = true_field(meta, *torch.as_tensor(case.xray).shape)
         registrar = registrar or Registrar(load_model(M, case.ct), case.ct, None, load_calibration(M))
         t0 = time.perf_counter()
-        result = registrar.register(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"),
-                                    check_polarity=case.meta.get("photometric_source") == "pixels")
+        result = registrar.register(case.xray, case.camera, **case.reading)
         err = errors(result.camera_from_world.to(torch.float64), truth, landmarks, case.camera)
         row = dict(case=f"{case_dir.parent.name}_{case_dir.name}", variant="true_field", mtre=err["mTRE"],
                    depth=err["depth"], inplane=err["inplane"], confidence=result.confidence,

@@ -74,11 +74,10 @@ def main():
                 if v not in regs:
                     regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
                 t0 = time.perf_counter()
-                r = regs[v].register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"),
-                                     check_polarity=case.meta.get("photometric_source") == "pixels",
-                                     other_views=case.views[1:],
-                                     encoding=describe(case.xray, case.meta.get("photometric"))["encoding"]
-                                     if "fixedreading" in v else "auto")
+                reading = dict(case.reading)
+                if "fixedreading" in v:  # the pixels' encoding, which skips the CT's LUT check
+                    reading["encoding"] = describe(case.xray, reading["photometric"])["encoding"]
+                r = regs[v].register(case.xray, case.camera, None, **reading, other_views=case.views[1:])
                 dt = time.perf_counter() - t0
                 err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
                 row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],

@@ -73,13 +73,10 @@ class _Runner:
         return self._prepared[key]
 
     def run(self, method: Method, case, init) -> RegistrationResult:
-        photometric = case.meta.get("photometric", "MONOCHROME2")
         if method.model is not None:
-            return self._registrar(method, case.ct).register(
-                case.xray, case.camera, init, photometric=photometric, other_views=case.views[1:method.views],
-                check_polarity=case.meta.get("photometric_source") == "pixels",
-                encoding=case.meta["encoding"] if case.meta.get("encoding_source") == "dicom" else "auto")
-        record = self._baseline(case.ct).register(case.xray, case.camera, init, photometric)
+            return self._registrar(method, case.ct).register(case.xray, case.camera, init, **case.reading,
+                                                             other_views=case.views[1:method.views])
+        record = self._baseline(case.ct).register(case.xray, case.camera, init, case.reading["photometric"])
         return RegistrationResult(camera_from_world=record.pose, seconds=record.seconds, similarity=math.nan,
                                   iterations=record.iterations, confidence=None, diverged=record.diverged,
                                   camera=case.camera, stages={"optimizer": record})

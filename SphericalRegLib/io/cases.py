@@ -63,6 +63,15 @@ class Case:
     meta: dict = field(default_factory=dict)
     views: list[View] = field(default_factory=list)
 
+    @property
+    def reading(self) -> dict:
+        """How registration reads view 0, as :meth:`~SphericalRegLib.register.Registrar.register`'s
+        keywords: the photometric interpretation, whether the CT checks it (it came from the pixels, not
+        a DICOM tag) and the encoding (a DICOM's Pixel Intensity Relationship, else "auto")."""
+        return {"photometric": self.meta.get("photometric", "MONOCHROME2"),
+                "check_polarity": self.meta.get("photometric_source") == "pixels",
+                "encoding": self.meta["encoding"] if self.meta.get("encoding_source") == "dicom" else "auto"}
+
 
 def _one_of(folder: Path, names, what: str) -> Path:
     found = [folder / n for n in names if (folder / n).exists()]

@@ -32,11 +32,8 @@ def register_case(folder, model_path, *, out=None, use_init: bool = False, optio
                          f"a number from 1 to {len(case.views)}")
     model = load_model(model_path, case.ct, device)
     registrar = Registrar(model, case.ct, options, load_calibration(model_path))
-    result = registrar.register(case.xray, case.camera, case.init if use_init else None,
-                                photometric=case.meta.get("photometric", "MONOCHROME2"),
-                                check_polarity=case.meta.get("photometric_source") == "pixels",
-                                encoding=encoding or (case.meta["encoding"]
-                                                      if case.meta.get("encoding_source") == "dicom" else "auto"),
+    reading = {**case.reading, **({"encoding": encoding} if encoding else {})}
+    result = registrar.register(case.xray, case.camera, case.init if use_init else None, **reading,
                                 other_views=case.views[1:views], progress=progress, cancel=cancel)
     paths = write_outputs(Path(out or folder), result, overwrite=overwrite)
     return result, paths
