@@ -101,6 +101,9 @@ class TrainConfig:
     # the networks this run optimises (the others keep their weights: e.g. a regressor fine-tuned
     # alone, without rendering feature DRRs or the double backward, at ~1/10 of a joint step)
     trained: tuple = NETWORKS
+    # networks a run started from another model (sphericalreg train --init) does not take from it:
+    # they start from random weights, as in a run from scratch (each must be in ``trained``)
+    afresh: tuple = ()
     # the model whose networks this run started from (sphericalreg train --init), for the record
     initialised_from: str | None = None
     # optimisation
@@ -128,10 +131,13 @@ class TrainConfig:
         for name in ("truth_rot_deg", "truth_trans_mm", "moving_rot_deg", "moving_trans_mm",
                      "moving_scale", "bone_scale"):
             setattr(self, name, tuple(float(x) for x in getattr(self, name)))
-        self.trained = tuple(self.trained)
+        self.trained, self.afresh = tuple(self.trained), tuple(self.afresh)
         unknown = [n for n in self.trained if n not in NETWORKS]
         if unknown or not self.trained:
             raise InputError("trained", f"is {list(self.trained)}", "one or more of " + ", ".join(NETWORKS))
+        if not set(self.afresh) <= set(self.trained):
+            raise InputError("afresh", f"is {list(self.afresh)} with trained {list(self.trained)}",
+                             "networks this run trains: one it does not train would keep its random weights")
         choices = dict(features=("equivariant", "plain"), space=("sphere", "euclidean", "hyperbolic"),
                        metric=METRICS)
         for name, allowed in choices.items():

@@ -371,9 +371,13 @@ class Trainer:
         recipe), keeping what is bound to this CT: the regressor's reference pose and pivot.
 
         A network this run trains whose architecture fields (:data:`NETWORK_FIELDS`) differ from
-        the starting model's starts afresh; one it does not train must match."""
+        the starting model's starts afresh, as do those in ``config.afresh``; one it does not train
+        must match."""
         theirs = state.get("config", {})
         for name, module in self.networks.items():
+            if name in self.config.afresh:
+                print(f"note: the {name} network starts afresh (\"afresh\" in the configuration)", file=sys.stderr)
+                continue
             changed = [f for f in NETWORK_FIELDS[name] if f in theirs and theirs[f] != getattr(self.config, f)]
             if changed:
                 if name not in self.config.trained:

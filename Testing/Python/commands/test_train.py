@@ -107,3 +107,33 @@ def test_init_with_a_new_similarity_keeps_the_regressor(ct, tiny_model_file, tmp
     bad["regressor_kwargs"] = {"backbone": "resnet18"}
     config.write_text(json.dumps(bad))
     assert cli.main(argv + ["--overwrite"]) == 2
+
+
+def test_init_with_afresh_networks_starts_them_from_random_weights(ct, tiny_model_file, tmp_path):
+    """"afresh": the named networks do not come from --init (the regressor it does not train does);
+    naming a network the run does not train is an error, before anything is written."""
+    import json
+
+    import torch
+
+    ct_path, _ = write_training_inputs(ct, tmp_path)
+    config = tmp_path / "afresh.json"
+    settings = {"base": "small", "steps": 1, "batch_size": 2, "val_size": 2, "val_every": 1000,
+                "calibration_cases": 0, "warmup_steps": 1, "lr_features": 0.0,
+                "trained": ["features", "similarity"], "afresh": ["features"]}
+    config.write_text(json.dumps(settings))
+    out = tmp_path / "afresh.pt"
+    argv = ["train", "--ct", str(ct_path), "--out", str(out), "--init", str(tiny_model_file), "--config",
+            str(config), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    start, new = read_checkpoint(tiny_model_file), read_checkpoint(out)
+    assert new["config"]["afresh"] == ("features",)
+    differs = [k for k, v in start["networks"]["features"].items()
+               if v.is_floating_point() and v.numel() > 1 and not torch.equal(new["networks"]["features"][k].to(v.dtype), v)]
+    assert differs  # random weights, not the starting model's (lr 0: not moved by the one step)
+    for key, value in start["networks"]["regressor"].items():
+        if key not in ("reference_pose", "pivot"):
+            assert torch.equal(new["networks"]["regressor"][key], value), key
+    config.write_text(json.dumps({**settings, "afresh": ["regressor"]}))
+    bad = tmp_path / "bad.pt"
+    assert cli.main(argv[:4] + [str(bad)] + argv[5:]) == 2 and not bad.exists()
