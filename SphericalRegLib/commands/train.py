@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'TrainConfig fields, optionally with "base": preset (default small)')
     parser.add_argument("--steps", type=int, help="training steps (default from the config)")
     parser.add_argument("--batch-size", type=int, help="poses per step and rank")
-    parser.add_argument("--metric", choices=METRICS, help="distance of the gradient target: the SE(3) or SO(4) geodesic, or view (SE(3), depth weighted by what one projection shows); default so4")
+    parser.add_argument("--metric", choices=METRICS, help="distance of the gradient target: the SE(3) or SO(4) geodesic, or view (SE(3), depth weighted by what one projection shows); default: the preset's (se3 for small, so4 otherwise)")
     parser.add_argument("--space", choices=("sphere", "euclidean", "hyperbolic"),
                         help="embedding space of the similarity (default sphere)")
     parser.add_argument("--features", choices=("equivariant", "plain"), help="CT feature volume (default equivariant)")
