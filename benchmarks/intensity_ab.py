@@ -12,11 +12,14 @@ before it); ``exact``, ``broyden``, ``ext``, ``bext`` (the intensity levels with
 and no doubling, Broyden updates only, doubling only, both); ``learntb`` (the learnt stage with
 Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``levelsF`` and
 ``searchF`` (the intensity levels or the search sample rays at F times the renderer's default);
-``fixedreading`` (a processed export always read as a log LUT's, as before the fourteenth session).
+``fixedreading`` (a processed export always read as a log LUT's, as before the fourteenth session);
+``fixdepth`` / ``freedepth`` (the learnt stage kept off the central ray, the default since the
+fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``init`` (start from the case's init.json,
+not the regressor). The model is the shipped one unless ``MODEL=path`` is set in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
 confidence, seconds. Cases with several views are registered jointly.
 """
-import sys, json, time
+import os, sys, json, time
 from dataclasses import replace
 from pathlib import Path
 import torch
@@ -27,7 +30,7 @@ from SphericalRegLib.register import Registrar, RegisterOptions
 from SphericalRegLib.evaluation.rows import errors
 from SphericalRegLib.xray import describe
 
-M = "Resources/Models/chest_example.pt"
+M = os.environ.get("MODEL", "Resources/Models/chest_example.pt")
 
 
 def options(v):
@@ -54,10 +57,15 @@ def options(v):
             lv = [replace(l, ray_samples=float(part[6:])) for l in lv]
         elif part.startswith("search"):
             o.search_level = replace(o.search_level, ray_samples=float(part[6:]))
-        elif part == "fixedreading":
-            pass  # main() passes the pixels' encoding, which skips the choice
+        elif part in ("fixdepth", "freedepth"):
+            o.learnt_moves_depth = part == "freedepth"
+        elif part == "nolearnt":
+            o.optimizer = "none"
+        elif part in ("fixedreading", "init"):
+            pass  # main() passes the pixels' encoding, which skips the choice, or the case's init
         elif part != "base":
-            raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, previous, itersN, levelsF or searchF")
+            raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
+                             "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt or init")
     o.refine_levels = tuple(lv)
     return o
 
@@ -77,7 +85,8 @@ def main():
                 reading = dict(case.reading)
                 if "fixedreading" in v:  # the pixels' encoding, which skips the CT's LUT check
                     reading["encoding"] = describe(case.xray, reading["photometric"])["encoding"]
-                r = regs[v].register(case.xray, case.camera, None, **reading, other_views=case.views[1:])
+                start = case.init if "init" in v.split("+") else None
+                r = regs[v].register(case.xray, case.camera, start, **reading, other_views=case.views[1:])
                 dt = time.perf_counter() - t0
                 err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
                 row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],

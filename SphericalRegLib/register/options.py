@@ -44,7 +44,7 @@ class RegisterOptions:
 
     optimizer: str = "lm"
     # "auto": the learnt-similarity stage runs only with a model whose validation says its similarity
-    # learnt (quality.GRADIENT_TARGET); a similarity that has not costs 4-5 s a registration for no
+    # learnt (quality.LEARNT_STAGE_SHARE); a similarity that has not costs 4-5 s a registration for no
     # measured gain (docs/results.md, fourteenth session). "always": run it whatever the validation says
     learnt_stage: str = "auto"
     iterations: int = 20
@@ -53,8 +53,9 @@ class RegisterOptions:
     # faster a registration, the same poses on 11 of 12 tuning cases (docs/results.md)
     learnt_broyden: bool = True
     # whether LM on the learnt similarity may move the pose along the central ray (camera z): the
-    # direction one view shows least and the one the learnt cost captured worst (docs/results.md)
-    learnt_moves_depth: bool = True
+    # direction one view shows least and the one the learnt cost captured worst. Free, it ran away
+    # in depth (eighth session; fifteenth: 2 of 20 spine registrations from init.json diverged, 0 held)
+    learnt_moves_depth: bool = False
     gd_iterations: int = 100
     # gradient-descent rates for the learnt cost (rad and mm per unit gradient), the best of a
     # sweep on held-out cases (docs/results.md); 1e-2 / 5.0 left the trust region at once

@@ -14,7 +14,7 @@ from ..distortion import NAMES as DISTORTION_NAMES
 from ..geometry import se3_inverse, transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
-from ..quality import GRADIENT_TARGET, model_quality
+from ..quality import LEARNT_STAGE_SHARE, model_quality
 from ..optimize import twist_jacobian
 from ..views import IDENTITY, View, view_poses
 from ..volume import Volume, hu_to_mu
@@ -134,11 +134,11 @@ class Registrar:
         opt = self.options
         if opt.optimizer == "none":
             return False, []
-        if opt.learnt_stage == "always" or (quality is not None and quality["similarity"] == "learnt"):
+        if opt.learnt_stage == "always" or (quality is not None and quality["grad_within30"] >= LEARNT_STAGE_SHARE):
             return True, []
         why = ("the model was never validated" if quality is None else
                f"{quality['grad_within30']:.0%} of the model's held-out similarity gradients lie within 30 deg "
-               f"of the truth, {GRADIENT_TARGET:.0%} counts as learnt")
+               f"of the truth, the stage runs from {LEARNT_STAGE_SHARE:.0%}")
         return False, [f"the learnt-similarity stage did not run: {why}; the search and the intensity stage "
                        f"started from the initial pose (learnt_stage 'always' runs the stage anyway)"]
 

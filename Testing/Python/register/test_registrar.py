@@ -55,6 +55,8 @@ def test_the_learnt_stage_runs_by_default_only_for_a_model_whose_similarity_vali
     model.history = {"val_step": [10], "val_grad_within30": [0.7], "val_grad_angle_median_deg": [20.0]}
     result = Registrar(model, case.ct, options).register(case.xray, case.camera)
     assert list(result.stages) == ["initial", "similarity", "search", "intensity"] and not result.notes
+    model.history = {"val_step": [10], "val_grad_within30": [0.45], "val_grad_angle_median_deg": [34.0]}
+    assert not Registrar(model, case.ct, options).runs_learnt_stage  # most gradients must point the right way
     model.history = {}  # never validated: untested learnt parts stay out unless asked for
     assert not Registrar(model, case.ct, options).runs_learnt_stage
     assert Registrar(model, case.ct, RegisterOptions(learnt_stage="always")).runs_learnt_stage
