@@ -128,8 +128,8 @@ def test_init_with_afresh_networks_starts_them_from_random_weights(ct, tiny_mode
     assert cli.main(argv) == 0
     start, new = read_checkpoint(tiny_model_file), read_checkpoint(out)
     assert new["config"]["afresh"] == ("features",)
-    differs = [k for k, v in start["networks"]["features"].items()
-               if v.is_floating_point() and v.numel() > 1 and not torch.equal(new["networks"]["features"][k].to(v.dtype), v)]
+    differs = [k for k, v in start["networks"]["features"].items() if v.is_floating_point() and v.numel() > 1
+               and not torch.equal(new["networks"]["features"][k].to(v.dtype), v)]
     assert differs  # random weights, not the starting model's (lr 0: not moved by the one step)
     for key, value in start["networks"]["regressor"].items():
         if key not in ("reference_pose", "pivot"):
