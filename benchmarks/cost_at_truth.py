@@ -21,7 +21,7 @@ for cd in sorted(p for p in cases.iterdir() if p.is_dir()):
     case = read_case(cd); truth, _ = read_truth(cd)
     res = read_pose(results / cd.name / "result.json").to(torch.float64)
     reg = reg or Registrar(load_model(M, case.ct), case.ct)
-    ctx = reg.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
+    ctx = reg.context(case.xray, case.camera, photometric=case.reading["photometric"])
     P = torch.stack([truth.to(torch.float64), res])
     out = []
     with torch.no_grad():

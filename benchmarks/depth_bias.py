@@ -47,7 +47,7 @@ def main() -> None:
             case = read_case(case_dir)
             truth, _ = read_truth(case_dir)
             registrar = registrar or Registrar(load_model(args.model, case.ct), case.ct)
-            ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
+            ctx = registrar.context(case.xray, case.camera, photometric=case.reading["photometric"])
             twist = torch.zeros(len(SHIFTS_MM), 6, dtype=torch.float64)
             twist[:, 5] = SHIFTS_MM
             poses = perturb_left(twist, truth.to(torch.float64).expand(len(SHIFTS_MM), 4, 4))

@@ -88,7 +88,7 @@ for folder in map(Path, FOLDERS):
     for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         case = read_case(case_dir); truth, _ = read_truth(case_dir)
         registrar = registrar or Registrar(load_model(MODEL, case.ct), case.ct)
-        ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
+        ctx = registrar.context(case.xray, case.camera, photometric=case.reading["photometric"])
         level = registrar.options.refine_levels[-1]
         x, cam, valid = ctx.xray_level(ctx.xray, level.image_size)
         mu = ctx.attenuation[level.spacing_mm]; render = ctx.renderer(cam, mu)

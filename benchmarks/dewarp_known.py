@@ -58,7 +58,7 @@ def main() -> None:
             for d, errors in ((None, plain), (distortion, dewarped)):
                 registrar = Registrar(load_model(args.model, case.ct), case.ct, RegisterOptions(distortion=d),
                                       calibration=calibration)
-                result = registrar.register(case.xray, case.camera, init=start, photometric=case.meta.get("photometric", "MONOCHROME2"))
+                result = registrar.register(case.xray, case.camera, init=start, photometric=case.reading["photometric"])
                 errors.append(float(mtre(result.camera_from_world, truth, landmarks)))
                 conf = "diverged" if result.diverged else (
                     "-" if result.confidence is None else f"{result.confidence:.2f}")

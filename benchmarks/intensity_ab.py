@@ -14,8 +14,9 @@ Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``
 ``searchF`` (the intensity levels or the search sample rays at F times the renderer's default);
 ``fixedreading`` (a processed export always read as a log LUT's, as before the fourteenth session);
 ``fixdepth`` / ``freedepth`` (the learnt stage kept off the central ray, the default since the
-fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``init`` (start from the case's init.json,
-not the regressor). The model is the shipped one unless ``MODEL=path`` is set in the environment.
+fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``init`` (start from
+the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
+in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
 confidence, seconds. Cases with several views are registered jointly.
 """

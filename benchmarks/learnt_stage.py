@@ -63,7 +63,7 @@ def main() -> None:
             for start in args.starts:
                 t0 = time.perf_counter()
                 result = registrar.register(case.xray, case.camera, init=case.init if start == "init" else None,
-                                            photometric=case.meta.get("photometric", "MONOCHROME2"))
+                                            photometric=case.reading["photometric"])
                 seconds = time.perf_counter() - t0
                 first = result.stages["initial"].pose
                 before = float(mtre(first, truth, landmarks))

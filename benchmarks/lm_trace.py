@@ -50,7 +50,7 @@ def traced(residual_fn, pose0, **kwargs):
 
 stages.levenberg_marquardt = traced
 t0 = time.perf_counter()
-result = registrar.register(case.xray, case.camera, None, photometric=case.meta.get("photometric", "MONOCHROME2"))
+result = registrar.register(case.xray, case.camera, None, photometric=case.reading["photometric"])
 total = time.perf_counter() - t0
 parts = {name: round(stage.seconds, 2) for name, stage in result.stages.items()}
 print(f"total {total:.2f} s: {parts}, the rest (final images, uncertainty, confidence) "

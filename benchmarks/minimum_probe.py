@@ -52,7 +52,7 @@ def main() -> None:
         return 0.5 * sim.residual(z_rendered.expand(len(T), *z_rendered.shape[1:]), sim.embed_drr(drr)).pow(2).sum(-1)
 
     registrar = Registrar(load_model(args.model, case.ct), case.ct)
-    ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
+    ctx = registrar.context(case.xray, case.camera, photometric=case.reading["photometric"])
     learnt = learnt_residual(ctx)
     x, _, valid = ctx.pyramids[0].in_camera(registrar.model.camera)
     a, b = rendered[0, 0].double().flatten(), x[0, 0].double().flatten()

@@ -38,7 +38,7 @@ def main() -> None:
         case = read_case(case_dir)
         truth, landmarks = read_truth(case_dir)
         registrar = Registrar(load_model(model_path, case.ct), case.ct, RegisterOptions())
-        photometric = case.meta.get("photometric", "MONOCHROME2")
+        photometric = case.reading["photometric"]
         ctx = registrar.context(case.xray, case.camera, photometric=photometric)
         t0 = time.perf_counter()
         choose_polarity(ctx)

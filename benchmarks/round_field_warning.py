@@ -35,7 +35,7 @@ def main() -> None:
             registrar = registrar or Registrar(load_model(args.model, case.ct), case.ct)
             drawn = json.loads((folder / f"{case_dir.name}.truth.json").read_text()).get("physics") or [{}]
             physics = drawn[0].get("physics", {})
-            ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
+            ctx = registrar.context(case.xray, case.camera, photometric=case.reading["photometric"])
             warned = bool(registrar._distortion_warnings(ctx))
             print(f"| {folder.name}/{case_dir.name} | {physics.get('iris', 0):.2f} | "
                   f"{physics.get('pincushion', 0):.3f} | {'yes' if warned else 'no'} |")

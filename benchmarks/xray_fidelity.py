@@ -55,7 +55,7 @@ def main() -> None:
     for folder in folders:
         case = read_case(folder)
         truth, _ = read_truth(folder)
-        x, _, valid = XrayPyramid(case.xray, case.camera, case.meta.get("photometric", "MONOCHROME2")).in_camera(camera)
+        x, _, valid = XrayPyramid(case.xray, case.camera, case.reading["photometric"]).in_camera(camera)
         rendered = trainer.simulate(truth[None], torch.ones(1, dtype=torch.float64)).float()
         a, b = rendered[0, 0].double(), x[0, 0].double()
         inside = valid & F.max_pool2d((~valid).float()[None, None], 3, 1, 1)[0, 0].eq(0)  # off the field's edge

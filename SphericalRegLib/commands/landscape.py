@@ -41,7 +41,7 @@ def main(args) -> int:
     case = read_case(args.case)
     truth, _ = read_truth(args.case)
     registrar = Registrar(load_model(args.model, case.ct, device), case.ct)
-    ctx = registrar.context(case.xray, case.camera, photometric=case.meta.get("photometric", "MONOCHROME2"))
+    ctx = registrar.context(case.xray, case.camera, photometric=case.reading["photometric"])
     learnt = learnt_residual(ctx)
     ncc = ctx.intensity_residual(registrar.options.refine_levels[0], "ncc")
     costs = {"learnt similarity": lambda T: 0.5 * learnt(T).pow(2).sum(-1),
