@@ -18,7 +18,7 @@ fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
-confidence, seconds. Cases with several views are registered jointly.
+confidence, seconds, each stage's [seconds, iterations], whether the linear-LUT reading was chosen. Cases with several views are registered jointly.
 """
 import os, sys, json, time
 from dataclasses import replace
@@ -91,7 +91,9 @@ def main():
                 dt = time.perf_counter() - t0
                 err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
                 row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],
-                           inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt)
+                           inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt,
+                           stages={k: [round(st.seconds, 3), st.iterations] for k, st in r.stages.items()},
+                           linear=any("linear-LUT" in n for n in r.notes))
                 out.write(json.dumps(row) + "\n"); out.flush()
                 print(f"{folder.name} {case_dir.name} {v:5s} mTRE {err['mTRE']:7.2f} depth {err['depth']:6.2f} "
                       f"conf {r.confidence} {dt:.1f}s", flush=True)
