@@ -49,6 +49,8 @@ class OptimizeResult:
     detached tensors: ``cost`` (B,), ``pose`` (B, 4, 4), ``accepted`` (B,) (whether iteration k
     moved the pose), ``damping`` (B,) (LM's lambda; NaN for first-order methods) and ``active``
     (B,) (whether the element was still running when iteration k started).
+    ``residual`` (B, M) and ``jacobian`` (B, M, 6): LM's at the final pose (None for first-order
+    methods); ``exact`` (B,): whether that Jacobian was computed there rather than Broyden-updated.
     """
 
     pose: Tensor
@@ -57,6 +59,9 @@ class OptimizeResult:
     converged: Tensor
     diverged: Tensor
     history: list[dict[str, Tensor]] = field(default_factory=list)
+    residual: Tensor | None = None
+    jacobian: Tensor | None = None
+    exact: Tensor | None = None
 
     def stacked(self, key: str) -> Tensor:
         """One history entry over iterations: ``(n_iters + 1, B, ...)``."""
@@ -328,9 +333,9 @@ def levenberg_marquardt(
             converged = converged | (done & ~blocked)
             active = active & ~newly_diverged & ~done
             # elements whose Jacobian must be computed at their (new) pose before the next step
+            exact = torch.where(accept, False, exact)
             if broyden:
                 refresh = active & (suspect | stopping)
-                exact = torch.where(accept, False, exact)
             else:  # a rejected element did not move: its Jacobian stands
                 refresh = active & accept
 
@@ -348,7 +353,7 @@ def levenberg_marquardt(
                 break
 
         diverged = diverged | (active & (since_barrier <= 5))  # out of iterations against a barrier
-    return OptimizeResult(pose, cost, iterations, converged, diverged, history)
+    return OptimizeResult(pose, cost, iterations, converged, diverged, history, residual=r, jacobian=J, exact=exact)
 
 
 def _first_order(

@@ -20,7 +20,9 @@ class StageRecord:
     time; iterations: optimiser iterations (0 for a search); cost, poses: the optimiser's history
     (``cost[0]``/``poses[0]`` at the stage's start); converged, diverged: the optimiser's verdict;
     kept: for a stage whose answer may be discarded (the learnt similarity), whether it was;
-    source: where an initial pose came from (``regressor`` or ``given``).
+    source: where an initial pose came from (``regressor`` or ``given``); linearisation: LM's
+    residual (M,) and Jacobian (M, 6) at ``pose`` and whether that Jacobian is exact there (the
+    final pose's uncertainty reuses them instead of six more derivative passes).
     """
 
     pose: Tensor
@@ -32,14 +34,19 @@ class StageRecord:
     diverged: bool = False
     kept: bool | None = None
     source: str | None = None
+    linearisation: tuple[Tensor, Tensor, bool] | None = field(default=None, repr=False)
 
     @classmethod
     def from_optimizer(cls, res: OptimizeResult, seconds: float, element: int = 0) -> "StageRecord":
         """Element ``element`` of a batched :class:`~SphericalRegLib.optimize.OptimizeResult`."""
+        linearisation = None
+        if res.jacobian is not None:
+            linearisation = (res.residual[element].detach(), res.jacobian[element].detach(), bool(res.exact[element]))
         return cls(pose=res.pose[element].detach().cpu(), seconds=seconds, iterations=int(res.iterations[element]),
                    cost=[float(h["cost"][element]) for h in res.history],
                    poses=[h["pose"][element].detach().cpu() for h in res.history],
-                   converged=bool(res.converged[element]), diverged=bool(res.diverged[element]))
+                   converged=bool(res.converged[element]), diverged=bool(res.diverged[element]),
+                   linearisation=linearisation)
 
     def then(self, other: "StageRecord") -> "StageRecord":
         """This stage continued by ``other`` (the next level of the same stage): one history."""
@@ -47,7 +54,7 @@ class StageRecord:
                            iterations=self.iterations + other.iterations,
                            cost=self.cost + other.cost[1:], poses=self.poses + other.poses[1:],
                            converged=other.converged, diverged=self.diverged or other.diverged,
-                           kept=other.kept, source=other.source)
+                           kept=other.kept, source=other.source, linearisation=other.linearisation)
 
     def to_json(self) -> dict:
         """The summary result.json keeps: time, iterations, cost history and the verdicts."""

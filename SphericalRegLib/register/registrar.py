@@ -167,7 +167,8 @@ class Registrar:
             self._plausible(v.camera_from_world, v.camera) for v in views)
         covariance, uncertainty = None, None
         if not diverged:  # whatever stages ran: the conditioning is also a signal of the confidence
-            covariance, uncertainty = self._uncertainty(ctx, level, pose, views)
+            covariance, uncertainty = self._uncertainty(ctx, level, pose, views, self._final_linearisation(
+                ctx, stages, pose))
         for v in views:
             v.confidence = self._confidence(v, similarity, diverged)
         confidences = [v.confidence for v in views]
@@ -183,13 +184,28 @@ class Registrar:
             covariance=covariance, notes=list(self.notes),
             uncertainty=uncertainty, views=views, distortion=distortion, photometric=ctx.xray.photometric)
 
-    def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult]):
+    @staticmethod
+    def _final_linearisation(ctx: RegistrationContext, stages: dict[str, StageRecord], pose: Tensor):
+        """The last intensity level's residual (1, M) and Jacobian (1, M, 6) at ``pose``, when LM
+        computed that Jacobian there (not a Broyden update: those moved the sds by up to 5%,
+        ``benchmarks/uncertainty_reuse.py``) for a single view; None otherwise."""
+        record = stages.get("intensity")
+        if (ctx.n_views > 1 or record is None or record.linearisation is None or not record.linearisation[2]
+                or not torch.equal(record.pose, pose.cpu())):
+            return None
+        r, J, _ = record.linearisation
+        return r[None], J[None]
+
+    def _uncertainty(self, ctx: RegistrationContext, level, pose: Tensor, views: list[ViewResult],
+                     linearisation: tuple[Tensor, Tensor] | None = None):
         """The joint covariance of view 0's twist and its standard deviations at the CT centre (in
         view 0's frame), and each view's own (what that view alone would leave, along its own
         central ray and in its own detector plane), set in ``views``: view 0's alone beside the
         joint figure shows what the further views add.
 
-        Beside the calibrated figures, the raw ones (``raw_*``): the confidence reads those."""
+        Beside the calibrated figures, the raw ones (``raw_*``): the confidence reads those.
+        ``linearisation``: view 0's residual (1, M) and Jacobian (1, M, 6) at ``pose`` when the
+        last LM left them (one view), saving six derivative passes at the finest level."""
         scale = (self.calibration or {}).get("uncertainty_scale")
         T = pose.to(self.device, torch.float64)[None]
 
@@ -198,7 +214,8 @@ class Registrar:
             return {**point_standard_deviations(pose, cov, self.ct.centre, scale, relative), "point": "CT centre",
                     "calibrated": scale is not None, **{f"raw_{k}": v for k, v in raw.items()}}
 
-        parts = [twist_jacobian(ctx.intensity_residual(level, views=[k]), T) for k in range(ctx.n_views)]
+        parts = [linearisation] if linearisation is not None else [
+            twist_jacobian(ctx.intensity_residual(level, views=[k]), T) for k in range(ctx.n_views)]
         joint = covariance(torch.cat([r[0] for r, _ in parts]), torch.cat([J[0] for _, J in parts])).cpu()
         for k, (v, (r, J)) in enumerate(zip(views, parts)):
             alone = covariance(r[0], J[0]).cpu() if len(parts) > 1 else joint

@@ -109,6 +109,10 @@ class TrainConfig:
     # optimisation
     steps: int = 2000
     batch_size: int = 4
+    # X-rays the regressor sees each step (0: the batch's own). Those beyond ``batch_size`` are rendered
+    # for the regressor alone, with no feature DRRs and no double backward, so they cost little; four
+    # times the poses per step made the GPU model's regressor three times better (docs/results.md)
+    regressor_batch: int = 0
     lr_similarity: float = 2e-4
     lr_features: float = 3e-4
     lr_regressor: float = 5e-4
@@ -156,6 +160,9 @@ class TrainConfig:
         if self.calibration_physics not in (*PHYSICS, "random"):
             raise InputError("calibration_physics", f"is {self.calibration_physics!r}",
                              "one of " + ", ".join([*PHYSICS, "random"]))
+        if self.regressor_batch and self.regressor_batch < self.batch_size:
+            raise InputError("regressor_batch", f"is {self.regressor_batch} with batch_size {self.batch_size}",
+                             "0 (the batch's own X-rays) or at least batch_size")
         if self.steps < 1 or self.batch_size < 1 or self.image_size < 8:
             raise InputError("config", f"steps={self.steps}, batch_size={self.batch_size}, "
                              f"image_size={self.image_size}", "steps >= 1, batch >= 1, images >= 8 px")
@@ -196,7 +203,7 @@ PRESETS = {
     # crop's cases, on a 150 mm detector, were read 144 mm off without it, 80 mm with it (docs/results.md,
     # "Detectors smaller than the training camera's").
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
-                         batch_size=4, steps=1600, warmup_steps=100, val_every=200, val_size=64,
+                         batch_size=4, steps=1600, warmup_steps=100, val_every=200, val_size=256,
                          checkpoint_every=200, memory_budget_gib=4.0, augment_p=0.1, lr_similarity=5e-4,
                          field_cut_p=0.5, field_min_side=0.35, metric="se3", weighted_direction=True,
                          similarity_kwargs=dict(tied_stems=True, token_stage=2, tokens=64)),

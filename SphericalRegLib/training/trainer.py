@@ -169,10 +169,13 @@ class Trainer:
             anchor = self.anchor_loss(feats, batch) if c.anchor_weight > 0 else torch.zeros_like(value)
         else:  # the regressor alone: no feature DRR, no double backward
             S = direction = value = anchor = torch.zeros((), dtype=torch.float64, device=self.device)
-        predicted = self.regressor(batch["xray"])
+        xray, truth = batch["xray"], batch["truth"]
+        if "regressor_xray" in batch:
+            xray, truth = torch.cat([xray, batch["regressor_xray"]]), torch.cat([truth, batch["regressor_truth"]])
+        predicted = self.regressor(xray)
         # about the CT centre, like the similarity's targets: the scanner's RAS origin must not matter
         pose = pose_loss(centred(predicted, self.isocentre, self.depth),
-                         centred(batch["truth"].to(predicted.dtype), self.isocentre, self.depth),
+                         centred(truth.to(predicted.dtype), self.isocentre, self.depth),
                          **self._pose_loss_kwargs()).mean()
         total = direction + c.value_weight * value + c.anchor_weight * anchor + c.regressor_weight * pose
         return dict(loss=total, direction=direction, value=value, anchor=anchor, pose=pose,
@@ -204,6 +207,9 @@ class Trainer:
         for name, m in self.networks.items():
             m.train(name in c.trained)  # a network kept fixed keeps its normalisation statistics too
         batch = self.sample(c.batch_size, generator)
+        if c.regressor_batch > c.batch_size and "regressor" in c.trained:
+            more = self.sample(c.regressor_batch - c.batch_size, generator)
+            batch.update(regressor_xray=more["xray"], regressor_truth=more["truth"])
         losses = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=False)
         losses["loss"].backward()

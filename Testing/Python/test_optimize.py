@@ -282,3 +282,20 @@ def test_extensions_cross_a_flat_valley_that_gauss_newton_creeps_along():
     assert (cost[1:] <= cost[:-1]).all()
     with pytest.raises(ValueError, match="extensions"):
         levenberg_marquardt(residual, start, max_extensions=1, differentiable=True)
+
+
+def test_lm_hands_back_its_residual_and_says_whether_its_jacobian_is_exact_there():
+    """The final pose's uncertainty reuses LM's last linearisation: the residual must be the one at
+    the returned pose, and a Jacobian flagged exact must be what a fresh derivative pass gives (one
+    that ended on an accepted step was not recomputed there, and is not flagged)."""
+    flagged = 0
+    for broyden in (False, True):
+        for seed in range(5):
+            residual, T0, _ = point_problem(B=3, noise=0.5, seed=seed)
+            res = levenberg_marquardt(residual, T0, max_iters=100, broyden=broyden)
+            r, J = twist_jacobian(residual, res.pose)
+            assert torch.allclose(res.residual, r, rtol=0, atol=1e-9)
+            for k in torch.nonzero(res.exact)[:, 0]:
+                assert torch.equal(res.jacobian[k], J[k])
+            flagged += int(res.exact.sum())
+    assert flagged > 0

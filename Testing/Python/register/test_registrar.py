@@ -72,6 +72,12 @@ def test_a_registration_that_worked_states_its_uncertainty_depth_the_weakest(tin
     u = result.to_json()["uncertainty"]
     assert u["calibrated"] is False  # the tiny model has no calibration: said so
     assert 0 < u["inplane_sd_mm"] < u["depth_sd_mm"]  # one view pins depth least
+    r, J, exact = result.stages["intensity"].linearisation
+    registrar = Registrar(load_model(tiny_model_file, case.ct), case.ct, options)
+    ctx = registrar.context(case.xray, case.camera)
+    fresh, _ = registrar._uncertainty(ctx, options.refine_levels[-1], result.camera_from_world, result.views)
+    assert exact  # LM stopped on an exact Jacobian, which stood in for a fresh one: the same covariance
+    assert torch.allclose(result.covariance, fresh, rtol=1e-6, atol=0)
 
 
 def test_a_set_cancel_flag_stops_the_registration(tiny_model_file, tiny_cases):

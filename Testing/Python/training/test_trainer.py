@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from SphericalRegLib.checkpoint import read_checkpoint
+from SphericalRegLib.errors import InputError
 from SphericalRegLib.similarity import SimilarityNet
 from SphericalRegLib.training import Trainer, TrainConfig, direction_loss, target_gradient
 from fixtures import TINY
@@ -147,3 +148,21 @@ def test_the_anchor_term_lowers_the_similarity_at_the_truth(trainer):
             p.copy_(k)
     assert after < before
     assert trainer.losses(batch)["anchor"] == 0  # off in the tiny (and every shipped) configuration
+
+
+def test_the_regressor_sees_its_own_larger_batch_and_the_similarity_the_same_one(ct):
+    """``regressor_batch`` adds X-rays for the regressor alone: its loss is over all of them, and the
+    similarity's batch (and so its loss) is the one the run would have drawn without them."""
+    plain = Trainer(ct, TrainConfig(**TINY))
+    wider = Trainer(ct, TrainConfig(**{**TINY, "regressor_batch": 6}))
+    seen = []
+    wider.regressor.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    a, b = plain.train_step(), wider.train_step()
+    assert seen == [6]
+    assert b["direction"] == pytest.approx(a["direction"], rel=1e-6)
+    assert b["pose"] != pytest.approx(a["pose"], rel=1e-6)
+
+
+def test_a_regressor_batch_smaller_than_the_batch_is_refused():
+    with pytest.raises(InputError, match="regressor_batch"):
+        TrainConfig(**{**TINY, "regressor_batch": 1})
