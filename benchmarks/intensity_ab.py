@@ -14,7 +14,8 @@ Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``
 ``searchF`` (the intensity levels or the search sample rays at F times the renderer's default);
 ``fixedreading`` (a processed export always read as a log LUT's, as before the fourteenth session);
 ``fixdepth`` / ``freedepth`` (the learnt stage kept off the central ray, the default since the
-fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``init`` (start from
+fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``freshunc`` (the final
+uncertainty from six fresh derivative passes, not LM's last exact Jacobian); ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
@@ -62,11 +63,11 @@ def options(v):
             o.learnt_moves_depth = part == "freedepth"
         elif part == "nolearnt":
             o.optimizer = "none"
-        elif part in ("fixedreading", "init"):
+        elif part in ("fixedreading", "init", "freshunc"):
             pass  # main() passes the pixels' encoding, which skips the choice, or the case's init
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
-                             "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt or init")
+                             "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init or freshunc")
     o.refine_levels = tuple(lv)
     return o
 
@@ -82,6 +83,8 @@ def main():
             for v in variants:
                 if v not in regs:
                     regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
+                    if "freshunc" in v.split("+"):  # the uncertainty's own Jacobian, as before the sixteenth session
+                        regs[v]._final_linearisation = lambda ctx, stages, pose: None
                 t0 = time.perf_counter()
                 reading = dict(case.reading)
                 if "fixedreading" in v:  # the pixels' encoding, which skips the CT's LUT check

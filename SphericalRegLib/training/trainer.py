@@ -426,7 +426,9 @@ def run(trainer: Trainer, out: Path, main_process: bool = True) -> None:
 
     c = trainer.config
     if main_process:
-        print(f"training {c.preset}: {c.steps} steps, batch {c.batch_size} x {trainer.world_size} process(es), "
+        regressor = f" (the regressor {c.regressor_batch})" if c.regressor_batch > c.batch_size else ""
+        print(f"training {c.preset}: {c.steps} steps, batch {c.batch_size}{regressor} x {trainer.world_size} "
+              f"process(es), "
               f"CT at {tuple(trainer.volume.shape)} voxels of {float(trainer.volume.spacing.max()):.2f} mm, "
               f"{trainer.camera.rows}x{trainer.camera.cols} images, features {c.features}, space {c.space}, "
               f"metric {c.metric} (length {trainer.length:.0f} mm), device {trainer.device}", file=sys.stderr)

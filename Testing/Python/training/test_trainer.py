@@ -163,6 +163,11 @@ def test_the_regressor_sees_its_own_larger_batch_and_the_similarity_the_same_one
     assert b["pose"] != pytest.approx(a["pose"], rel=1e-6)
 
 
-def test_a_regressor_batch_smaller_than_the_batch_is_refused():
+def test_a_regressor_batch_up_to_the_batch_is_the_batch_and_a_negative_one_is_refused(ct):
+    trainer = Trainer(ct, TrainConfig(**{**TINY, "regressor_batch": 1}))  # a GPU run's larger --batch-size
+    seen = []
+    trainer.regressor.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    trainer.train_step()
+    assert seen == [TINY["batch_size"]]
     with pytest.raises(InputError, match="regressor_batch"):
-        TrainConfig(**{**TINY, "regressor_batch": 1})
+        TrainConfig(**{**TINY, "regressor_batch": -1})
