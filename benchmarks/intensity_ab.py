@@ -15,11 +15,14 @@ Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``
 ``fixedreading`` (a processed export always read as a log LUT's, as before the fourteenth session);
 ``fixdepth`` / ``freedepth`` (the learnt stage kept off the central ray, the default since the
 fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``freshunc`` (the final
-uncertainty from six fresh derivative passes, not LM's last exact Jacobian); ``init`` (start from
+uncertainty from six fresh derivative passes, not LM's last exact Jacobian); ``onestart`` (the intensity
+stage from the search's pick alone, not also from the other start, as before the sixteenth session);
+``otherlevelsN`` (both starts through the first N intensity levels before the lower cost goes on);
+``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
-confidence, seconds, each stage's [seconds, iterations], whether the linear-LUT reading was chosen. Cases with several views are registered jointly.
+confidence, final NCC and intensity cost, seconds, each stage's [seconds, iterations], whether the linear-LUT reading was chosen. Cases with several views are registered jointly.
 """
 import os, sys, json, time
 from dataclasses import replace
@@ -44,6 +47,10 @@ def options(v):
             lv = [replace(l, cost_tol=1e-8, iterations=12) for l in lv]
         elif part in ("broyden", "ext", "bext", "exact"):
             lv = [replace(l, broyden=part in ("broyden", "bext"), extensions=3 if "ext" in part else 0) for l in lv]
+        elif part.startswith("otherlevels"):
+            o.other_start_levels = int(part[11:])
+        elif part == "onestart":
+            o.other_start_levels = 0
         elif part.startswith("iters"):
             lv[-1] = replace(lv[-1], iterations=int(part[5:]))
         elif part == "learntb":
@@ -67,7 +74,7 @@ def options(v):
             pass  # main() passes the pixels' encoding, which skips the choice, or the case's init
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
-                             "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init or freshunc")
+                             "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, freshunc, onestart or otherlevelsN")
     o.refine_levels = tuple(lv)
     return o
 
@@ -95,6 +102,7 @@ def main():
                 err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
                 row = dict(folder=folder.name, case=case_dir.name, variant=v, mtre=err["mTRE"], depth=err["depth"],
                            inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt,
+                           final_ncc=r.final_ncc, cost=r.stages["intensity"].cost[-1] if "intensity" in r.stages else None,
                            stages={k: [round(st.seconds, 3), st.iterations] for k, st in r.stages.items()},
                            linear=any("linear-LUT" in n for n in r.notes))
                 out.write(json.dumps(row) + "\n"); out.flush()

@@ -70,6 +70,10 @@ class RegisterOptions:
         IntensityLevel(spacing_mm=2.0, image_size=128, patch=16, form="difference", iterations=30, broyden=True,
                        extensions=3),
     )
+    # when the learnt stage ran and its answer and the initial pose, each searched, lie in different
+    # basins (registrar.OTHER_START_DEG / _MM): how many intensity levels both run before the lower
+    # cost goes on alone (0: the search's pick alone, as before the sixteenth session)
+    other_start_levels: int = 1
     # with several views the pose is pinned in every direction and the finest level converges in
     # about half its iterations (5-7 of 12 on the tuning cases, docs/results.md): its cap then
     joint_final_iterations: int = 6
@@ -103,6 +107,9 @@ class RegisterOptions:
             raise InputError("relative_rotation_sd_deg", f"is {self.relative_rotation_sd_deg} "
                              f"(isocentre sd {self.relative_isocentre_sd_mm} mm)",
                              "0 (relative poses exact) or a positive sd in degrees, with a positive isocentre sd")
+        if self.other_start_levels < 0:
+            raise InputError("other_start_levels", f"is {self.other_start_levels}",
+                             "0 (the search's pick alone) or the number of intensity levels both starts run")
         if not self.refine_levels:
             raise InputError("refine_levels", "is empty", "at least one intensity level (it also renders the result)")
 

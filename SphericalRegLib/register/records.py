@@ -20,7 +20,8 @@ class StageRecord:
     time; iterations: optimiser iterations (0 for a search); cost, poses: the optimiser's history
     (``cost[0]``/``poses[0]`` at the stage's start); converged, diverged: the optimiser's verdict;
     kept: for a stage whose answer may be discarded (the learnt similarity), whether it was;
-    source: where an initial pose came from (``regressor`` or ``given``); linearisation: LM's
+    source: where an initial pose came from (``regressor`` or ``given``), which start a search or
+    an intensity stage moved; candidates: a search's best pose about each start; linearisation: LM's
     residual (M,) and Jacobian (M, 6) at ``pose`` and whether that Jacobian is exact there (the
     final pose's uncertainty reuses them instead of six more derivative passes).
     """
@@ -34,6 +35,7 @@ class StageRecord:
     diverged: bool = False
     kept: bool | None = None
     source: str | None = None
+    candidates: dict[str, Tensor] = field(default_factory=dict, repr=False)
     linearisation: tuple[Tensor, Tensor, bool] | None = field(default=None, repr=False)
 
     @classmethod
@@ -54,7 +56,8 @@ class StageRecord:
                            iterations=self.iterations + other.iterations,
                            cost=self.cost + other.cost[1:], poses=self.poses + other.poses[1:],
                            converged=other.converged, diverged=self.diverged or other.diverged,
-                           kept=other.kept, source=other.source, linearisation=other.linearisation)
+                           kept=other.kept, source=other.source, candidates=other.candidates,
+                           linearisation=other.linearisation)
 
     def to_json(self) -> dict:
         """The summary result.json keeps: time, iterations, cost history and the verdicts."""

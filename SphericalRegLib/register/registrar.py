@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -11,7 +12,7 @@ from torch import Tensor
 from ..camera import Camera, project
 from ..confidence import confidence_values, predict
 from ..distortion import NAMES as DISTORTION_NAMES
-from ..geometry import se3_inverse, transform_points
+from ..geometry import rotation_angle, se3_inverse, transform_points
 from ..intensity import standardise
 from ..model import ModelBundle
 from ..quality import LEARNT_STAGE_SHARE, model_quality
@@ -27,10 +28,14 @@ from .uncertainty import covariance, point_standard_deviations
 from .stages import (choose_polarity, choose_reading, initial_pose, intensity_refinement, keep_or_discard,
                      learnt_residual, learnt_similarity, relative_pose_refinement, translation_search)
 
-__all__ = ["Registrar", "VIEW_NCC_GAP"]
+__all__ = ["Registrar", "VIEW_NCC_GAP", "OTHER_START_DEG", "OTHER_START_MM"]
 
 VIEW_NCC_GAP = 0.25
 """A view whose final NCC is this far below the best view's is named in a warning."""
+
+OTHER_START_DEG, OTHER_START_MM = 1.0, 5.0
+"""When the learnt stage ran, the searched start the search did not keep is refined too if it lies
+this far (rotation, or the CT centre's displacement) from the kept one: closer, both end in one basin."""
 
 
 class Registrar:
@@ -107,15 +112,22 @@ class Registrar:
         if search is not None:
             stages["search"] = search
             pose = search.pose
+        other = self._other_start(stages, pose)
         reading_notes = choose_reading(ctx, pose) if opt.refine else []
         if reading_notes and opt.searches:  # the search weighed its grid in the reading just replaced
             first = stages["search"]
             stages["search"] = first.then(translation_search(ctx, {"search": pose}))
             stages["search"].source = first.source
             pose = stages["search"].pose
+            if other is not None:
+                other = other[0], translation_search(ctx, {other[0]: other[1]}).pose
         given = ctx.camera_from_reference.clone()
         if opt.refine:
-            stages["intensity"] = intensity_refinement(ctx, pose)
+            if other is None:
+                stages["intensity"] = intensity_refinement(ctx, pose)
+                stages["intensity"].source = stages["search"].source if "search" in stages else None
+            else:
+                self._refine_from_both(ctx, stages, pose, *other)
             pose = stages["intensity"].pose
             failed = stages["intensity"].diverged
             if opt.relative_rotation_sd_deg > 0 and ctx.n_views > 1 and not failed:
@@ -127,6 +139,46 @@ class Registrar:
         result.warnings += polarity_warnings
         result.notes += reading_notes
         return result
+
+    def _other_start(self, stages: dict[str, StageRecord], pose: Tensor) -> tuple[str, Tensor] | None:
+        """The searched start the search did not keep (the learnt stage's answer or the initial pose,
+        each moved to its best grid point), when it lies in another basin than ``pose``: at least
+        :data:`OTHER_START_DEG` or :data:`OTHER_START_MM` (at the CT centre) away."""
+        search = stages.get("search")
+        if (not self.options.other_start_levels or "similarity" not in stages or search is None
+                or len(search.candidates) < 2):
+            return None
+        name = next(n for n in search.candidates if n != search.source)
+        other = search.candidates[name]
+        angle = math.degrees(float(rotation_angle(other[:3, :3], pose[:3, :3])))
+        centre = self.ct.centre[None].to(torch.float64)
+        shift = float((transform_points(other, centre) - transform_points(pose, centre)).norm())
+        return (name, other) if angle >= OTHER_START_DEG or shift >= OTHER_START_MM else None
+
+    @staticmethod
+    def _refine_from_both(ctx: RegistrationContext, stages: dict[str, StageRecord], pose: Tensor, name: str,
+                          start: Tensor) -> None:
+        """The first ``options.other_start_levels`` intensity levels from the search's pick ``pose``
+        and from the other start; the run that ends them at the lower cost (not diverged) goes on
+        through the remaining levels as ``stages["intensity"]``, the other is kept as
+        ``stages["other start"]``, and the learnt stage counts as kept when the winner started from
+        its answer.
+
+        The search's coarse cost cannot tell the two basins apart; the intensity stage's cost can
+        (docs/results.md, sixteenth session)."""
+        levels = ctx.options.refine_levels
+        first = max(1, min(ctx.options.other_start_levels, len(levels)))
+        runs = []
+        for source, p in ((stages["search"].source, pose), (name, start)):
+            runs.append(intensity_refinement(ctx, p, levels=levels[:first]))
+            runs[-1].source = source
+        runs.sort(key=lambda r: (r.diverged, r.cost[-1]))
+        best, other = runs
+        if first < len(levels) and not best.diverged:
+            best = best.then(intensity_refinement(ctx, best.pose, levels=levels[first:]))
+            best.source = runs[0].source
+        stages["intensity"], stages["other start"] = best, other
+        stages["similarity"].kept = best.source == "similarity"
 
     def _learnt_stage_decision(self, quality: dict | None) -> tuple[bool, list[str]]:
         """Whether LM on the learnt similarity runs (``options.optimizer``, ``options.learnt_stage``

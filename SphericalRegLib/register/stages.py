@@ -219,10 +219,14 @@ def translation_search(ctx: RegistrationContext, starts: dict[str, Tensor]) -> S
     shifts = torch.cartesian_prod(*axes)
     xi = torch.cat([torch.zeros_like(shifts), shifts], dim=-1)
     candidates = torch.cat([perturb_left(xi, p.expand(len(xi), 4, 4)) for p in poses])
-    best = int(ctx.coarse_cost(candidates).argmin())
+    cost = ctx.coarse_cost(candidates)
+    best = int(cost.argmin())
+    each = cost.view(len(starts), len(xi)).argmin(-1)
     ctx.progress("search", 1.0)
     return StageRecord(pose=candidates[best].cpu(), seconds=time.perf_counter() - t0,
-                       source=list(starts)[best // len(xi)])
+                       source=list(starts)[best // len(xi)],
+                       candidates={name: candidates[k * len(xi) + int(i)].cpu()
+                                   for k, (name, i) in enumerate(zip(starts, each))})
 
 
 def intensity_refinement(ctx: RegistrationContext, pose: Tensor, levels=None) -> StageRecord:
