@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from SphericalRegLib.camera import ISOCENTRE_FRACTION, canonical_ap_pose
+from SphericalRegLib.errors import InputError
 from SphericalRegLib.evaluation.rows import errors
 from SphericalRegLib.geometry import perturb_left
 from SphericalRegLib.io import read_case, read_truth
@@ -182,3 +183,33 @@ def test_a_processed_export_is_read_with_the_lut_that_images_the_ct(tiny_model_f
         assert ctx.xray.encoding == encoding and len(notes) == (lut == "linear")
     ctx = registrar.context(case.xray, case.camera)  # raw counts: nothing to choose
     assert choose_reading(ctx, truth) == [] and ctx.xray.encoding == "auto"
+
+
+def test_the_start_the_search_did_not_keep_is_refined_too_and_the_lower_cost_goes_on(tiny_model_file, tiny_cases):
+    """The search kept a start 60 mm off; the learnt stage's answer, 3 mm off, lies in another basin:
+    both run the first intensity level, and the one that ends it lower (the near one) goes on and
+    counts as the learnt stage's answer kept. A start a fraction of a degree and a millimetre away is
+    the same basin and is not run twice."""
+    case = read_case(tiny_cases / "case_000")
+    truth, landmarks = read_truth(tiny_cases / "case_000")
+    near = perturb_left(torch.tensor([0, 0, 0, 3.0, 0, 0], dtype=f64), truth)
+    far = perturb_left(torch.tensor([0.3, 0, 0, 0, 60.0, 0], dtype=f64), truth)
+    options = RegisterOptions(refine_levels=TINY_LEVELS, other_start_levels=1)
+    registrar = Registrar(load_model(tiny_model_file, case.ct), case.ct, options)
+    stages = {"similarity": StageRecord(pose=near, seconds=0.0),
+              "search": StageRecord(pose=far, seconds=0.0, source="initial",
+                                    candidates={"initial": far, "similarity": near})}
+    assert registrar._other_start(stages, far) == ("similarity", near)
+    registrar._refine_from_both(registrar.context(case.xray, case.camera), stages, far, "similarity", near)
+    won, lost = stages["intensity"], stages["other start"]
+    assert won.source == "similarity" and lost.source == "initial" and stages["similarity"].kept is True
+    assert won.iterations > lost.iterations  # the winner went on through the second level
+    assert float(mtre(won.pose, truth, landmarks)) < float(mtre(lost.pose, truth, landmarks))
+    close = perturb_left(torch.tensor([0.005, 0, 0, 0.5, 0, 0], dtype=f64), near)
+    stages["search"].candidates = {"initial": near, "similarity": close}
+    assert registrar._other_start(stages, near) is None
+    off = Registrar(load_model(tiny_model_file, case.ct), case.ct, RegisterOptions(other_start_levels=0))
+    stages["search"].candidates = {"initial": far, "similarity": near}
+    assert off._other_start(stages, far) is None
+    with pytest.raises(InputError, match="other_start_levels"):
+        RegisterOptions(other_start_levels=-1)
