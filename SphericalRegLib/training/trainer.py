@@ -14,8 +14,11 @@ its reducer hooks expect one plain backward per forward and do not support the
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -417,11 +420,36 @@ class Trainer:
             torch.set_rng_state(rng["torch"].cpu())  # map_location may have moved it
 
 
+@contextmanager
+def _stops_as_interrupts():
+    """SIGTERM (a scheduler's or ``kill``'s stop) raises KeyboardInterrupt like Ctrl-C, and SIGINT does
+    even for a run started in the background of a script, which inherits SIGINT ignored; so either
+    saves the finished steps. Only the main thread can set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(trainer: Trainer, out: Path, main_process: bool = True) -> None:
     """Train ``trainer`` to ``config.steps``, validating, plotting and checkpointing to ``out``.
 
-    Ctrl-C saves a checkpoint of the last finished step before the interrupt goes on.
+    Ctrl-C, SIGINT or SIGTERM saves a checkpoint of the last finished step before the interrupt goes on.
     """
+    with _stops_as_interrupts():
+        _run(trainer, out, main_process)
+
+
+def _run(trainer: Trainer, out: Path, main_process: bool) -> None:
     from tqdm import tqdm
 
     c = trainer.config

@@ -131,6 +131,32 @@ def test_an_interrupt_saves_the_finished_steps(ct, tmp_path):
     assert state["step"] == 1 and len(state["history"]["loss"]) == 1
 
 
+def test_a_termination_signal_saves_the_finished_steps_too(ct, tmp_path):
+    """A scheduler's SIGTERM, or SIGINT sent to a run started in a script's background (which
+    inherits SIGINT ignored), stops the run like Ctrl-C: the finished steps are saved."""
+    import os
+    import signal
+
+    from SphericalRegLib.training import run
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        class SignalledAtStepTwo(Trainer):
+            def train_step(self):
+                if self.step == 1:
+                    os.kill(os.getpid(), sig)
+                return super().train_step()
+
+        out = tmp_path / f"model_{sig.name}.pt"
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run(SignalledAtStepTwo(ct, TrainConfig(**TINY)), out)
+        finally:
+            signal.signal(signal.SIGINT, before)
+        assert read_checkpoint(out, ct)["step"] in (1, 2)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_the_anchor_term_lowers_the_similarity_at_the_truth(trainer):
     batch = trainer.sample(2, torch.Generator().manual_seed(4), augment=False)
     params = [p for p in trainer.similarity.parameters() if p.requires_grad]
