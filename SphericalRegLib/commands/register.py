@@ -11,7 +11,8 @@ from . import flags_for_fields, set_threads
 
 FLAGS = {"optimizer": "--optimizer", "learnt_stage": "--learnt-stage", "iterations": "--iterations",
          "device": "--device", "views": "--views",
-         "relative_rotation_sd_deg": "--relative-sd", "distortion": "--distortion"}
+         "relative_rotation_sd_deg": "--relative-sd", "distortion": "--distortion",
+         "other_start_levels": "--other-start-levels"}
 
 
 def add_arguments(p) -> None:
@@ -38,6 +39,10 @@ def add_arguments(p) -> None:
                    help="auto: run the learnt-similarity stage only if the model's validation says its similarity "
                         "learnt; always: run it anyway (default auto)")
     p.add_argument("--iterations", type=int, default=RegisterOptions.iterations)
+    p.add_argument("--other-start-levels", type=int, default=RegisterOptions.other_start_levels, metavar="N",
+                   help="when the learnt stage ran and its answer and the initial pose lie in different basins, "
+                        "both run the first N intensity levels and the lower cost goes on; 0: the translation "
+                        f"search's pick alone (default {RegisterOptions.other_start_levels})")
     p.add_argument("--no-refine", action="store_true", help="skip the final intensity (NCC) stage")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -48,7 +53,7 @@ def main(args) -> int:
     set_threads(args.threads)
     with flags_for_fields(FLAGS):
         options = RegisterOptions(optimizer=args.optimizer, learnt_stage=args.learnt_stage, iterations=args.iterations,
-                                  refine=not args.no_refine,
+                                  refine=not args.no_refine, other_start_levels=args.other_start_levels,
                                   relative_rotation_sd_deg=args.relative_sd,
                                   distortion=None if args.distortion is None else args.distortion.split(","))
         device = resolve_device(args.device)

@@ -49,6 +49,8 @@ def test_errors_name_the_flag_the_user_typed(tiny_model_file, tiny_cases, tmp_pa
     assert "--device: is 'tpu'" in capsys.readouterr().err
     assert cli.main(argv + ["--distortion", "0.08"]) == 2
     assert "--distortion: is ['0.08']" in capsys.readouterr().err
+    assert cli.main(argv + ["--other-start-levels", "-1"]) == 2
+    assert "--other-start-levels: is -1" in capsys.readouterr().err
 
 
 def test_a_processed_export_is_read_as_the_user_says_or_as_the_ct_decides(tiny_model_file, tiny_cases, tmp_path):
