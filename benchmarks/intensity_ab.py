@@ -22,7 +22,8 @@ stage from the search's pick alone, not also from the other start, as before the
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
-confidence, final NCC and intensity cost, seconds, each stage's [seconds, iterations], whether the linear-LUT reading was chosen. Cases with several views are registered jointly.
+confidence, final NCC and intensity cost, seconds, each stage's [seconds, iterations], whether the
+linear-LUT reading was chosen. Cases with several views are registered jointly.
 """
 import os, sys, json, time
 from dataclasses import replace
@@ -74,7 +75,8 @@ def options(v):
             pass  # main() passes the pixels' encoding, which skips the choice, or the case's init
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
-                             "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, freshunc, onestart or otherlevelsN")
+                             "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
+                             "freshunc, onestart or otherlevelsN")
     o.refine_levels = tuple(lv)
     return o
 

@@ -3,8 +3,9 @@
     python benchmarks/uncertainty_reuse.py THREADS CASES [CASES ...]
 
 Registers each case with the defaults (shipped model unless ``MODEL=path``), the reuse allowed
-whatever LM's last Jacobian was, and computes the uncertainty at the final pose both ways: the relative difference of each standard deviation, and
-whether LM's last Jacobian was exact or Broyden-updated. One line per case; the largest at the end.
+whatever LM's last Jacobian was, and computes the uncertainty at the final pose both ways: the
+relative difference of each standard deviation, and whether LM's last Jacobian was exact or
+Broyden-updated. One line per case; the largest at the end.
 """
 import copy
 import os

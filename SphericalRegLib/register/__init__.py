@@ -3,9 +3,9 @@
 ``Registrar.register`` runs, in order (:mod:`.stages`): the initial pose (the regressor, or a
 given pose); Levenberg-Marquardt on the learnt spherical similarity; the keep-or-discard check of
 its answer; a coarse translation search; Levenberg-Marquardt on patch NCC of line-integral DRRs,
-coarse to fine, also from the start the search did not keep when the learnt stage ran and that
-start lies in another basin (the lower final cost wins). Each stage returns a :class:`StageRecord`; :class:`RegistrationResult` gathers
-them. The X-ray is prepared once per image size (:class:`XrayPyramid`) and the CT once per
+coarse to fine; when the learnt stage ran and the start the search did not keep lies in another
+basin, that start runs the first level too and the lower cost there goes on. Each stage returns a
+:class:`StageRecord`; :class:`RegistrationResult` gathers them. The X-ray is prepared once per image size (:class:`XrayPyramid`) and the CT once per
 Registrar, so many X-rays of one CT register without repeating it.
 """
 
