@@ -35,6 +35,8 @@ __all__ = [
 ResidualFn = Callable[[Tensor], Tensor]
 BoundsFn = Callable[[Tensor], Tensor]
 
+DAMPING_RULES = ("simple", "nielsen")
+
 EXTEND_GAIN = 1.5
 """Gain ratio above which :func:`levenberg_marquardt` tries its accepted step doubled. Along an
 undamped Gauss-Newton step of a cost that is quadratic there, the ratio is 2 - (the cost's
@@ -191,15 +193,20 @@ def levenberg_marquardt(
     free: Tensor | None = None,
     broyden: bool = False,
     max_extensions: int = 0,
+    damping_rule: str = "simple",
 ) -> OptimizeResult:
     """Minimise ``0.5 ||r(T)||^2`` per batch element by Levenberg-Marquardt on SE(3).
 
     ``residual_fn: (B, 4, 4) -> (B, M)``; ``pose0 (B, 4, 4)`` camera_from_world. Each iteration
     solves ``(J^T J + lambda diag(J^T J)) delta = -J^T r`` (Marquardt's scaling, the diagonal
     floored at ``1e-9`` of its largest entry) and tries ``T <- exp(delta^) T``. The gain ratio
-    ``rho`` (actual over predicted reduction) decides: ``rho > 0`` accepts and divides lambda
-    by 3, otherwise the pose is kept and lambda doubles (the simple rule, not Nielsen's); a trial
-    with a non-finite residual or outside the trust region multiplies lambda by 10. Stopping on a
+    ``rho`` (actual over predicted reduction) decides: ``rho > 0`` accepts, otherwise the pose is
+    kept. ``damping_rule="simple"``: an accepted step divides lambda by 3, a rejected one doubles
+    it. ``"nielsen"`` (Madsen, Nielsen & Tingleff 2004, eq. 2.21): an accepted step multiplies
+    lambda by ``max(1/3, 1 - (2 rho - 1)^3)`` and resets ``nu`` to 2, a rejected one multiplies it
+    by ``nu`` and doubles ``nu``, so a run of rejections raises lambda 2, 8, 64, 1024 times instead
+    of 2, 4, 8, 16: a start whose damping is far too small wastes 4 iterations, not 9. A trial
+    with a non-finite residual or outside the trust region multiplies lambda by 10 either way. Stopping on a
     small step within 5 iterations of such a trial counts as diverged (blocked), not converged.
 
     An element stops as *converged* when a proposed step is below ``step_tol`` = (rotation
@@ -233,6 +240,8 @@ def levenberg_marquardt(
     derivative pass per iteration. Not with ``differentiable``.
     """
     _check_pose(pose0)
+    if damping_rule not in DAMPING_RULES:
+        raise ValueError(f"damping_rule must be one of {DAMPING_RULES}, got {damping_rule!r}")
     if differentiable and (broyden or max_extensions):
         raise ValueError("broyden updates and step extensions are not differentiable; pass broyden=False and "
                          "max_extensions=0 with differentiable=True")
@@ -242,6 +251,7 @@ def levenberg_marquardt(
     with grad_mode:
         pose = pose0 if differentiable else pose0.detach()
         lam = torch.full((B,), float(damping), dtype=pose0.dtype, device=device)
+        nu = torch.full((B,), 2.0, dtype=pose0.dtype, device=device)
         r, J = twist_jacobian(residual_fn, pose, create_graph=differentiable, method=jacobian)
         cost = 0.5 * r.pow(2).sum(-1)
         finite = torch.isfinite(cost) & torch.isfinite(J).flatten(1).all(-1)
@@ -318,8 +328,15 @@ def levenberg_marquardt(
             pose = torch.where(accept[:, None, None], trial, pose)
             cost = torch.where(accept, cost_trial, cost)
             r = torch.where(accept[:, None], r_trial, r)
-            lam = torch.where(accept, lam / 3, torch.where(suspect, lam, torch.where(
-                active & ok, lam * 2, torch.where(active, lam * 10, lam))))
+            if damping_rule == "nielsen":
+                shrink = (1 - (2 * rho - 1).pow(3)).clamp_min(1 / 3)
+                grown = active & ok & ~accept & ~suspect
+                lam = torch.where(accept, lam * shrink, torch.where(suspect, lam, torch.where(
+                    active & ok, lam * nu, torch.where(active, lam * 10, lam))))
+                nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(grown, nu * 2, nu))
+            else:
+                lam = torch.where(accept, lam / 3, torch.where(suspect, lam, torch.where(
+                    active & ok, lam * 2, torch.where(active, lam * 10, lam))))
             iterations = iterations + active.long()
             # Stopping right after a trial was inadmissible means pressing against the trust region or
             # a non-finite region: that is not a minimum, whatever the step size says.

@@ -17,7 +17,10 @@ Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``
 fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``freshunc`` (the final
 uncertainty from six fresh derivative passes, not LM's last exact Jacobian); ``onestart`` (the intensity
 stage from the search's pick alone, not also from the other start, as before the sixteenth session);
-``otherlevelsN`` (both starts through the first N intensity levels before the lower cost goes on);
+``coarseN`` (the first intensity level capped at N); ``extensionsN`` (LM may double a step up to N
+times at every intensity level);
+``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``transmissions`` /
+``finetransmissions`` (NCC of transmissions, not line integrals, at every level or the finest); ``otherlevelsN`` (both starts through the first N intensity levels before the lower cost goes on);
 ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
@@ -54,6 +57,15 @@ def options(v):
             o.other_start_levels = 0
         elif part.startswith("iters"):
             lv[-1] = replace(lv[-1], iterations=int(part[5:]))
+        elif part.startswith("extensions"):
+            lv = [replace(l, extensions=int(part[10:])) for l in lv]
+        elif part.startswith("coarse"):
+            lv[0] = replace(lv[0], iterations=int(part[6:]))
+        elif part in ("transmissions", "finetransmissions"):
+            lv = [replace(l, domain="transmissions") if part == "transmissions" or k == len(lv) - 1 else l
+                  for k, l in enumerate(lv)]
+        elif part in ("nielsen", "simple"):
+            lv = [replace(l, damping_rule=part) for l in lv]
         elif part == "learntb":
             o.learnt_broyden = True
         elif part == "learnt":
@@ -76,7 +88,7 @@ def options(v):
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
-                             "freshunc, onestart or otherlevelsN")
+                             "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, transmissions or finetransmissions")
     o.refine_levels = tuple(lv)
     return o
 

@@ -242,7 +242,7 @@ def intensity_refinement(ctx: RegistrationContext, pose: Tensor, levels=None) ->
             cap = min(cap, ctx.options.joint_final_iterations)
         res = levenberg_marquardt(ctx.intensity_residual(level), pose.to(ctx.device, torch.float64)[None],
                                   max_iters=cap, cost_tol=level.cost_tol, broyden=level.broyden,
-                                  max_extensions=level.extensions,
+                                  max_extensions=level.extensions, damping_rule=level.damping_rule,
                                   callback=ctx.iteration_callback(f"intensity {k + 1}", cap),
                                   **ctx.bounds)
         ctx.check_cancel()
@@ -296,7 +296,7 @@ def relative_pose_refinement(ctx: RegistrationContext, pose: Tensor, centre: Ten
 
         res = levenberg_marquardt(residual, P0, max_iters=level.iterations, cost_tol=level.cost_tol,
                                   broyden=level.broyden, max_extensions=level.extensions,
-                                  max_rotation=4 * sd_rot,
+                                  damping_rule=level.damping_rule, max_rotation=4 * sd_rot,
                                   max_translation=opt.max_translation_mm,
                                   callback=ctx.iteration_callback(f"relative pose {k}", level.iterations))
         ctx.check_cancel()
