@@ -97,7 +97,7 @@ class RegistrationContext:
         clipped or dead), less those far brighter than anything the DRR at that pose shows
         (metal that is not in the CT, :func:`~.residuals.bright_outliers`); masked entries are 0,
         so the length stays fixed. With nothing masked the residual is the unmasked one to the bit."""
-        from .residuals import as_transmissions, bright_outliers
+        from .residuals import bright_outliers
 
         mu = self.attenuation[level.spacing_mm]
         residual = ncc_residual(level.patch, form or level.form)
@@ -110,10 +110,7 @@ class RegistrationContext:
             def r(T):
                 drr = render(mu.data, T)
                 xs = x.expand(len(T), -1, -1, -1)
-                mask = valid & ~bright_outliers(xs, drr, valid)
-                if level.domain == "transmissions":
-                    xs, drr = as_transmissions(xs, drr, mask)
-                return residual(xs, drr, mask)
+                return residual(xs, drr, valid & ~bright_outliers(xs, drr, valid))
             return r
 
         return self.over_views(one, views)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..distortion import validate_distortion
+from ..optimize import DAMPING_RULES
 from ..errors import InputError
 
-__all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE", "DOMAINS"]
+__all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE"]
 
 OPTIMIZERS = ("lm", "gd", "adam", "none")
-DOMAINS = ("line integrals", "transmissions")
 LEARNT_STAGE = ("auto", "always")
 
 
@@ -23,10 +23,9 @@ class IntensityLevel:
     ``ray_samples``: samples per ray as a fraction of the renderer's default (a step of at most 1.41
     voxels, :func:`~SphericalRegLib.render.default_n_samples`).
     ``broyden``: between exact Jacobians, LM updates the last one from each step's residual;
-    ``extensions``: how many times LM may double a step that gained more than its model promised
+    ``extensions``: how many times LM may double a step that gained more than its model promised;
     ``damping_rule``: how LM's damping follows its accepted and rejected steps (all three
-    :func:`~SphericalRegLib.optimize.levenberg_marquardt`). ``domain``: what NCC compares, the
-    line integrals or the transmissions (:func:`~SphericalRegLib.register.residuals.as_transmissions`)."""
+    :func:`~SphericalRegLib.optimize.levenberg_marquardt`)."""
 
     spacing_mm: float
     image_size: int
@@ -42,11 +41,10 @@ class IntensityLevel:
     # accepted. On 40 random-physics tuning X-rays 1.19x faster (median of paired ratios), the same
     # 5 sub-millimetre and 14 under 2 mm; 12 plain ones 1.08x, 11/12 either way (docs/results.md)
     damping_rule: str = "nielsen"
-    domain: str = "line integrals"
 
     def __post_init__(self):
-        if self.domain not in DOMAINS:
-            raise InputError("domain", f"is {self.domain!r}", " or ".join(DOMAINS))
+        if self.damping_rule not in DAMPING_RULES:
+            raise InputError("damping_rule", f"is {self.damping_rule!r}", " or ".join(DAMPING_RULES))
 
 
 @dataclass

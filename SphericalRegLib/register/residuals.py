@@ -12,7 +12,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..intensity import sobel, standardise
 
-__all__ = ["ncc_residual", "bright_outliers", "as_transmissions", "FORMS", "MIN_VALID", "OUTLIER_MARGIN"]
+__all__ = ["ncc_residual", "bright_outliers", "FORMS", "MIN_VALID", "OUTLIER_MARGIN"]
 
 FORMS = ("difference", "ncc")
 
@@ -24,58 +24,32 @@ OUTLIER_MARGIN = 0.5
 X-ray pixel must be to be taken for something the CT does not hold (metal)."""
 
 
-def _on_drr_scale(x: Tensor, drr: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per image, the affine map that puts ``x``'s line integrals on ``drr``'s scale by matching
-    their 10th and 80th percentiles over the valid pixels: ``(scale, x offset, drr offset)``, each
-    (B,), with ``x' = drr_offset + scale * (x - x_offset)``; NaN where an image is too small or flat.
-    The reader's scale is not the DRR's: scatter, spectra and a processed export's unknown window
-    all change it. No gradient flows through it."""
-    with torch.no_grad():
-        B = x.shape[0]
-        v = valid.expand(B, -1, -1, -1).flatten(1)
-        q = torch.tensor([0.1, 0.8], dtype=x.dtype, device=x.device)
-        out = torch.full((3, B), float("nan"), dtype=x.dtype, device=x.device)
-        for k in range(B):  # quantiles over each image's own valid pixels
-            xs, ds = x[k].detach().flatten()[v[k]], drr[k].detach().flatten().to(x.dtype)[v[k]]
-            if xs.numel() < 16:
-                continue
-            qx, qd = torch.quantile(xs, q), torch.quantile(ds, q)
-            if (qd[1] - qd[0]) > 0 and (qx[1] - qx[0]) > 0:
-                out[:, k] = torch.stack([(qd[1] - qd[0]) / (qx[1] - qx[0]), qx[0], qd[0]])
-        return out[0], out[1], out[2]
-
-
 def bright_outliers(x: Tensor, drr: Tensor, valid: Tensor, margin: float = OUTLIER_MARGIN) -> Tensor:
     """Pixels of ``x`` (B, 1, H, W) far brighter than anything ``drr`` (B, 1, H, W) shows: instruments
     and implants that are not in the CT. ``valid`` (B or 1, 1, H, W) bool.
 
-    A pixel is an outlier where, put on the DRR's scale (:func:`_on_drr_scale`), it lies more than
+    The X-ray's line integrals are put on the DRR's scale by matching their 10th and 80th
+    percentiles over the valid pixels (the reader's scale is not the DRR's: scatter, spectra and a
+    processed export's unknown window all change it); a pixel is an outlier where it lies more than
     ``margin`` of the DRR's 10-80% range above the DRR's maximum. Dilated by one pixel (the blur
     around metal). No gradient flows through the mask."""
     with torch.no_grad():
-        scale, x0, d0 = _on_drr_scale(x, drr, valid)
         B = x.shape[0]
-        d = drr.detach().to(x.dtype).flatten(1)
         v = valid.expand(B, -1, -1, -1).flatten(1)
-        d_max = torch.where(v, d, torch.full_like(d, -torch.inf)).amax(-1)
-        d_range = torch.where(v, d, torch.full_like(d, torch.nan)).nanquantile(0.8, dim=-1) - d0
-        limit = x0 + (d_max - d0 + margin * d_range) / scale
-        out = (x.detach().flatten(1) > limit[:, None]) & torch.isfinite(limit)[:, None]
-        return F.max_pool2d(out.reshape(x.shape).to(x.dtype), 3, stride=1, padding=1) > 0
-
-
-def as_transmissions(x: Tensor, drr: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """``x`` and ``drr`` (B, 1, H, W) line integrals as transmissions, ``exp(-p)``, ``x`` first put on
-    the DRR's scale (:func:`_on_drr_scale`; left as it is where that fails).
-
-    Scatter adds a slowly varying S to the primary: ``exp(-p_xray) = exp(-p) + S``. In line
-    integrals that compresses thick anatomy, which no patch's affine NCC undoes; in transmissions it
-    is an offset per patch, which patch NCC ignores."""
-    scale, x0, d0 = _on_drr_scale(x, drr, valid)
-    ok = torch.isfinite(scale)
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    mapped = torch.where(ok.view(shape), d0.view(shape) + scale.view(shape) * (x - x0.view(shape)), x)
-    return torch.exp(-mapped), torch.exp(-drr)
+        q = torch.tensor([0.1, 0.8], dtype=x.dtype, device=x.device)
+        out = torch.zeros_like(v)
+        for k in range(B):  # quantiles over each image's own valid pixels
+            xs, ds = x[k].flatten()[v[k]], drr[k].flatten().to(x.dtype)[v[k]]
+            if xs.numel() < 16:
+                continue
+            qx, qd = torch.quantile(xs, q), torch.quantile(ds, q)
+            if not (qd[1] - qd[0]) > 0 or not (qx[1] - qx[0]) > 0:
+                continue
+            scale = (qx[1] - qx[0]) / (qd[1] - qd[0])
+            limit = qx[0] + scale * (ds.max() - qd[0] + margin * (qd[1] - qd[0]))
+            out[k] = x[k].flatten() > limit
+        out = out.reshape(x.shape)
+        return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
 
 
 def _erode(mask: Tensor) -> Tensor:

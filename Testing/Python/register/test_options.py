@@ -12,3 +12,11 @@ def test_bad_options_name_their_field(field, value):
     with pytest.raises(InputError) as e:
         RegisterOptions(**{field: value})
     assert e.value.source == field
+
+
+def test_an_unknown_damping_rule_names_the_field_and_the_rules():
+    from SphericalRegLib.register import IntensityLevel
+
+    with pytest.raises(InputError) as e:
+        IntensityLevel(3.0, 64, 8, "ncc", 12, damping_rule="marquardt")
+    assert e.value.source == "damping_rule" and "nielsen" in str(e.value)
