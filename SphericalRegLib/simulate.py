@@ -110,6 +110,22 @@ def _copy_ct(source: Path, folder: Path, overwrite: bool) -> Path:
     return target
 
 
+def _enclosing(body: Volume, ct: Volume, source) -> Volume:
+    """``body``, checked to hold ``ct``'s voxel box (1 mm tolerance), or a clear error."""
+    def corners(v: Volume) -> Tensor:
+        ijk = torch.cartesian_prod(*[torch.tensor([-0.5, n - 0.5], dtype=torch.float64) for n in v.shape])
+        return transform_points(v.ijk_to_ras.to(torch.float64), ijk)
+
+    inside = body.ijk_to_ras.to(torch.float64).inverse()
+    ijk = transform_points(inside, corners(ct))
+    size = torch.tensor(body.shape, dtype=torch.float64)
+    tolerance = 1.0 / body.spacing.to(torch.float64)
+    if not bool(((ijk >= -0.5 - tolerance) & (ijk <= size - 0.5 + tolerance)).all()):
+        raise InputError(source, "does not hold the case CT's field (in world coordinates)",
+                         "the CT the case's CT was cropped from, with the same world coordinates")
+    return body
+
+
 def _write_xray(path: Path, pixels: Tensor, bits: int = 16) -> None:
     """16-bit counts, or an 8-bit export as a system's image processing leaves it."""
     array = pixels.cpu().numpy().astype(np.uint8 if bits <= 8 else np.uint16)
@@ -144,7 +160,7 @@ def draw_orbits(n_views: int, generator: torch.Generator, isocentre_mm: float) -
 def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: int = 256, sdd: float = 1020.0,
                 pixel_spacing: float | None = None, n_landmarks: int = 16, photons: float = PHOTONS,
                 xray_format: str = "png", overwrite: bool = False, views: int = 1, physics: str = "plain",
-                log=print) -> list[Path]:
+                log=print, xray_ct: str | Path | None = None) -> list[Path]:
     """Write ``n`` case folders ``out/case_000 ...`` and their ``case_XXX.truth.json``; return the folders.
 
     ``views`` > 1 adds ``view_1/`` ... to each case (conventions, "Several views of one case"): the
@@ -155,7 +171,12 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
 
     ``physics``: a preset of :mod:`SphericalRegLib.physics` or ``random`` (every parameter drawn per
     view; the table and the instruments, being in the room, are the same in every view of a case);
-    ``plain`` with ``photons`` is the simulator of earlier results, frame for frame."""
+    ``plain`` with ``photons`` is the simulator of earlier results, frame for frame.
+
+    ``xray_ct``: the CT the X-rays are rendered from, when ``ct_path`` is a crop of it in the same
+    world coordinates (a narrow spine CT cut from a wider one). A patient's X-ray shows the body on
+    past a narrow CT's field, and one rendered from the crop shows a slab with air beside it; the
+    case gets the crop, as registration would. Poses and landmarks are drawn for the crop."""
     ct_path, out = Path(ct_path), Path(out)
     if n < 1:
         raise InputError("n", f"is {n}", "at least one case")
@@ -173,6 +194,7 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
     physics_for(physics, physics_generator)  # an unknown name fails before any work
     physics_generator.manual_seed(int(seed) + 3_000_003)
     ct = read_ct(ct_path)
+    body = ct if xray_ct is None else _enclosing(read_ct(xray_ct), ct, xray_ct)
     camera = default_camera(ct, sdd, size, pixel_spacing)
     truth, start = evaluation_poses(ct.centre, camera.sdd, n, seed)
     generator = torch.Generator().manual_seed(int(seed))
@@ -182,21 +204,22 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
 
     # Siddon in chunks of 4096 rays: memory stays bounded on a full-resolution CT
     patch = 64 if camera.rows * camera.cols > 64 * 64 else None
-    drr = make_diffdrr(Volume(hu_to_mu(ct.data.float()), ct.ijk_to_ras), camera, patch_size=patch)
+    drr = make_diffdrr(Volume(hu_to_mu(body.data.float()), body.ijk_to_ras), camera, patch_size=patch)
     write_json(out / "simulation.json", {
         "ct": str(ct_path.resolve()), "n": n, "seed": int(seed), "camera": camera.to_json(),
         "photons_per_pixel_in_air": photons, "scatter_to_primary": SCATTER_FRACTION,
         "scatter_sigma_mm": SCATTER_SIGMA_MM, "gain_counts_per_photon": GAIN, "offset_counts": OFFSET,
         "poses": "poses.evaluation_poses(ct.centre, sdd, n, seed)", "renderer": "DiffDRR Siddon, full CT resolution",
-        "views": views, **({"orbit_deg": ORBIT_DEG, "angulation_deg_max": ANGULATION_DEG} if views > 1 else {}),
+        "views": views, "xray_ct": None if xray_ct is None else str(Path(xray_ct).resolve()),
+        **({"orbit_deg": ORBIT_DEG, "angulation_deg_max": ANGULATION_DEG} if views > 1 else {}),
         "physics": physics, "physics_per_case": "case_XXX.truth.json, 'physics' (one per view)",
     }, overwrite=True)
-    prepared = Prepared(ct, camera, drr=drr)
+    prepared = Prepared(body, camera, drr=drr)
 
     def frame(pose: Tensor, noise: torch.Generator, room: dict) -> tuple[Tensor, dict]:
         """One view's file pixels and meta; ``room`` holds the case's table and instruments once drawn."""
         if physics == "plain":
-            return simulate_case(ct, pose, camera, noise, photons=photons, drr=drr), {"physics": "plain"}
+            return simulate_case(body, pose, camera, noise, photons=photons, drr=drr), {"physics": "plain"}
         drawn = physics_for(physics, physics_generator)
         if "physics" in room:  # the same table and instruments as view 0
             first = room["physics"]
@@ -206,7 +229,7 @@ def write_cases(ct_path: str | Path, out: str | Path, n: int, seed: int, size: i
             room["physics"] = drawn
             if drawn.screws or drawn.kwires or drawn.retractors:
                 room["instruments"] = draw_instruments(drawn, ct, physics_generator)
-        return simulate_frame(ct, pose, camera, drawn, noise, prepared, room.get("instruments"))
+        return simulate_frame(body, pose, camera, drawn, noise, prepared, room.get("instruments"))
     # the further views draw from their own generator: view 0 stays as a single-view run writes it
     turns_generator = torch.Generator().manual_seed(int(seed) + 1_000_003)
     noise_generator = torch.Generator().manual_seed(int(seed) + 2_000_003)

@@ -8,7 +8,7 @@ from ..errors import InputError
 from ..simulate import PHOTONS, write_cases
 from . import flags_for_fields
 
-FLAGS = {"n": "--n", "views": "--views", "physics": "--physics", "xray_format": "--format", "ct": "--ct", "photons": "--photons",
+FLAGS = {"xray_ct": "--xray-ct", "n": "--n", "views": "--views", "physics": "--physics", "xray_format": "--format", "ct": "--ct", "photons": "--photons",
          "camera (sdd, size, pixel_spacing)": "--sdd/--size/--pixel-spacing"}
 
 
@@ -30,6 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--views", type=int, default=1,
                         help="X-rays per case (default 1); further views are the C-arm turned by a 60-90 deg orbit "
                              "and up to 10 deg angulation, in view_1/ ... (conventions)")
+    parser.add_argument("--xray-ct", default=None,
+                        help="render the X-rays from this CT when --ct is a crop of it (same world coordinates): a "
+                             "patient's X-ray shows the body past a narrow CT's field; the cases get --ct")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
 
 
@@ -42,5 +45,5 @@ def main(args) -> int:
     with flags_for_fields(FLAGS):
         write_cases(args.ct, args.out, args.n, args.seed, args.size, args.sdd, args.pixel_spacing, args.landmarks,
                     args.photons, args.format, args.overwrite, args.views,
-                    args.physics)
+                    args.physics, xray_ct=args.xray_ct)
     return 0

@@ -140,3 +140,27 @@ def test_default_camera_is_filled_by_the_ct(small_ct):
     # the CT's projection covers the whole detector, and not by much more: its central region fills it
     assert (lo < 0).all() and (hi > 99).all()
     assert ((hi - lo) < 1.6 * 100).any()
+
+
+def test_xray_ct_renders_the_whole_body_for_a_cropped_case(small_ct, tmp_path, capsys):
+    """A case of a narrow crop whose X-ray comes from the CT it was cut from: the same pose and crop as
+    a run on the crop alone, but each frame shows the tissue the crop lacks (lower counts
+    where rays cross it); a CT that does not hold the crop is refused by name."""
+    image = sitk.ReadImage(str(small_ct))
+    crop = image[20:44, 16:48, :]  # a narrow field, the same world coordinates
+    crop_path = tmp_path / "crop.nii.gz"
+    sitk.WriteImage(crop, str(crop_path))
+    base = ["simulate", "--ct", str(crop_path), "--n", "1", "--seed", "5", "--size", "32"]
+    assert cli.main(base + ["--out", str(tmp_path / "crop_only")]) == 0
+    assert cli.main(base + ["--out", str(tmp_path / "whole"), "--xray-ct", str(small_ct)]) == 0
+    alone, whole = read_case(tmp_path / "crop_only" / "case_000"), read_case(tmp_path / "whole" / "case_000")
+    assert torch.equal(whole.ct.data, alone.ct.data)  # the case holds the crop
+    assert torch.equal(read_truth(tmp_path / "whole" / "case_000")[0], read_truth(tmp_path / "crop_only" / "case_000")[0])
+    darker = whole.xray.float() < alone.xray.float() - 200  # counts, well above the noise
+    assert darker.float().mean() > 0.1 and (whole.xray.float() <= alone.xray.float() + 200).float().mean() > 0.95
+    meta = json.loads((tmp_path / "whole" / "simulation.json").read_text())
+    assert meta["xray_ct"] == str(small_ct.resolve())
+    capsys.readouterr()
+    assert cli.main(["simulate", "--ct", str(small_ct), "--n", "1", "--seed", "5", "--size", "16",
+                     "--out", str(tmp_path / "wrong"), "--xray-ct", str(crop_path)]) == 2
+    assert "does not hold the case CT's field" in capsys.readouterr().err
