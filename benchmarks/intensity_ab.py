@@ -19,7 +19,8 @@ uncertainty from six fresh derivative passes, not LM's last exact Jacobian); ``o
 stage from the search's pick alone, not also from the other start, as before the sixteenth session);
 ``coarseN`` (the first intensity level capped at N); ``extensionsN`` (LM may double a step up to N
 times at every intensity level);
-``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``otherlevelsN`` (both starts through the first N intensity levels before the lower cost goes on);
+``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``edges`` / ``fineedges`` (NCC of
+edges alone, at every intensity level or the finest); ``otherlevelsN`` (both starts through the first N intensity levels before the lower cost goes on);
 ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
@@ -60,6 +61,8 @@ def options(v):
             lv = [replace(l, extensions=int(part[10:])) for l in lv]
         elif part.startswith("coarse"):
             lv[0] = replace(lv[0], iterations=int(part[6:]))
+        elif part in ("edges", "fineedges"):
+            lv = [replace(l, terms=("edges",)) if part == "edges" or k == len(lv) - 1 else l for k, l in enumerate(lv)]
         elif part in ("nielsen", "simple"):
             lv = [replace(l, damping_rule=part) for l in lv]
         elif part == "learntb":
@@ -84,7 +87,7 @@ def options(v):
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
-                             "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen or simple")
+                             "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges or fineedges")
     o.refine_levels = tuple(lv)
     return o
 

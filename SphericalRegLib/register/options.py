@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..distortion import validate_distortion
 from ..optimize import DAMPING_RULES
+from .residuals import TERMS
 from ..errors import InputError
 
 __all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE"]
@@ -25,7 +26,8 @@ class IntensityLevel:
     ``broyden``: between exact Jacobians, LM updates the last one from each step's residual;
     ``extensions``: how many times LM may double a step that gained more than its model promised;
     ``damping_rule``: how LM's damping follows its accepted and rejected steps (all three
-    :func:`~SphericalRegLib.optimize.levenberg_marquardt`)."""
+    :func:`~SphericalRegLib.optimize.levenberg_marquardt`). ``terms``: the NCC of intensities, of
+    edges, or both (the default)."""
 
     spacing_mm: float
     image_size: int
@@ -41,10 +43,13 @@ class IntensityLevel:
     # accepted. On 40 random-physics tuning X-rays 1.19x faster (median of paired ratios), the same
     # 5 sub-millimetre and 14 under 2 mm; 12 plain ones 1.08x, 11/12 either way (docs/results.md)
     damping_rule: str = "nielsen"
+    terms: tuple = TERMS
 
     def __post_init__(self):
         if self.damping_rule not in DAMPING_RULES:
             raise InputError("damping_rule", f"is {self.damping_rule!r}", " or ".join(DAMPING_RULES))
+        if not self.terms or any(t not in TERMS for t in self.terms):
+            raise InputError("terms", f"is {self.terms!r}", "one or both of " + " and ".join(TERMS))
 
 
 @dataclass

@@ -12,9 +12,10 @@ from torch import Tensor
 from ..errors import InputError
 from ..intensity import sobel, standardise
 
-__all__ = ["ncc_residual", "bright_outliers", "FORMS", "MIN_VALID", "OUTLIER_MARGIN"]
+__all__ = ["ncc_residual", "bright_outliers", "FORMS", "TERMS", "MIN_VALID", "OUTLIER_MARGIN"]
 
 FORMS = ("difference", "ncc")
+TERMS = ("intensities", "edges")
 
 MIN_VALID = 0.5
 """A patch counts only where at least this share of its pixels is valid; the others' entries are 0."""
@@ -59,7 +60,7 @@ def _erode(mask: Tensor) -> Tensor:
     return ~(F.max_pool2d(inverted, 3, stride=1, padding=1) > 0)
 
 
-def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VALID):
+def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VALID, terms: tuple = TERMS):
     """The LM residual of patch NCC on intensities and on edges (Sobel), ``(B, 1, H, W) x 2 -> (B, M)``.
 
     ``0.5 ||r||^2`` is the mean of four costs either way: ``1 - NCC`` over patches and over the whole
@@ -74,10 +75,14 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
     valid pixels): NCC is taken over them only, masked entries are 0 and the length M stays that of
     the unmasked residual (LM needs a fixed M). A patch with fewer than ``min_valid`` of its pixels
     valid gives 0 entries; the edge terms use the mask shrunk by one pixel. With no mask, or an
-    all-true one, the result is the unmasked residual to the bit.
+    all-true one, the result is the unmasked residual to the bit. ``terms``: which comparisons enter,
+    of intensities, of edges or both (the default; with one, the cost is the mean of its two).
     """
     if form not in FORMS:
         raise InputError("form", f"is {form!r}", " or ".join(FORMS))
+    if not terms or any(t not in TERMS for t in terms):
+        raise InputError("terms", f"is {terms!r}", "one or both of " + " and ".join(TERMS))
+    scale = 2 if len(set(terms)) == 2 else math.sqrt(2)
 
     def tiles(x: Tensor, h: int, w: int) -> Tensor:
         B, c = x.shape[:2]
@@ -88,7 +93,8 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
         H, W = a.shape[-2:]
         h, w = (H // patch) * patch, (W // patch) * patch
         parts = []
-        for fa, fb in ((a, b), (sobel(a), sobel(b))):
+        pairs = {"intensities": lambda: (a, b), "edges": lambda: (sobel(a), sobel(b))}
+        for fa, fb in (pairs[t]() for t in TERMS if t in terms):
             ta, tb = tiles(fa, h, w), tiles(fb, h, w)
             n_tiles, n = ta.shape[1], ta.shape[2]
             local = (standardise(ta, -1) - standardise(tb, -1)) / math.sqrt(n * n_tiles)
@@ -97,14 +103,15 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
                 local = local.pow(2).sum(-1).clamp_min(1e-12).sqrt()
                 whole = whole.flatten(1).pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
             parts += [local.flatten(1), whole.flatten(1)]
-        return torch.cat(parts, dim=-1) / 2
+        return torch.cat(parts, dim=-1) / scale
 
     def masked(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
         H, W = a.shape[-2:]
         h, w = (H // patch) * patch, (W // patch) * patch
         mask = mask.expand(a.shape[0], 1, H, W)
         parts = []
-        for fa, fb, m in ((a, b, mask), (sobel(a), sobel(b), _erode(mask).expand(-1, 2, -1, -1))):
+        pairs = {"intensities": lambda: (a, b, mask), "edges": lambda: (sobel(a), sobel(b), _erode(mask).expand(-1, 2, -1, -1))}
+        for fa, fb, m in (pairs[t]() for t in TERMS if t in terms):
             wm = m.to(fa.dtype)
             ta, tb, tm = tiles(fa, h, w), tiles(fb, h, w), tiles(wm, h, w)
             n = ta.shape[2]
@@ -118,7 +125,7 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
                 local = local.pow(2).sum(-1).clamp_min(1e-12).sqrt() * ok[..., 0]
                 whole = whole.flatten(1).pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
             parts += [local.flatten(1), whole.flatten(1)]
-        return torch.cat(parts, dim=-1) / 2
+        return torch.cat(parts, dim=-1) / scale
 
     def residual(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None or bool(mask.all()):

@@ -43,3 +43,24 @@ def test_a_mask_keeps_the_length_ignores_masked_pixels_and_is_exact_when_all_tru
     found = bright_outliers(x, b, torch.ones(1, 1, 40, 40, dtype=torch.bool))
     assert found[..., 10:14, 10:30].all() and found.float().mean() < 0.1
     assert not bright_outliers(a, b, torch.ones(1, 1, 40, 40, dtype=torch.bool)).any()
+
+
+@pytest.mark.parametrize("form", ["difference", "ncc"])
+def test_one_term_alone_is_the_mean_of_its_own_costs(form):
+    """The cost of both terms is the mean of the intensity-only and edge-only costs (each the mean
+    of its patch and whole-image 1 - NCC), masked or not; both terms named is the default to the
+    bit; an unknown term is refused by name."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 1, 40, 40, generator=g).cumsum(-1)  # smooth rows: noise moves edges more than intensities
+    b = a + torch.rand(2, 1, 40, 40, generator=g)
+    mask = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+    mask[..., :6, :] = False
+    for m in (None, mask):
+        def cost(terms):
+            return 0.5 * ncc_residual(8, form, terms=terms)(a, b, m).pow(2).sum(-1)
+        both, intensities, edges = cost(("intensities", "edges")), cost(("intensities",)), cost(("edges",))
+        assert torch.allclose(both, (intensities + edges) / 2, rtol=1e-6)
+        assert (intensities < 0.8 * edges).all()
+        assert torch.equal(ncc_residual(8, form)(a, b, m), ncc_residual(8, form, terms=("intensities", "edges"))(a, b, m))
+    with pytest.raises(InputError, match="terms"):
+        ncc_residual(8, form, terms=("gradients",))
