@@ -206,8 +206,9 @@ def levenberg_marquardt(
     lambda by ``max(1/3, 1 - (2 rho - 1)^3)`` and resets ``nu`` to 2, a rejected one multiplies it
     by ``nu`` and doubles ``nu``, so a run of rejections raises lambda 2, 8, 64, 1024 times instead
     of 2, 4, 8, 16: a start whose damping is far too small wastes 4 iterations, not 9. A trial
-    with a non-finite residual or outside the trust region multiplies lambda by 10 either way. Stopping on a
-    small step within 5 iterations of such a trial counts as diverged (blocked), not converged.
+    with a non-finite residual or outside the trust region multiplies lambda by 10 either way.
+    Stopping on a small step within 5 iterations of such a trial counts as diverged (blocked), not
+    converged.
 
     An element stops as *converged* when a proposed step is below ``step_tol`` = (rotation
     rad, translation mm), when ``patience`` accepted steps in a row lower the cost by less

@@ -20,7 +20,8 @@ stage from the search's pick alone, not also from the other start, as before the
 ``coarseN`` (the first intensity level capped at N); ``extensionsN`` (LM may double a step up to N
 times at every intensity level);
 ``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``edges`` / ``fineedges`` (NCC of
-edges alone, at every intensity level or the finest); ``otherlevelsN`` (both starts through the first N intensity levels before the lower cost goes on);
+edges alone, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
+first N intensity levels before the lower cost goes on);
 ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.

@@ -78,7 +78,7 @@ def record(case_dir: Path, answer: torch.Tensor) -> dict:
 
 stages.levenberg_marquardt = traced
 folders = [Path(c) for c in args.cases]
-case_dirs = [f for f in folders if (f / "xray.png").exists() or (f / "views").exists() or (f / "geometry.json").exists()]
+case_dirs = [f for f in folders if any(f.glob("xray.*"))]
 case_dirs += [c for f in folders if f not in case_dirs for c in sorted(f.iterdir()) if c.is_dir()]
 registrar = None
 out = open(args.out, "a") if args.out else None

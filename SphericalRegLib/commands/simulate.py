@@ -8,8 +8,8 @@ from ..errors import InputError
 from ..simulate import PHOTONS, write_cases
 from . import flags_for_fields
 
-FLAGS = {"xray_ct": "--xray-ct", "n": "--n", "views": "--views", "physics": "--physics", "xray_format": "--format", "ct": "--ct", "photons": "--photons",
-         "camera (sdd, size, pixel_spacing)": "--sdd/--size/--pixel-spacing"}
+FLAGS = {"xray_ct": "--xray-ct", "n": "--n", "views": "--views", "physics": "--physics", "xray_format": "--format",
+         "ct": "--ct", "photons": "--photons", "camera (sdd, size, pixel_spacing)": "--sdd/--size/--pixel-spacing"}
 
 
 def add_arguments(parser) -> None:

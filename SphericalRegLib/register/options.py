@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..distortion import validate_distortion
+from ..errors import InputError
 from ..optimize import DAMPING_RULES
 from .residuals import TERMS
-from ..errors import InputError
 
 __all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE"]
 

@@ -110,7 +110,8 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
         h, w = (H // patch) * patch, (W // patch) * patch
         mask = mask.expand(a.shape[0], 1, H, W)
         parts = []
-        pairs = {"intensities": lambda: (a, b, mask), "edges": lambda: (sobel(a), sobel(b), _erode(mask).expand(-1, 2, -1, -1))}
+        pairs = {"intensities": lambda: (a, b, mask),
+                 "edges": lambda: (sobel(a), sobel(b), _erode(mask).expand(-1, 2, -1, -1))}
         for fa, fb, m in (pairs[t]() for t in TERMS if t in terms):
             wm = m.to(fa.dtype)
             ta, tb, tm = tiles(fa, h, w), tiles(fb, h, w), tiles(wm, h, w)

@@ -155,7 +155,8 @@ def test_xray_ct_renders_the_whole_body_for_a_cropped_case(small_ct, tmp_path, c
     assert cli.main(base + ["--out", str(tmp_path / "whole"), "--xray-ct", str(small_ct)]) == 0
     alone, whole = read_case(tmp_path / "crop_only" / "case_000"), read_case(tmp_path / "whole" / "case_000")
     assert torch.equal(whole.ct.data, alone.ct.data)  # the case holds the crop
-    assert torch.equal(read_truth(tmp_path / "whole" / "case_000")[0], read_truth(tmp_path / "crop_only" / "case_000")[0])
+    truth = [read_truth(tmp_path / name / "case_000")[0] for name in ("whole", "crop_only")]
+    assert torch.equal(*truth)
     darker = whole.xray.float() < alone.xray.float() - 200  # counts, well above the noise
     assert darker.float().mean() > 0.1 and (whole.xray.float() <= alone.xray.float() + 200).float().mean() > 0.95
     meta = json.loads((tmp_path / "whole" / "simulation.json").read_text())
