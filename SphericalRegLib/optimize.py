@@ -330,14 +330,13 @@ def levenberg_marquardt(
             cost = torch.where(accept, cost_trial, cost)
             r = torch.where(accept[:, None], r_trial, r)
             if damping_rule == "nielsen":
-                shrink = (1 - (2 * rho - 1).pow(3)).clamp_min(1 / 3)
-                grown = active & ok & ~accept & ~suspect
-                lam = torch.where(accept, lam * shrink, torch.where(suspect, lam, torch.where(
-                    active & ok, lam * nu, torch.where(active, lam * 10, lam))))
-                nu = torch.where(accept, torch.full_like(nu, 2.0), torch.where(grown, nu * 2, nu))
+                after_accept, after_reject = lam * (1 - (2 * rho - 1).pow(3)).clamp_min(1 / 3), lam * nu
+                nu = torch.where(accept, torch.full_like(nu, 2.0),
+                                 torch.where(active & ok & ~suspect, nu * 2, nu))
             else:
-                lam = torch.where(accept, lam / 3, torch.where(suspect, lam, torch.where(
-                    active & ok, lam * 2, torch.where(active, lam * 10, lam))))
+                after_accept, after_reject = lam / 3, lam * 2
+            lam = torch.where(accept, after_accept, torch.where(suspect, lam, torch.where(
+                active & ok, after_reject, torch.where(active, lam * 10, lam))))
             iterations = iterations + active.long()
             # Stopping right after a trial was inadmissible means pressing against the trust region or
             # a non-finite region: that is not a minimum, whatever the step size says.

@@ -111,13 +111,9 @@ def _copy_ct(source: Path, folder: Path, overwrite: bool) -> Path:
 
 
 def _enclosing(body: Volume, ct: Volume, source) -> Volume:
-    """``body``, checked to hold ``ct``'s voxel box (1 mm tolerance), or a clear error."""
-    def corners(v: Volume) -> Tensor:
-        ijk = torch.cartesian_prod(*[torch.tensor([-0.5, n - 0.5], dtype=torch.float64) for n in v.shape])
-        return transform_points(v.ijk_to_ras.to(torch.float64), ijk)
-
+    """``body``, checked to hold ``ct``'s corner voxels (1 mm tolerance), or a clear error."""
     inside = body.ijk_to_ras.to(torch.float64).inverse()
-    ijk = transform_points(inside, corners(ct))
+    ijk = transform_points(inside, ct.corners().to(torch.float64))
     size = torch.tensor(body.shape, dtype=torch.float64)
     tolerance = 1.0 / body.spacing.to(torch.float64)
     if not bool(((ijk >= -0.5 - tolerance) & (ijk <= size - 0.5 + tolerance)).all()):

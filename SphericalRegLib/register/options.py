@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..distortion import validate_distortion
 from ..errors import InputError
 from ..optimize import DAMPING_RULES
-from .residuals import TERMS
+from .residuals import TERMS, check_terms
 
 __all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE"]
 
@@ -48,8 +48,7 @@ class IntensityLevel:
     def __post_init__(self):
         if self.damping_rule not in DAMPING_RULES:
             raise InputError("damping_rule", f"is {self.damping_rule!r}", " or ".join(DAMPING_RULES))
-        if not self.terms or any(t not in TERMS for t in self.terms):
-            raise InputError("terms", f"is {self.terms!r}", "one or both of " + " and ".join(TERMS))
+        check_terms(self.terms)
 
 
 @dataclass

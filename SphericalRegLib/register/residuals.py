@@ -17,6 +17,13 @@ __all__ = ["ncc_residual", "bright_outliers", "FORMS", "TERMS", "MIN_VALID", "OU
 FORMS = ("difference", "ncc")
 TERMS = ("intensities", "edges")
 
+
+def check_terms(terms) -> tuple[str, ...]:
+    """The comparisons named in ``terms``, in :data:`TERMS` order, or a clear error."""
+    if not terms or any(t not in TERMS for t in terms):
+        raise InputError("terms", f"is {terms!r}", "one or both of " + " and ".join(TERMS))
+    return tuple(t for t in TERMS if t in terms)
+
 MIN_VALID = 0.5
 """A patch counts only where at least this share of its pixels is valid; the others' entries are 0."""
 
@@ -80,9 +87,8 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
     """
     if form not in FORMS:
         raise InputError("form", f"is {form!r}", " or ".join(FORMS))
-    if not terms or any(t not in TERMS for t in terms):
-        raise InputError("terms", f"is {terms!r}", "one or both of " + " and ".join(TERMS))
-    scale = 2 if len(set(terms)) == 2 else math.sqrt(2)
+    used = check_terms(terms)
+    scale = math.sqrt(2 * len(used))  # 0.5 ||r||^2: the mean of each term's patch and whole-image cost
 
     def tiles(x: Tensor, h: int, w: int) -> Tensor:
         B, c = x.shape[:2]
@@ -94,7 +100,7 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
         h, w = (H // patch) * patch, (W // patch) * patch
         parts = []
         pairs = {"intensities": lambda: (a, b), "edges": lambda: (sobel(a), sobel(b))}
-        for fa, fb in (pairs[t]() for t in TERMS if t in terms):
+        for fa, fb in (pairs[t]() for t in used):
             ta, tb = tiles(fa, h, w), tiles(fb, h, w)
             n_tiles, n = ta.shape[1], ta.shape[2]
             local = (standardise(ta, -1) - standardise(tb, -1)) / math.sqrt(n * n_tiles)
@@ -112,7 +118,7 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
         parts = []
         pairs = {"intensities": lambda: (a, b, mask),
                  "edges": lambda: (sobel(a), sobel(b), _erode(mask).expand(-1, 2, -1, -1))}
-        for fa, fb, m in (pairs[t]() for t in TERMS if t in terms):
+        for fa, fb, m in (pairs[t]() for t in used):
             wm = m.to(fa.dtype)
             ta, tb, tm = tiles(fa, h, w), tiles(fb, h, w), tiles(wm, h, w)
             n = ta.shape[2]
