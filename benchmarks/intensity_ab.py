@@ -1,6 +1,7 @@
 """The default pipeline from the regressor against variants of its later stages, case by case.
 
     python benchmarks/intensity_ab.py THREADS VARIANTS OUT.jsonl CASES [CASES ...]
+    python benchmarks/intensity_ab.py summary OUT.jsonl [OUT.jsonl ...]
 
 VARIANTS, comma-separated, each a ``+``-joined list of changes to the current defaults:
 ``base`` (none); ``learnt`` (the learnt-similarity stage whatever the model's validation says, the
@@ -20,7 +21,8 @@ stage from the search's pick alone, not also from the other start, as before the
 ``coarseN`` (the first intensity level capped at N); ``extensionsN`` (LM may double a step up to N
 times at every intensity level);
 ``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``edges`` / ``fineedges`` (NCC of
-edges alone, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
+edges alone, at every intensity level or the finest); ``robustC`` / ``finerobustC`` (each patch's cost
+under Cauchy's loss of scale C, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
 first N intensity levels before the lower cost goes on);
 ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
@@ -64,6 +66,10 @@ def options(v):
             lv[0] = replace(lv[0], iterations=int(part[6:]))
         elif part in ("edges", "fineedges"):
             lv = [replace(l, terms=("edges",)) if part == "edges" or k == len(lv) - 1 else l for k, l in enumerate(lv)]
+        elif part.startswith("finerobust"):
+            lv[-1] = replace(lv[-1], robust=float(part[10:]))
+        elif part.startswith("robust"):
+            lv = [replace(l, robust=float(part[6:])) for l in lv]
         elif part in ("nielsen", "simple"):
             lv = [replace(l, damping_rule=part) for l in lv]
         elif part == "learntb":
@@ -88,12 +94,37 @@ def options(v):
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
-                             "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges or fineedges")
+                             "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
+                             "robustC or finerobustC")
     o.refine_levels = tuple(lv)
     return o
 
 
+def summary(paths):
+    """Per variant, over the cases every variant ran: sub-millimetre, under 2 mm, median and p95 mTRE,
+    gross failures (mTRE > 5 mm) with the highest confidence among them, median seconds, and the
+    median of per-case time ratios against the first variant."""
+    import numpy as np
+    rows = [json.loads(line) for p in paths for line in open(p)]
+    by = {}
+    for r in rows:
+        by.setdefault(r["variant"], {})[(r["folder"], r["case"])] = r
+    common = set.intersection(*(set(v) for v in by.values()))
+    first = next(iter(by))
+    print(f"{len(common)} cases in common")
+    for v, cases in by.items():
+        rs = [cases[k] for k in sorted(common)]
+        m = np.array([r["mtre"] for r in rs])
+        gross = [r["confidence"] or 0.0 for r in rs if r["mtre"] > 5]
+        ratio = np.median([cases[k]["seconds"] / by[first][k]["seconds"] for k in common])
+        print(f"{v:32s} sub-mm {int((m < 1).sum()):3d} <2mm {int((m < 2).sum()):3d} median {np.median(m):6.2f} "
+              f"p95 {np.percentile(m, 95):6.1f} gross {len(gross)} (max conf {max(gross, default=0):.3f}) "
+              f"median s {np.median([r['seconds'] for r in rs]):5.2f} time ratio {ratio:.2f}")
+
+
 def main():
+    if sys.argv[1] == "summary":
+        return summary(sys.argv[2:])
     torch.set_num_threads(int(sys.argv[1]))
     variants = sys.argv[2].split(",")
     out = open(sys.argv[3], "a")

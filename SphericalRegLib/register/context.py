@@ -100,7 +100,7 @@ class RegistrationContext:
         from .residuals import bright_outliers
 
         mu = self.attenuation[level.spacing_mm]
-        residual = ncc_residual(level.patch, form or level.form, terms=level.terms)
+        residual = ncc_residual(level.patch, form or level.form, terms=level.terms, robust=level.robust)
 
         def one(pyramid: XrayPyramid):
             x, camera, valid = self.xray_level(pyramid, level.image_size)

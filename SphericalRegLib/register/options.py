@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..distortion import validate_distortion
 from ..errors import InputError
 from ..optimize import DAMPING_RULES
-from .residuals import TERMS, check_terms
+from .residuals import TERMS, check_robust, check_terms
 
 __all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE"]
 
@@ -27,7 +27,8 @@ class IntensityLevel:
     ``extensions``: how many times LM may double a step that gained more than its model promised;
     ``damping_rule``: how LM's damping follows its accepted and rejected steps (all three
     :func:`~SphericalRegLib.optimize.levenberg_marquardt`). ``terms``: the NCC of intensities, of
-    edges, or both (the default)."""
+    edges, or both (the default); ``robust``: Cauchy's scale for each patch's cost, None for least
+    squares (:func:`~SphericalRegLib.register.residuals.robust_patches`)."""
 
     spacing_mm: float
     image_size: int
@@ -44,11 +45,13 @@ class IntensityLevel:
     # 5 sub-millimetre and 14 under 2 mm; 12 plain ones 1.08x, 11/12 either way (docs/results.md)
     damping_rule: str = "nielsen"
     terms: tuple = TERMS
+    robust: float | None = None
 
     def __post_init__(self):
         if self.damping_rule not in DAMPING_RULES:
             raise InputError("damping_rule", f"is {self.damping_rule!r}", " or ".join(DAMPING_RULES))
         check_terms(self.terms)
+        check_robust(self.robust)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..intensity import sobel, standardise
 
-__all__ = ["ncc_residual", "bright_outliers", "FORMS", "TERMS", "MIN_VALID", "OUTLIER_MARGIN"]
+__all__ = ["ncc_residual", "robust_patches", "bright_outliers", "FORMS", "TERMS", "MIN_VALID", "OUTLIER_MARGIN"]
 
 FORMS = ("difference", "ncc")
 TERMS = ("intensities", "edges")
@@ -67,7 +67,29 @@ def _erode(mask: Tensor) -> Tensor:
     return ~(F.max_pool2d(inverted, 3, stride=1, padding=1) > 0)
 
 
-def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VALID, terms: tuple = TERMS):
+def check_robust(robust) -> None:
+    """A Cauchy scale is None or a positive number, or a clear error."""
+    if robust is not None and not (isinstance(robust, (int, float)) and 0 < robust < math.inf):
+        raise InputError("robust", f"is {robust!r}", "None or a positive number")
+
+
+def robust_patches(local: Tensor, n_patches: Tensor | int, scale: float | None) -> Tensor:
+    """Each patch's entries ``local`` (B, tiles, n) rescaled so that the patch costs Cauchy's
+    ``c log(1 + d / c)`` instead of its ``d = 2 (1 - NCC)`` (``d = n_patches * ||entries||^2``), with
+    ``c = scale``; None leaves them as they are.
+
+    A patch that cannot match (collimator shadow, an instrument, tissue the CT does not hold) costs
+    up to 4 under least squares and pulls the pose as hard as any; under Cauchy's loss its pull
+    fades as it stays unmatched, while well-matched patches (``d << c``) count as before."""
+    if scale is None:
+        return local
+    d = local.pow(2).sum(-1, keepdim=True) * n_patches
+    ratio = torch.where(d > 1e-12, scale * torch.log1p(d / scale) / d.clamp_min(1e-12), torch.ones_like(d))
+    return local * ratio.sqrt()
+
+
+def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VALID, terms: tuple = TERMS,
+                 robust: float | None = None):
     """The LM residual of patch NCC on intensities and on edges (Sobel), ``(B, 1, H, W) x 2 -> (B, M)``.
 
     ``0.5 ||r||^2`` is the mean of four costs either way: ``1 - NCC`` over patches and over the whole
@@ -84,9 +106,11 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
     valid gives 0 entries; the edge terms use the mask shrunk by one pixel. With no mask, or an
     all-true one, the result is the unmasked residual to the bit. ``terms``: which comparisons enter,
     of intensities, of edges or both (the default; with one, the cost is the mean of its two).
+    ``robust``: Cauchy's scale for each patch's cost (:func:`robust_patches`); None, least squares.
     """
     if form not in FORMS:
         raise InputError("form", f"is {form!r}", " or ".join(FORMS))
+    check_robust(robust)
     used = check_terms(terms)
     scale = math.sqrt(2 * len(used))  # 0.5 ||r||^2: the mean of each term's patch and whole-image cost
 
@@ -103,7 +127,8 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
         for fa, fb in (pairs[t]() for t in used):
             ta, tb = tiles(fa, h, w), tiles(fb, h, w)
             n_tiles, n = ta.shape[1], ta.shape[2]
-            local = (standardise(ta, -1) - standardise(tb, -1)) / math.sqrt(n * n_tiles)
+            local = robust_patches((standardise(ta, -1) - standardise(tb, -1)) / math.sqrt(n * n_tiles), n_tiles,
+                                   robust)
             whole = (standardise(fa, (1, 2, 3)) - standardise(fb, (1, 2, 3))) / math.sqrt(fa[0].numel())
             if form == "ncc":  # the norm of each group of differences: sqrt(2 (1 - NCC)) per patch
                 local = local.pow(2).sum(-1).clamp_min(1e-12).sqrt()
@@ -126,6 +151,7 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
             ok = (n_valid >= min_valid * n).to(fa.dtype)
             n_ok = ok.sum(1, keepdim=True).clamp_min(1)
             local = (standardise(ta, -1, tm) - standardise(tb, -1, tm)) * ok / (n_valid.clamp_min(1) * n_ok).sqrt()
+            local = robust_patches(local, n_ok, robust)
             total = wm.sum((1, 2, 3), keepdim=True).clamp_min(1)
             whole = (standardise(fa, (1, 2, 3), wm) - standardise(fb, (1, 2, 3), wm)) / total.sqrt()
             if form == "ncc":

@@ -65,3 +65,30 @@ def test_one_term_alone_is_the_mean_of_its_own_costs(form):
         assert torch.equal(ncc_residual(8, form)(a, b, m), both_named(a, b, m))
     with pytest.raises(InputError, match="terms"):
         ncc_residual(8, form, terms=("gradients",))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_robust_scale_caps_what_an_unmatched_patch_costs(masked):
+    """Cauchy's loss per patch: a very large scale is least squares; at a small scale a patch that
+    cannot match (an instrument, tissue the CT lacks) costs far less than under least squares, while
+    a well-matched image costs about the same; the residual keeps its length."""
+    g = torch.Generator().manual_seed(3)
+    b = torch.rand(1, 1, 40, 40, generator=g).cumsum(-1)
+    a = b + 0.05 * torch.rand(1, 1, 40, 40, generator=g)
+    spoilt = a.clone()
+    spoilt[..., :8, :8] = torch.rand(1, 1, 8, 8, generator=g)  # one patch of something else
+    mask = torch.ones(1, 1, 40, 40, dtype=torch.bool) if masked else None
+    if masked:
+        mask[..., 32:, :] = False
+
+    def cost(x, robust):
+        r = ncc_residual(8, robust=robust)(x, b, mask)
+        return r.shape[-1], float(0.5 * r.pow(2).sum(-1))
+
+    n, plain = cost(spoilt, None)
+    assert cost(spoilt, 1e9) == pytest.approx((n, plain), rel=1e-6)
+    n_robust, robust = cost(spoilt, 0.05)
+    assert n_robust == n and robust < 0.7 * plain
+    assert cost(a, 0.05)[1] == pytest.approx(cost(a, None)[1], rel=0.1)
+    with pytest.raises(InputError, match="robust"):
+        ncc_residual(8, robust=0.0)
