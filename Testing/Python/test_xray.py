@@ -302,3 +302,23 @@ def test_an_iris_behind_blades_is_found_where_its_edge_shows():
     field = shutter_mask(image)
     found = round_field_mask(image, within=field)
     assert not (found & corners).any() and found[(r < 70.0) & field].all()
+
+
+def test_a_blade_that_an_s_curve_export_leaves_barely_darker_than_dense_anatomy_is_found():
+    """A sigmoid display LUT squeezes a blade's shadow and the dense anatomy beside it into the last
+    few grey levels: the log reading sees no step there, the linear reading stretches that end, and
+    an export is searched for blades in both."""
+    from SphericalRegLib.xray import LOG_SPAN, _linear_reading
+
+    L = body_line_integrals() + 2.0  # dense anatomy up to the blade
+    shadow = torch.zeros_like(L, dtype=torch.bool)
+    shadow[-12:] = True
+    y = -torch.where(shadow, L + 3.9, L)
+    export = (4095 * torch.sigmoid((y - torch.quantile(y, 0.5)) / 0.3)).round()  # 12 bits, air bright
+    lo, hi = float(export.min()), float(export.max())
+    assert shutter_mask(LOG_SPAN * (hi - export) / (hi - lo))[-12:].all()  # the log reading alone misses it
+    assert not shutter_mask(_linear_reading(export, lo, hi))[-12:].any()
+    for encoding in ("processed", "processed-linear"):
+        _, _, valid = preprocess(export, camera(), size=80, encoding=encoding)
+        unclipped = (export != lo) & (export != hi)  # the flat thin anatomy is clipped white
+        assert not (valid & shadow).any() and torch.equal(valid[:40], unclipped[:40])
