@@ -366,16 +366,17 @@ def _read(image: Tensor, photometric: str, air, dark, encoding: str) -> tuple[Te
     if encoding in ("processed", "processed-linear"):
         v = _as_intensity(x, photometric)  # air bright
         lo, hi = float(v.min()), float(v.max())
-        log, linear = LOG_SPAN * (hi - v) / max(hi - lo, 1e-12), _linear_reading(v, lo, hi)
-        L = log if encoding == "processed" else linear
         low, high = _plateaus(v)
         unclipped = ~(((v == lo) & (low >= 0.0005)) | ((v == hi) & (high >= 0.0005)))
-        filled = torch.where(unclipped, L, _median3(L))
+        readings = {"processed": LOG_SPAN * (hi - v) / max(hi - lo, 1e-12),
+                    "processed-linear": _linear_reading(v, lo, hi)}
+        filled = {k: torch.where(unclipped, r, _median3(r)) for k, r in readings.items()}
+        L = readings[encoding]
         # blades in either reading: a saturating LUT leaves a blade's shadow barely darker than dense
         # anatomy in the log reading, and the linear one stretches that end (S-curve exports)
-        field = collimator_mask(x, photometric) & shutter_mask(torch.where(unclipped, log, _median3(log))) & \
-            shutter_mask(torch.where(unclipped, linear, _median3(linear)))
-        field = field & round_field_mask(filled, within=field)
+        field = collimator_mask(x, photometric) & shutter_mask(filled["processed"]) & \
+            shutter_mask(filled["processed-linear"])
+        field = field & round_field_mask(filled[encoding], within=field)
         return torch.where(field, L, torch.zeros_like(L)), field, unclipped
     # raw detector counts: the old reading, exactly, when nothing is found
     field = collimator_mask(x, photometric)
@@ -406,8 +407,8 @@ def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photo
     ``photometric`` "AUTO" lets :func:`describe` choose it too. The exposed field (collimator
     blades, :func:`collimator_mask` and :func:`shutter_mask`) is found on the full-resolution frame,
     in an export's log and linear readings both (a display LUT may squeeze a blade's step into the
-    end of the window that one of them compresses); dead and hot pixels (:func:`defects`) are replaced by their 3 x 3 median. The mask is resampled
-    with the image: a pixel is valid when it lies wholly inside the exposed field and most of it
+    end of the window that one of them compresses); dead and hot pixels (:func:`defects`) are
+    replaced by their 3 x 3 median. The mask is resampled with the image: a pixel is valid when it lies wholly inside the exposed field and most of it
     is not clipped (saturated, or black or white in a window). Line integrals are float32, 0
     outside the field (clipped pixels keep their clipped value). With ``line_integrals`` the image
     already holds -log(I/I0): it is only resampled, every pixel valid.
