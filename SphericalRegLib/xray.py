@@ -368,10 +368,11 @@ def _read(image: Tensor, photometric: str, air, dark, encoding: str) -> tuple[Te
         lo, hi = float(v.min()), float(v.max())
         low, high = _plateaus(v)
         unclipped = ~(((v == lo) & (low >= 0.0005)) | ((v == hi) & (high >= 0.0005)))
-        readings = {"processed": LOG_SPAN * (hi - v) / max(hi - lo, 1e-12),
-                    "processed-linear": _linear_reading(v, lo, hi)}
-        filled = {k: torch.where(unclipped, r, _median3(r)) for k, r in readings.items()}
-        L = readings[encoding]
+        readings = {"processed": lambda u: LOG_SPAN * (hi - u) / max(hi - lo, 1e-12),
+                    "processed-linear": lambda u: _linear_reading(u, lo, hi)}
+        v_filled = torch.where(unclipped, v, _median3(v))  # a median commutes with either monotone reading
+        filled = {k: read(v_filled) for k, read in readings.items()}
+        L = readings[encoding](v)
         # blades in either reading: a saturating LUT leaves a blade's shadow barely darker than dense
         # anatomy in the log reading, and the linear one stretches that end (S-curve exports)
         field = collimator_mask(x, photometric) & shutter_mask(filled["processed"]) & \
@@ -408,9 +409,10 @@ def preprocess(image: Tensor, camera: Camera, size: int | tuple[int, int], photo
     blades, :func:`collimator_mask` and :func:`shutter_mask`) is found on the full-resolution frame,
     in an export's log and linear readings both (a display LUT may squeeze a blade's step into the
     end of the window that one of them compresses); dead and hot pixels (:func:`defects`) are
-    replaced by their 3 x 3 median. The mask is resampled with the image: a pixel is valid when it lies wholly inside the exposed field and most of it
-    is not clipped (saturated, or black or white in a window). Line integrals are float32, 0
-    outside the field (clipped pixels keep their clipped value). With ``line_integrals`` the image
+    replaced by their 3 x 3 median. The mask is resampled with the image: a pixel is valid when it
+    lies wholly inside the exposed field and most of it is not clipped (saturated, or black or white
+    in a window). Line integrals are float32, 0 outside the field (clipped pixels keep their clipped
+    value). With ``line_integrals`` the image
     already holds -log(I/I0): it is only resampled, every pixel valid.
     """
     rows, cols = _target_size(camera, size)
