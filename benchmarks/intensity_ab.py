@@ -23,7 +23,9 @@ times at every intensity level);
 ``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``edges`` / ``fineedges`` (NCC of
 edges alone, at every intensity level or the finest); ``robustC`` / ``finerobustC`` (each patch's cost
 under Cauchy's loss of scale C, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
-first N intensity levels before the lower cost goes on);
+first N intensity levels before the lower cost goes on); ``searchzN`` (the translation search's
+half-width along the camera's z axis, the depth, set to N steps); ``finepatchN`` (the finest level's
+NCC patches N px wide);
 ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
@@ -83,6 +85,10 @@ def options(v):
             o.learnt_stage = "always"
         elif part.startswith("levels"):
             lv = [replace(l, ray_samples=float(part[6:])) for l in lv]
+        elif part.startswith("finepatch"):
+            lv[-1] = replace(lv[-1], patch=int(part[9:]))
+        elif part.startswith("searchz"):
+            o.search_steps = (*o.search_steps[:2], int(part[7:]))
         elif part.startswith("search"):
             o.search_level = replace(o.search_level, ray_samples=float(part[6:]))
         elif part in ("fixdepth", "freedepth"):
@@ -95,7 +101,7 @@ def options(v):
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
                              "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
-                             "robustC or finerobustC")
+                             "robustC, finerobustC, searchzN or finepatchN")
     o.refine_levels = tuple(lv)
     return o
 
