@@ -25,8 +25,7 @@ edges alone, at every intensity level or the finest); ``robustC`` / ``finerobust
 under Cauchy's loss of scale C, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
 first N intensity levels before the lower cost goes on); ``searchzN`` (the translation search's
 half-width along the camera's z axis, the depth, set to N steps); ``finepatchN`` (the finest level's
-NCC patches N px wide);
-``init`` (start from
+NCC patches N px wide); ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,

@@ -92,9 +92,6 @@ class RegisterOptions:
     # basins (registrar.OTHER_START_DEG / _MM): how many intensity levels both run before the lower
     # cost goes on alone (0: the search's pick alone, as before the sixteenth session)
     other_start_levels: int = 1
-    # with several views the pose is pinned in every direction and the finest level converges in
-    # about half its iterations (5-7 of 12 on the tuning cases, docs/results.md): its cap then
-    joint_final_iterations: int = 6
     # how well each further view's camera_from_reference is known (1 sd): 0 takes it as exact; above
     # 0 it is refined after the intensity stage, as positioner angles about the isocentre
     relative_rotation_sd_deg: float = 0.0
