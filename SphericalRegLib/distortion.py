@@ -5,7 +5,8 @@ The model is the one :mod:`~SphericalRegLib.physics` simulates: a pixel at norma
 (1 at the detector's corners) shows the input screen at ``r / (1 + k r^2)``, turned by ``-s r``.
 Pincushion mimics magnification, so an uncorrected II frame registers centimetres off in depth
 (docs/results.md); a C-arm's dewarp calibration (a grid phantom) gives ``(k, s)``, and
-``RegisterOptions.distortion`` undoes it before the intensity stage.
+``RegisterOptions.distortion`` undoes it before the intensity stage. Without one, several views let
+registration fit each view's own (:func:`~SphericalRegLib.register.stages.distortion_refinement`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from .errors import InputError
 
-__all__ = ["undistort", "validate_distortion", "NAMES", "LIMITS"]
+__all__ = ["distort", "undistort", "validate_distortion", "NAMES", "LIMITS"]
 
 NAMES = ("pincushion", "s_distortion")
 LIMITS = (0.3, 0.3)
@@ -55,3 +56,20 @@ def undistort(image: Tensor, coefficients: Tensor, iterations: int = 4) -> Tenso
     c, sn = torch.cos(s * rd), torch.sin(s * rd)
     grid = torch.stack([scale * (c * u - sn * v), scale * (sn * u + c * v)], -1)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def distort(image: Tensor, coefficients: Tensor) -> Tensor:
+    """``image`` (B, C, H, W), an undistorted detector's frame, as the distorting one shows it, for
+    ``coefficients`` (B, 2): the pixel at ``r`` shows ``r / (1 + k r^2)`` turned by ``-s r`` (the
+    model :mod:`~SphericalRegLib.physics` simulates with). Bilinear, the border repeated; the grid in
+    float64; differentiable in both."""
+    B, C, H, W = image.shape
+    f64 = torch.float64
+    k, s = (coefficients[:, i].to(image.device, f64)[:, None, None] for i in range(2))
+    v, u = torch.meshgrid(torch.linspace(-1, 1, H, dtype=f64, device=image.device),
+                          torch.linspace(-1, 1, W, dtype=f64, device=image.device), indexing="ij")
+    r = torch.sqrt(u**2 + v**2) / math.sqrt(2)
+    scale = 1 / (1 + k * r**2)
+    c, sn = torch.cos(-s * r), torch.sin(-s * r)
+    grid = torch.stack([scale * (c * u - sn * v), scale * (sn * u + c * v)], -1)
+    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=True)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .camera import ISOCENTRE_FRACTION, Camera
+from .distortion import distort
 from .errors import InputError
 from .volume import MU_WATER, Volume, hu_to_mu
 
@@ -724,17 +725,8 @@ def _truncation(paths: Tensor, inside: Tensor, factor: float) -> Tensor:
 
 def _distortion(image: Tensor, physics: Physics) -> Tensor:
     """Image-intensifier pincushion (radial) and S (rotational) distortion, r normalised to the corner."""
-    rows, cols = image.shape
-    v, u = torch.meshgrid(torch.linspace(-1, 1, rows, dtype=torch.float64),
-                          torch.linspace(-1, 1, cols, dtype=torch.float64), indexing="ij")
-    r = torch.sqrt(u**2 + v**2) / math.sqrt(2)
-    # an output pixel at r shows what lies at r / (1 + k r^2) on the input screen, turned back by s r
-    scale = 1 / (1 + physics.pincushion * r**2)
-    theta = -physics.s_distortion * r
-    c, s = torch.cos(theta), torch.sin(theta)
-    uu, vv = scale * (c * u - s * v), scale * (s * u + c * v)
-    grid = torch.stack([uu, vv], -1)[None].to(image.dtype)
-    return F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+    coefficients = torch.tensor([[physics.pincushion, physics.s_distortion]], dtype=torch.float64)
+    return distort(image[None, None], coefficients)[0, 0]
 
 
 def _field_mask(physics: Physics, camera: Camera, g: torch.Generator) -> tuple[Tensor | None, list]:

@@ -25,7 +25,8 @@ edges alone, at every intensity level or the finest); ``robustC`` / ``finerobust
 under Cauchy's loss of scale C, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
 first N intensity levels before the lower cost goes on); ``searchzN`` (the translation search's
 half-width along the camera's z axis, the depth, set to N steps); ``finepatchN`` (the finest level's
-NCC patches N px wide); ``init`` (start from
+NCC patches N px wide); ``fitdistN`` (N rounds of each view's distortion fitted at the joint
+pose, several views only); ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
@@ -86,6 +87,8 @@ def options(v):
             lv = [replace(l, ray_samples=float(part[6:])) for l in lv]
         elif part.startswith("finepatch"):
             lv[-1] = replace(lv[-1], patch=int(part[9:]))
+        elif part.startswith("fitdist"):
+            o.fit_distortion_rounds = int(part[7:])
         elif part.startswith("searchz"):
             o.search_steps = (*o.search_steps[:2], int(part[7:]))
         elif part.startswith("search"):
@@ -100,7 +103,7 @@ def options(v):
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
                              "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
-                             "robustC, finerobustC, searchzN or finepatchN")
+                             "robustC, finerobustC, searchzN, finepatchN or fitdistN")
     o.refine_levels = tuple(lv)
     return o
 
@@ -154,7 +157,7 @@ def main():
                            inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt,
                            final_ncc=r.final_ncc, cost=r.stages["intensity"].cost[-1] if "intensity" in r.stages else None,
                            stages={k: [round(st.seconds, 3), st.iterations] for k, st in r.stages.items()},
-                           linear=any("linear-LUT" in n for n in r.notes))
+                           linear=any("linear-LUT" in n for n in r.notes), distortion=r.distortion)
                 out.write(json.dumps(row) + "\n"); out.flush()
                 print(f"{folder.name} {case_dir.name} {v:5s} mTRE {err['mTRE']:7.2f} depth {err['depth']:6.2f} "
                       f"conf {r.confidence} {dt:.1f}s", flush=True)

@@ -8,7 +8,10 @@ each further view) and the pose from result.json, renders the CT's attenuation l
 in blocks of rows so that memory stays bounded whatever the detector size, and writes view 0's
 ``(rows, cols)`` float32 to OUT_NPY and view k's beside it as ``<stem>_view_k.npy`` (drr.npy,
 drr_view_1.npy, ...). View k's pose is result.json's ``per_view[k]["camera_from_world"]`` (it
-holds a refined relative pose, if any), else ``camera_from_reference @ camera_from_world``.
+holds a refined relative pose, if any), else ``camera_from_reference @ camera_from_world``. Where
+the registration undid an image intensifier's distortion (result.json's ``distortion``, or the
+view's own in ``per_view``), the DRR is distorted the same way, so that it overlays the X-ray as
+acquired.
 Prints ``PROGRESS drr <fraction>`` lines over all views. Runs without ``slicer`` (a file beside
 the logic package, run by path); exit status 2 with one line for bad input, as the
 ``sphericalreg`` commands do.
@@ -71,11 +74,29 @@ def view_poses_of(case: Path, result: Path) -> list:
     return views
 
 
+def view_distortions(case: Path, result: Path) -> list:
+    """Every view's image-intensifier distortion ``(pincushion, s_distortion)`` that the registration
+    undid, or None, view 0 first: the view's own from ``per_view``, else the one given for all."""
+    import json
+
+    try:
+        obj = json.loads(Path(result).read_text())
+    except (OSError, ValueError):
+        return [None] * len(view_geometries(case))
+    per_view = {v.get("name"): v for v in obj.get("per_view") or [] if isinstance(v, dict)}
+    out = []
+    for name, _ in view_geometries(case):
+        d = (per_view.get(name) or {}).get("distortion") or obj.get("distortion")
+        out.append((float(d["pincushion"]), float(d["s_distortion"])) if isinstance(d, dict) else None)
+    return out
+
+
 def render_drr(case: Path, result: Path, device: str | None = None, progress=print, views: bool = False):
     """View 0's DRR ``(rows, cols)`` float32; with ``views``, every view's, as a list (view 0 first)."""
     import numpy as np
     import torch
     from SphericalRegLib.devices import resolve_device
+    from SphericalRegLib.distortion import distort
     from SphericalRegLib.io import read_ct
     from SphericalRegLib.io.cases import CT_NAMES
     from SphericalRegLib.render import Renderer, default_n_samples
@@ -84,6 +105,7 @@ def render_drr(case: Path, result: Path, device: str | None = None, progress=pri
     ct_path = next((case / n for n in CT_NAMES if (case / n).exists()), case / "ct.nrrd")
     ct = read_ct(ct_path)
     poses = view_poses_of(case, result)
+    distortions = view_distortions(case, result)
     if not views:
         poses = poses[:1]
     dev = resolve_device(device)
@@ -92,7 +114,7 @@ def render_drr(case: Path, result: Path, device: str | None = None, progress=pri
     done = 0
     images = []
     with torch.no_grad():
-        for T, camera in poses:
+        for (T, camera), distortion in zip(poses, distortions):
             rows, cols = camera.image_size
             block = max(1, MAX_SAMPLES // max(1, cols * default_n_samples(ct.shape)))
             image = np.zeros((rows, cols), np.float32)
@@ -102,6 +124,9 @@ def render_drr(case: Path, result: Path, device: str | None = None, progress=pri
                 image[top:top + n] = renderer(mu, T[None].to(dev))[0, 0].cpu().numpy()
                 done += n
                 progress(f"PROGRESS drr {min(1.0, done / total):.3f}")
+            if distortion is not None and any(distortion):
+                warped = distort(torch.from_numpy(image)[None, None], torch.tensor([distortion], dtype=torch.float64))
+                image = warped[0, 0].numpy()
             images.append(image)
     return images if views else images[0]
 

@@ -12,6 +12,7 @@ from . import flags_for_fields, set_threads
 FLAGS = {"optimizer": "--optimizer", "learnt_stage": "--learnt-stage", "iterations": "--iterations",
          "device": "--device", "views": "--views",
          "relative_rotation_sd_deg": "--relative-sd", "distortion": "--distortion",
+         "fit_distortion_rounds": "--fit-distortion-rounds",
          "other_start_levels": "--other-start-levels"}
 
 
@@ -28,6 +29,10 @@ def add_arguments(p) -> None:
                    help="an image-intensifier C-arm's distortion from its dewarp calibration: pincushion and S "
                         "rotation (rad) at the detector's corners (docs/physics.md); omit for a flat panel or a "
                         "dewarped frame")
+    p.add_argument("--fit-distortion-rounds", type=int, default=RegisterOptions.fit_distortion_rounds, metavar="N",
+                   help="with several views and no --distortion: rounds of each view's image-intensifier distortion "
+                        "fitted at the joint pose, then the pose again; 0 takes every frame as undistorted "
+                        f"(default {RegisterOptions.fit_distortion_rounds}; a fit of none leaves the pose as it was)")
     p.add_argument("--encoding", default=None, choices=["auto", "intensity", "processed", "processed-linear"],
                    help="how the X-ray's values relate to line integrals: raw detector counts, a processed export "
                         "of a log LUT or of a linear one (default: a DICOM's Pixel Intensity Relationship, else "
@@ -55,6 +60,7 @@ def main(args) -> int:
         options = RegisterOptions(optimizer=args.optimizer, learnt_stage=args.learnt_stage, iterations=args.iterations,
                                   refine=not args.no_refine, other_start_levels=args.other_start_levels,
                                   relative_rotation_sd_deg=args.relative_sd,
+                                  fit_distortion_rounds=args.fit_distortion_rounds,
                                   distortion=None if args.distortion is None else args.distortion.split(","))
         device = resolve_device(args.device)
     last = {"stage": None}

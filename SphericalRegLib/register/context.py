@@ -45,8 +45,9 @@ class RegistrationContext:
     noise_scale: float = 1.0
     """How much larger the pose errors are than the raw J^T J says (the calibration's in-plane factor)."""
     distortion: Tensor | None = None
-    """The X-rays' image-intensifier distortion ``(2,)`` (:mod:`~SphericalRegLib.distortion`), undone
-    before every intensity level; None: the frames are taken as undistorted."""
+    """The X-rays' image-intensifier distortion, ``(2,)`` for every view or ``(V, 2)`` one per view
+    (:mod:`~SphericalRegLib.distortion`), undone before every intensity level; None: the frames are
+    taken as undistorted."""
 
     @property
     def device(self) -> torch.device:
@@ -86,7 +87,10 @@ class RegistrationContext:
         x, camera, valid = pyramid.level(size)
         if self.distortion is None:
             return x, camera, valid
-        d = self.distortion.to(x.device)[None]
+        d = self.distortion.to(x.device)
+        if d.dim() == 2:
+            d = d[next(k for k, p in enumerate(self.pyramids) if p is pyramid)]
+        d = d[None]
         return undistort(x, d), camera, undistort(valid[None, None].to(x.dtype), d)[0, 0] > 0.999
 
     def intensity_residual(self, level: IntensityLevel, form: str | None = None, views=None):

@@ -108,6 +108,10 @@ class RegisterOptions:
     # an image-intensifier C-arm's distortion (pincushion, S rotation at the corners; docs/physics.md),
     # from its dewarp calibration, undone before the intensity stage; None: frames without (a flat panel)
     distortion: tuple | None = None
+    # with several views and no distortion given: rounds of each view's distortion fitted at the joint
+    # pose and the finest level again (0: frames taken as undistorted). A distorted view pulled joint
+    # registrations centimetres off (docs/results.md, twentieth session)
+    fit_distortion_rounds: int = 2
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -116,6 +120,9 @@ class RegisterOptions:
             raise InputError("learnt_stage", f"is {self.learnt_stage!r}", " or ".join(LEARNT_STAGE))
         if self.distortion is not None:
             self.distortion = validate_distortion(self.distortion)
+        if not (isinstance(self.fit_distortion_rounds, int) and self.fit_distortion_rounds >= 0):
+            raise InputError("fit_distortion_rounds", f"is {self.fit_distortion_rounds!r}",
+                             "0 (frames taken as undistorted) or a number of rounds")
         if self.iterations < 1:
             raise InputError("iterations", f"is {self.iterations}", "at least 1")
         if not (self.relative_rotation_sd_deg >= 0 and self.relative_isocentre_sd_mm > 0):

@@ -91,12 +91,17 @@ class ViewResult:
     relative: dict | None = None
     """When the relative pose was refined: the refined ``camera_from_reference``, its rotation (deg)
     from the given one and the CT centre's shift (mm) in this view."""
+    distortion: dict | None = None
+    """When it was fitted at the joint pose: this view's image-intensifier distortion (``pincushion``,
+    ``s_distortion``), undone before the last intensity level; ``drr`` and ``xray`` are undistorted."""
 
     def to_json(self) -> dict:
         out = {"name": self.name, "camera_from_world": self.camera_from_world.tolist(), "final_ncc": self.final_ncc,
                "confidence": self.confidence, "uncertainty": self.uncertainty}
         if self.relative is not None:
             out["relative_pose_refined"] = self.relative
+        if self.distortion is not None:
+            out["distortion"] = self.distortion
         return out
 
 
@@ -114,8 +119,9 @@ class RegistrationResult:
     views: one :class:`ViewResult` per view registered (empty for a peer, which uses view 0);
     with several, ``camera_from_world``, uncertainty and covariance are the joint answer (view 0's
     pose), ``drr``/``xray``/``final_ncc`` are view 0's and ``confidence`` is the lowest view's.
-    distortion: the image intensifier's distortion undone before the intensity stage (``pincushion``,
-    ``s_distortion``), or None; photometric: view 0's polarity as registered."""
+    distortion: the image intensifier's distortion given and undone before the intensity stage
+    (``pincushion``, ``s_distortion``), or None (each view's, when fitted, is in ``views``);
+    photometric: view 0's polarity as registered."""
 
     camera_from_world: Tensor
     seconds: float

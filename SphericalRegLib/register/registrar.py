@@ -25,8 +25,9 @@ from .options import RegisterOptions
 from .pyramid import XrayPyramid
 from .records import RegistrationResult, StageRecord, ViewResult
 from .uncertainty import covariance, point_standard_deviations
-from .stages import (choose_polarity, choose_reading, initial_pose, intensity_refinement, keep_or_discard,
-                     learnt_residual, learnt_similarity, relative_pose_refinement, translation_search)
+from .stages import (choose_polarity, choose_reading, distortion_refinement, initial_pose, intensity_refinement,
+                     keep_or_discard, learnt_residual, learnt_similarity, relative_pose_refinement,
+                     translation_search)
 
 __all__ = ["Registrar", "VIEW_NCC_GAP", "OTHER_START_DEG", "OTHER_START_MM"]
 
@@ -130,6 +131,11 @@ class Registrar:
                 self._refine_from_both(ctx, stages, pose, *other)
             pose = stages["intensity"].pose
             failed = stages["intensity"].diverged
+            if opt.fit_distortion_rounds and ctx.n_views > 1 and ctx.distortion is None and not failed:
+                fit = distortion_refinement(ctx, pose, opt.fit_distortion_rounds)
+                if fit is not None:
+                    stages["distortion"] = fit
+                    pose = fit.pose
             if opt.relative_rotation_sd_deg > 0 and ctx.n_views > 1 and not failed:
                 stages["relative"] = relative_pose_refinement(ctx, pose, self.ct.centre)
                 pose, failed = stages["relative"].pose, stages["relative"].diverged
@@ -224,16 +230,22 @@ class Registrar:
         for v in views:
             v.confidence = self._confidence(v, similarity, diverged)
         confidences = [v.confidence for v in views]
-        distortion = None
-        if ctx.distortion is not None:
+        distortion, notes = None, list(self.notes)
+        if ctx.distortion is not None and ctx.distortion.dim() == 1:
             distortion = dict(zip(DISTORTION_NAMES, map(float, ctx.distortion)))
+        elif ctx.distortion is not None:
+            for view, d in zip(views, ctx.distortion):
+                view.distortion = dict(zip(DISTORTION_NAMES, map(float, d)))
+            notes.append("image-intensifier distortion fitted at the joint pose and undone: " + "; ".join(
+                f"{v.name} pincushion {v.distortion['pincushion']:.3f}, S {v.distortion['s_distortion']:.3f} rad"
+                for v in views))
         return RegistrationResult(
             camera_from_world=pose, seconds=seconds_so_far + time.perf_counter() - t0, similarity=similarity,
             iterations=sum(s.iterations for s in stages.values()),
             confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
             stages=stages, warnings=list(self.warnings) + self._view_warnings(views) + self._distortion_warnings(ctx),
-            covariance=covariance, notes=list(self.notes),
+            covariance=covariance, notes=notes,
             uncertainty=uncertainty, views=views, distortion=distortion, photometric=ctx.xray.photometric)
 
     @staticmethod
@@ -302,8 +314,8 @@ class Registrar:
     def _distortion_warnings(self, ctx: RegistrationContext) -> list[str]:
         """An image intensifier's round field registered without its dewarp: the frame's pincushion
         reads as depth to a rigid pose (docs/results.md, image-intensifier distortion)."""
-        if ctx.distortion is not None:
-            return []
+        if ctx.distortion is not None or (ctx.n_views > 1 and self.options.fit_distortion_rounds):
+            return []  # undone, or fitted (a fit of none leaves ctx.distortion None)
         size = self.options.refine_levels[-1].image_size
         round_views = [self._view_name(k) for k, pyramid in enumerate(ctx.pyramids)
                        if is_round_field(ctx.xray_level(pyramid, size)[2])]

@@ -14,16 +14,18 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..distortion import distort
 from ..geometry import perturb_left, se3_inverse, transform_points
 from ..optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
 from ..xray import describe
 from .context import RegistrationContext
 from .pyramid import XrayPyramid
 from .records import StageRecord
+from .residuals import ncc_residual
 
 __all__ = ["choose_polarity", "choose_reading", "initial_pose", "learnt_similarity", "keep_or_discard",
            "translation_search", "intensity_refinement",
-           "learnt_residual", "relative_pose_refinement"]
+           "learnt_residual", "relative_pose_refinement", "distortion_refinement"]
 
 
 INVERSE = {"MONOCHROME1": "MONOCHROME2", "MONOCHROME2": "MONOCHROME1"}
@@ -305,3 +307,69 @@ def relative_pose_refinement(ctx: RegistrationContext, pose: Tensor, centre: Ten
     step = intensity_refinement(ctx, pose, levels=opt.refine_levels[-1:])
     step.seconds = time.perf_counter() - t0
     return step
+
+
+PINCUSHION_GRID = torch.arange(-4, 15, dtype=torch.float64) * 0.01
+S_DISTORTION_GRID = torch.arange(-4, 5, dtype=torch.float64) * 0.015
+"""The coarse grids :func:`distortion_refinement` tries for each view (then half steps around the best)."""
+
+
+def distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int) -> StageRecord | None:
+    """Each view's image-intensifier distortion (pincushion, S) fitted at the joint ``pose`` (4, 4),
+    then the finest intensity level again with every view undistorted; up to ``rounds`` times, until
+    the fit stays as it was. Sets ``ctx.distortion`` to ``(V, 2)``; None when no round moved the pose.
+    A round whose refinement diverges is dropped: the pose and distortion before it stand.
+
+    One view cannot tell pincushion from depth: both magnify (docs/results.md, sixth session). With
+    several views the other views pin each view's depth, so at the joint pose what is left of the
+    magnification is the warp. At a fixed pose each view's DRR is rendered once and the fit only warps
+    it."""
+    level = ctx.options.refine_levels[-1]
+    mu = ctx.attenuation[level.spacing_mm]
+    residual = ncc_residual(level.patch, level.form, terms=level.terms, robust=level.robust)
+    fitted = torch.zeros(ctx.n_views, 2, dtype=torch.float64)
+    record, t0 = None, time.perf_counter()
+    for round_ in range(rounds):
+        ctx.progress("distortion fit", round_ / rounds)
+        T = pose.to(ctx.device, torch.float64)[None]
+        C = ctx.camera_from_reference.to(T)
+        before = fitted.clone()
+        with torch.no_grad():
+            for k, pyramid in enumerate(ctx.pyramids):
+                x, camera, valid = pyramid.level(level.image_size)
+                drr = ctx.renderer(camera, mu)(mu.data, C[k] @ T)
+                fitted[k] = _best_distortion(x, drr, valid.to(x.device), residual)
+        ctx.check_cancel()
+        if torch.equal(fitted, before):
+            break
+        kept, ctx.distortion = ctx.distortion, fitted.clone()
+        step = intensity_refinement(ctx, pose, levels=(level,))
+        if step.diverged:  # the pose before this round stands, undone as it was
+            ctx.distortion = kept
+            break
+        step.seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+        record = step if record is None else record.then(step)
+        pose = step.pose
+    ctx.progress("distortion fit", 1.0)
+    return record
+
+
+def _best_distortion(x: Tensor, drr: Tensor, valid: Tensor, residual, chunk: int = 64) -> Tensor:
+    """The (pincushion, S) ``(2,)`` under which ``drr`` (1, 1, H, W), distorted, best matches ``x``
+    (1, 1, H, W) over ``valid`` (H, W) under ``residual``: a grid, then half steps around its best.
+    The DRR is warped, not the X-ray: its pixels and mask stay as they are for every candidate, so
+    neither interpolation's smoothing of the noise nor a mask pushed out of the image can win."""
+    def cost(coefficients):
+        out = []
+        for c in coefficients.split(chunk):
+            drrs = distort(drr.expand(len(c), -1, -1, -1).to(x.dtype), c.to(x.device, x.dtype))
+            out.append(0.5 * residual(x.expand(len(c), -1, -1, -1), drrs, valid[None, None]).pow(2).sum(-1))
+        return torch.cat(out)
+
+    grid = torch.cartesian_prod(PINCUSHION_GRID, S_DISTORTION_GRID).to(torch.float64)
+    best = grid[int(cost(grid).argmin())]
+    steps = torch.tensor([PINCUSHION_GRID[1] - PINCUSHION_GRID[0], S_DISTORTION_GRID[1] - S_DISTORTION_GRID[0]],
+                         dtype=torch.float64)
+    offsets = torch.cartesian_prod(*(torch.tensor([-0.5, -0.25, 0.0, 0.25, 0.5], dtype=torch.float64),) * 2)
+    local = best + offsets * steps
+    return local[int(cost(local).argmin())].cpu()

@@ -1,4 +1,5 @@
-"""Image-intensifier distortion undone before registration (SphericalRegLib.distortion, RegisterOptions.distortion)."""
+"""Image-intensifier distortion undone before registration (SphericalRegLib.distortion, RegisterOptions.distortion)
+and fitted per view when several views pin the pose (RegisterOptions.fit_distortion_rounds)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from SphericalRegLib.distortion import undistort, validate_distortion
+from SphericalRegLib.distortion import distort, undistort, validate_distortion
 from SphericalRegLib.errors import InputError
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.model import load_model
 from SphericalRegLib.physics import PLAIN, _distortion
 from SphericalRegLib.register import RegisterOptions, Registrar
-from fixtures import tiny_levels
+from SphericalRegLib.register.residuals import ncc_residual
+from SphericalRegLib.register.stages import _best_distortion
+from SphericalRegLib.simulate import write_cases
+from fixtures import tiny_ct, tiny_levels, write_ct
 
 f64 = torch.float64
 
@@ -96,3 +100,47 @@ def test_a_round_field_registered_without_a_dewarp_is_warned_about(tiny_model_fi
     assert len(warnings(intensifier)) == 1 and "--distortion" in warnings(intensifier)[0]
     assert warnings(intensifier, (0.05, 0.0)) == []  # dewarped: nothing to warn about
     assert warnings(case.xray) == []  # a flat panel's square field
+
+
+def test_distort_is_the_simulators_warp_and_undistort_its_inverse():
+    image = smooth_image()
+    coefficients = torch.tensor([[0.08, 0.04]], dtype=f64)
+    warped = distort(image[None, None], coefficients)
+    assert torch.equal(warped[0, 0], _distortion(image, replace(PLAIN, pincushion=0.08, s_distortion=0.04)))
+    inner = slice(16, 112)
+    assert (undistort(warped, coefficients)[0, 0] - image)[inner, inner].abs().max() < 0.02
+
+
+@pytest.mark.parametrize("known", [(0.08, 0.03), (0.0, 0.0), (0.05, -0.045)])
+def test_the_fit_finds_the_warp_between_a_drr_and_its_distorted_xray(known):
+    drr = smooth_image(128, seed=3)[None, None]
+    noise = 0.01 * torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(1), dtype=f64)
+    xray = distort(drr, torch.tensor([known], dtype=f64)) + noise
+    fitted = _best_distortion(xray, drr, torch.ones(128, 128, dtype=torch.bool), ncc_residual(16))
+    assert abs(float(fitted[0]) - known[0]) <= 0.005 and abs(float(fitted[1]) - known[1]) <= 0.0075
+
+
+@pytest.fixture(scope="module")
+def two_view_case(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two_views")
+    write_ct(tiny_ct(), folder / "ct.nii.gz")
+    write_cases(folder / "ct.nii.gz", folder / "cases", 1, seed=5, size=48, views=2, log=lambda m: None)
+    return folder / "cases" / "case_000"
+
+
+def test_several_views_fit_each_views_distortion_and_one_view_never_does(tiny_model_file, two_view_case):
+    case = read_case(two_view_case)
+    truth, _ = read_truth(two_view_case)
+    warped = distort(case.views[1].xray.to(f64)[None, None], torch.tensor([[0.1, 0.0]], dtype=f64))[0, 0]
+    views = [case.views[0], replace(case.views[1], xray=warped)]
+    options = RegisterOptions(optimizer="none", refine_levels=tiny_levels(iterations=3), search_step_mm=0,
+                              fit_distortion_rounds=2)
+    registrar = Registrar(load_model(tiny_model_file, case.ct), case.ct, options)
+    result = registrar.register(case.xray, case.camera, truth, other_views=views[1:])
+    saved = result.to_json()
+    fitted = [view["distortion"] for view in saved["per_view"]]
+    assert "distortion" not in saved  # nothing was given for every view
+    assert fitted[1]["pincushion"] > 0.05 and abs(fitted[0]["pincushion"]) < 0.05
+    assert "distortion" in result.stages and any("distortion fitted" in note for note in result.notes)
+    alone = registrar.register(case.xray, case.camera, truth)
+    assert "distortion" not in alone.stages and "distortion" not in alone.to_json()

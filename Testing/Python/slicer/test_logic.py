@@ -276,6 +276,38 @@ def test_drr_worker_images_a_bead_where_the_camera_projects_it(scene, tmp_path, 
                        atol=1e-5)
 
 
+def test_drr_worker_distorts_each_views_drr_as_the_registration_undid_it(scene, tmp_path):
+    """A view whose image-intensifier distortion was fitted (per_view) or given (for all) gets its DRR
+    warped the same way, so that the overlay matches the X-ray as acquired."""
+    from SphericalRegLib.distortion import distort
+    from SphericalRegLib.views import orbit
+
+    ct, _, iso = _bead_ct(scene)
+    camera = Camera(sdd=1000.0, pixel_spacing=(4.0, 4.0), principal_point=(11.5, 9.5), image_size=(20, 24))
+    xray0 = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "ap")
+    xray1 = _volume_node(scene, np.ones((1, 20, 24), np.float32), np.eye(4), "lateral")
+    T = canonical_ap_pose(torch.tensor(iso[:3]), camera.sdd)
+    (view,) = L.SphericalRegLogic.further_views(xray0, [(xray1, camera, orbit(80.0, 4.0, 800.0).numpy())])
+    case = L.write_case(ct, xray0, camera, tmp_path / "case", other_views=[view])
+    worker = _drr_worker()
+
+    def drrs(**result):
+        (tmp_path / "result.json").write_text(json.dumps({"camera_from_world": T.tolist(), **result}))
+        return worker.render_drr(case, tmp_path / "result.json", "cpu", progress=lambda m: None, views=True)
+
+    plain = drrs()
+    per_view = [{"name": "view 0", "camera_from_world": T.tolist(),
+                 "distortion": {"pincushion": 0.0, "s_distortion": 0.0}},
+                {"name": "view_1", "camera_from_world": (orbit(80.0, 4.0, 800.0) @ T).tolist(),
+                 "distortion": {"pincushion": 0.1, "s_distortion": 0.03}}]
+    fitted = drrs(views=2, per_view=per_view)
+    expected = distort(torch.from_numpy(plain[1])[None, None], torch.tensor([[0.1, 0.03]], dtype=torch.float64))
+    assert np.array_equal(fitted[0], plain[0]) and not np.allclose(fitted[1], plain[1])
+    assert np.allclose(fitted[1], expected[0, 0].numpy(), atol=1e-6)
+    given = drrs(distortion={"pincushion": 0.1, "s_distortion": 0.03})
+    assert all(not np.allclose(g, p) for g, p in zip(given, plain))
+
+
 def test_drr_worker_renders_each_view_at_its_own_pose(scene, tmp_path):
     """view_1's DRR (drr_view_1.npy) is rendered with view 1's camera at result.json's per_view pose,
     or at camera_from_reference @ camera_from_world when result.json has no per_view."""
