@@ -15,6 +15,7 @@ from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.model import load_model
 from SphericalRegLib.physics import PLAIN, _distortion
 from SphericalRegLib.register import RegisterOptions, Registrar
+from SphericalRegLib.register.records import ViewResult
 from SphericalRegLib.register.residuals import ncc_residual
 from SphericalRegLib.register.stages import _best_distortion
 from SphericalRegLib.simulate import write_cases
@@ -144,3 +145,18 @@ def test_several_views_fit_each_views_distortion_and_one_view_never_does(tiny_mo
     assert "distortion" in result.stages and any("distortion fitted" in note for note in result.notes)
     alone = registrar.register(case.xray, case.camera, truth)
     assert "distortion" not in alone.stages and "distortion" not in alone.to_json()
+
+
+def test_a_fit_at_the_edge_of_the_range_tried_is_warned_about(tiny_cases):
+    camera = read_case(tiny_cases / "case_000").camera
+
+    def view(name, k, s):
+        return ViewResult(name, camera, torch.eye(4, dtype=f64), distortion={"pincushion": k, "s_distortion": s})
+
+    plausible = [view("view 0", 0.0, 0.0), view("view_1", 0.085, -0.02)]
+    assert Registrar._distortion_fit_warnings(plausible) == []
+    assert Registrar._distortion_fit_warnings([ViewResult("view 0", camera, torch.eye(4, dtype=f64))]) == []
+    edges = [view("view 0", 0.145, 0.0), view("view_1", 0.0, -0.0675), view("view_2", -0.045, 0.0)]
+    warned = Registrar._distortion_fit_warnings(edges)
+    assert [w.split(":")[0] for w in warned] == ["view 0", "view_1", "view_2"]
+    assert all("edge of the range" in w for w in warned)
