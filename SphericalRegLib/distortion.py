@@ -46,16 +46,11 @@ def undistort(image: Tensor, coefficients: Tensor, iterations: int = 4) -> Tenso
     outside; differentiable in both."""
     B, C, H, W = image.shape
     k, s = (coefficients[:, i].to(image.dtype)[:, None, None] for i in range(2))
-    v, u = torch.meshgrid(torch.linspace(-1, 1, H, dtype=image.dtype, device=image.device),
-                          torch.linspace(-1, 1, W, dtype=image.dtype, device=image.device), indexing="ij")
-    r = torch.sqrt(u**2 + v**2) / math.sqrt(2)
+    u, v, r = _detector_coordinates(H, W, image.dtype, image.device)
     rd = r.expand(B, H, W)
     for _ in range(iterations):  # the distorted radius whose content the model put at r
         rd = r * (1 + k * rd**2)
-    scale = 1 + k * rd**2
-    c, sn = torch.cos(s * rd), torch.sin(s * rd)
-    grid = torch.stack([scale * (c * u - sn * v), scale * (sn * u + c * v)], -1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return _sample(image, u, v, 1 + k * rd**2, s * rd, "zeros")
 
 
 def distort(image: Tensor, coefficients: Tensor) -> Tensor:
@@ -64,12 +59,21 @@ def distort(image: Tensor, coefficients: Tensor) -> Tensor:
     model :mod:`~SphericalRegLib.physics` simulates with). Bilinear, the border repeated; the grid in
     float64; differentiable in both."""
     B, C, H, W = image.shape
-    f64 = torch.float64
-    k, s = (coefficients[:, i].to(image.device, f64)[:, None, None] for i in range(2))
-    v, u = torch.meshgrid(torch.linspace(-1, 1, H, dtype=f64, device=image.device),
-                          torch.linspace(-1, 1, W, dtype=f64, device=image.device), indexing="ij")
-    r = torch.sqrt(u**2 + v**2) / math.sqrt(2)
-    scale = 1 / (1 + k * r**2)
-    c, sn = torch.cos(-s * r), torch.sin(-s * r)
+    k, s = (coefficients[:, i].to(image.device, torch.float64)[:, None, None] for i in range(2))
+    u, v, r = _detector_coordinates(H, W, torch.float64, image.device)
+    return _sample(image, u, v, 1 / (1 + k * r**2), -s * r, "border")
+
+
+def _detector_coordinates(H: int, W: int, dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """``u``, ``v`` (H, W) in [-1, 1] across the detector and ``r``, the radius normalised to 1 at its corners."""
+    v, u = torch.meshgrid(torch.linspace(-1, 1, H, dtype=dtype, device=device),
+                          torch.linspace(-1, 1, W, dtype=dtype, device=device), indexing="ij")
+    return u, v, torch.sqrt(u**2 + v**2) / math.sqrt(2)
+
+
+def _sample(image: Tensor, u: Tensor, v: Tensor, scale: Tensor, angle: Tensor, padding: str) -> Tensor:
+    """``image`` read at ``(u, v)`` scaled by ``scale`` and turned by ``angle`` (each (B, H, W) or
+    broadcastable), bilinear."""
+    c, sn = torch.cos(angle), torch.sin(angle)
     grid = torch.stack([scale * (c * u - sn * v), scale * (sn * u + c * v)], -1)
-    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode=padding, align_corners=True)

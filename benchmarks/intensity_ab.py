@@ -31,7 +31,8 @@ the case's init.json, not the regressor). The model is the shipped one unless ``
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
 confidence, final NCC and intensity cost, seconds, each stage's [seconds, iterations], whether the
-linear-LUT reading was chosen. Cases with several views are registered jointly.
+linear-LUT reading was chosen, the distortion undone (the one given, or each view's fitted). Cases with
+several views are registered jointly.
 """
 import os, sys, json, time
 from dataclasses import replace
@@ -157,7 +158,8 @@ def main():
                            inplane=err["inplane"], confidence=r.confidence, diverged=r.diverged, seconds=dt,
                            final_ncc=r.final_ncc, cost=r.stages["intensity"].cost[-1] if "intensity" in r.stages else None,
                            stages={k: [round(st.seconds, 3), st.iterations] for k, st in r.stages.items()},
-                           linear=any("linear-LUT" in n for n in r.notes), distortion=r.distortion)
+                           linear=any("linear-LUT" in n for n in r.notes),
+                           distortion=r.distortion or [v.distortion for v in r.views if v.distortion is not None] or None)
                 out.write(json.dumps(row) + "\n"); out.flush()
                 print(f"{folder.name} {case_dir.name} {v:5s} mTRE {err['mTRE']:7.2f} depth {err['depth']:6.2f} "
                       f"conf {r.confidence} {dt:.1f}s", flush=True)

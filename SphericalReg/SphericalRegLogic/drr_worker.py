@@ -42,6 +42,19 @@ def view_geometries(case: Path) -> list:
     return [("view 0", Path(case) / "geometry.json")] + [(sub.name, sub / "geometry.json") for _, sub in further]
 
 
+def read_result(result: Path) -> tuple[dict, dict]:
+    """result.json as a dict and its ``per_view`` entries by view name; both empty when it cannot be
+    read (the pose itself is read, with a clear error, by ``read_pose``)."""
+    import json
+
+    try:
+        obj = json.loads(Path(result).read_text())
+        per_view = {v.get("name"): v for v in obj.get("per_view") or [] if isinstance(v, dict)}
+    except (OSError, ValueError, AttributeError):
+        return {}, {}
+    return obj, per_view
+
+
 def view_poses_of(case: Path, result: Path) -> list:
     """Every view's camera_from_world ``(4, 4)`` float64 tensor and Camera, view 0 first."""
     import json
@@ -52,11 +65,7 @@ def view_poses_of(case: Path, result: Path) -> list:
     from SphericalRegLib.io.cases import as_pose, read_pose
 
     T = read_pose(result)
-    per_view = {}
-    try:
-        per_view = {v.get("name"): v for v in json.loads(Path(result).read_text()).get("per_view") or []}
-    except (OSError, ValueError, AttributeError):
-        pass
+    _, per_view = read_result(result)
     views = []
     for k, (name, geometry) in enumerate(view_geometries(case)):
         camera = Camera.load(geometry)
@@ -77,13 +86,7 @@ def view_poses_of(case: Path, result: Path) -> list:
 def view_distortions(case: Path, result: Path) -> list:
     """Every view's image-intensifier distortion ``(pincushion, s_distortion)`` that the registration
     undid, or None, view 0 first: the view's own from ``per_view``, else the one given for all."""
-    import json
-
-    try:
-        obj = json.loads(Path(result).read_text())
-    except (OSError, ValueError):
-        return [None] * len(view_geometries(case))
-    per_view = {v.get("name"): v for v in obj.get("per_view") or [] if isinstance(v, dict)}
+    obj, per_view = read_result(result)
     out = []
     for name, _ in view_geometries(case):
         d = (per_view.get(name) or {}).get("distortion") or obj.get("distortion")

@@ -240,11 +240,10 @@ def intensity_refinement(ctx: RegistrationContext, pose: Tensor, levels=None) ->
     levels = ctx.options.refine_levels if levels is None else levels
     for k, level in enumerate(levels):
         t0 = time.perf_counter()
-        cap = level.iterations
         res = levenberg_marquardt(ctx.intensity_residual(level), pose.to(ctx.device, torch.float64)[None],
-                                  max_iters=cap, cost_tol=level.cost_tol, broyden=level.broyden,
+                                  max_iters=level.iterations, cost_tol=level.cost_tol, broyden=level.broyden,
                                   max_extensions=level.extensions, damping_rule=level.damping_rule,
-                                  callback=ctx.iteration_callback(f"intensity {k + 1}", cap),
+                                  callback=ctx.iteration_callback(f"intensity {k + 1}", level.iterations),
                                   **ctx.bounds)
         ctx.check_cancel()
         step = StageRecord.from_optimizer(res, time.perf_counter() - t0)
@@ -359,14 +358,16 @@ def _best_distortion(x: Tensor, drr: Tensor, valid: Tensor, residual, chunk: int
     (1, 1, H, W) over ``valid`` (H, W) under ``residual``: a grid, then half steps around its best.
     The DRR is warped, not the X-ray: its pixels and mask stay as they are for every candidate, so
     neither interpolation's smoothing of the noise nor a mask pushed out of the image can win."""
+    drr = drr.to(x.dtype)
+
     def cost(coefficients):
         out = []
         for c in coefficients.split(chunk):
-            drrs = distort(drr.expand(len(c), -1, -1, -1).to(x.dtype), c.to(x.device, x.dtype))
+            drrs = distort(drr.expand(len(c), -1, -1, -1), c.to(x.device, x.dtype))
             out.append(0.5 * residual(x.expand(len(c), -1, -1, -1), drrs, valid[None, None]).pow(2).sum(-1))
         return torch.cat(out)
 
-    grid = torch.cartesian_prod(PINCUSHION_GRID, S_DISTORTION_GRID).to(torch.float64)
+    grid = torch.cartesian_prod(PINCUSHION_GRID, S_DISTORTION_GRID)
     best = grid[int(cost(grid).argmin())]
     steps = torch.tensor([PINCUSHION_GRID[1] - PINCUSHION_GRID[0], S_DISTORTION_GRID[1] - S_DISTORTION_GRID[0]],
                          dtype=torch.float64)
