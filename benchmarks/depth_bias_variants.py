@@ -90,7 +90,7 @@ for folder in map(Path, FOLDERS):
         registrar = registrar or Registrar(load_model(MODEL, case.ct), case.ct)
         ctx = registrar.context(case.xray, case.camera, photometric=case.reading["photometric"])
         level = registrar.options.refine_levels[-1]
-        x, cam, valid = ctx.xray_level(ctx.xray, level.image_size)
+        x, cam, valid = ctx.xray_level(0, level.image_size)
         mu = ctx.attenuation[level.spacing_mm]; render = ctx.renderer(cam, mu)
         twist = torch.zeros(len(SHIFTS_MM), 6, dtype=torch.float64); twist[:, 5] = SHIFTS_MM
         poses = perturb_left(twist, truth.to(torch.float64).expand(len(SHIFTS_MM), 4, 4))

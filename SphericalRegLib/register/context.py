@@ -82,15 +82,13 @@ class RegistrationContext:
             return self.cancel is not None and self.cancel.is_set()
         return callback
 
-    def xray_level(self, pyramid: XrayPyramid, size: int) -> tuple[Tensor, Camera, Tensor]:
-        """``pyramid.level(size)``, undistorted by :attr:`distortion` when there is one."""
-        x, camera, valid = pyramid.level(size)
+    def xray_level(self, view: int, size: int) -> tuple[Tensor, Camera, Tensor]:
+        """View ``view``'s ``pyramid.level(size)``, undistorted by :attr:`distortion` when there is one."""
+        x, camera, valid = self.pyramids[view].level(size)
         if self.distortion is None:
             return x, camera, valid
         d = self.distortion.to(x.device)
-        if d.dim() == 2:
-            d = d[next(k for k, p in enumerate(self.pyramids) if p is pyramid)]
-        d = d[None]
+        d = (d[view] if d.dim() == 2 else d)[None]
         return undistort(x, d), camera, undistort(valid[None, None].to(x.dtype), d)[0, 0] > 0.999
 
     def intensity_residual(self, level: IntensityLevel, form: str | None = None, views=None):
@@ -106,8 +104,8 @@ class RegistrationContext:
         mu = self.attenuation[level.spacing_mm]
         residual = ncc_residual(level.patch, form or level.form, terms=level.terms, robust=level.robust)
 
-        def one(pyramid: XrayPyramid):
-            x, camera, valid = self.xray_level(pyramid, level.image_size)
+        def one(view: int):
+            x, camera, valid = self.xray_level(view, level.image_size)
             render = self.renderer(camera, mu, max(2, round(default_n_samples(mu.shape[-3:]) * level.ray_samples)))
             valid = valid.to(x.device)[None, None]
 
@@ -120,10 +118,10 @@ class RegistrationContext:
         return self.over_views(one, views)
 
     def over_views(self, one, views=None):
-        """View 0's residual ``pose (B, 4, 4) -> (B, M)`` from ``one(pyramid)``, the residual of one
-        view at that view's own pose, for each of ``views`` (indices; default all), stacked."""
+        """View 0's residual ``pose (B, 4, 4) -> (B, M)`` from ``one(view index)``, the residual of
+        one view at that view's own pose, for each of ``views`` (indices; default all), stacked."""
         views = list(range(self.n_views) if views is None else views)
-        residuals = [one(self.pyramids[k]) for k in views]
+        residuals = [one(k) for k in views]
         C = self.camera_from_reference[views].to(self.device, torch.float64)
         scale = 1.0 / math.sqrt(len(views))
         return lambda T: scale * torch.cat([r(C[k] @ T) for k, r in enumerate(residuals)], dim=-1)

@@ -25,7 +25,7 @@ from .options import RegisterOptions
 from .pyramid import XrayPyramid
 from .records import RegistrationResult, StageRecord, ViewResult
 from .uncertainty import covariance, point_standard_deviations
-from .stages import (PINCUSHION_GRID, S_DISTORTION_GRID, choose_polarity, choose_reading, distortion_refinement,
+from .stages import (at_grid_edge, choose_polarity, choose_reading, distortion_refinement, fits_distortion,
                      initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity,
                      relative_pose_refinement, translation_search)
 
@@ -131,7 +131,7 @@ class Registrar:
                 self._refine_from_both(ctx, stages, pose, *other)
             pose = stages["intensity"].pose
             failed = stages["intensity"].diverged
-            if opt.fit_distortion_rounds and ctx.n_views > 1 and ctx.distortion is None and not failed:
+            if fits_distortion(ctx) and not failed:
                 fit = distortion_refinement(ctx, pose, opt.fit_distortion_rounds)
                 if fit is not None:
                     stages["distortion"] = fit
@@ -212,8 +212,8 @@ class Registrar:
             similarity = (stages["similarity"].cost[-1] if "similarity" in stages
                           else float(0.5 * learnt_residual(ctx)(T).pow(2).sum()))
         views = []
-        for k, pyramid in enumerate(ctx.pyramids):
-            x, camera, _ = ctx.xray_level(pyramid, level.image_size)
+        for k in range(ctx.n_views):
+            x, camera, _ = ctx.xray_level(k, level.image_size)
             with torch.no_grad():
                 drr = ctx.renderer(camera, mu)(mu.data, poses[k][None])[0, 0]
                 ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
@@ -317,23 +317,19 @@ class Registrar:
         """A view whose fitted distortion lies at the edge of the grid tried: no plausible warp explained
         it (too little dose, or a pose far off). Both gross failures of the twentieth session's 28 two-view
         random-physics tuning and report cases did, and one of the 26 that did not (0.78 mm)."""
-        edge_k = (float(PINCUSHION_GRID[0]), float(PINCUSHION_GRID[-1]))
-        edge_s = float(S_DISTORTION_GRID[-1])
         return [f"{v.name}: its fitted image-intensifier distortion (pincushion {v.distortion['pincushion']:.3f}, "
                 f"S {v.distortion['s_distortion']:.3f} rad) lies at the edge of the range tried: the view may be too "
                 "noisy to fit, or the pose wrong; check the overlay of every view before trusting this pose"
-                for v in views if v.distortion is not None and (
-                    not edge_k[0] < v.distortion["pincushion"] < edge_k[1]
-                    or abs(v.distortion["s_distortion"]) >= edge_s)]
+                for v in views if v.distortion is not None and at_grid_edge(v.distortion["pincushion"],
+                                                                             v.distortion["s_distortion"])]
 
     def _distortion_warnings(self, ctx: RegistrationContext) -> list[str]:
         """An image intensifier's round field registered without its dewarp: the frame's pincushion
         reads as depth to a rigid pose (docs/results.md, image-intensifier distortion)."""
-        if ctx.distortion is not None or (ctx.n_views > 1 and self.options.fit_distortion_rounds):
+        if ctx.distortion is not None or fits_distortion(ctx):
             return []  # undone, or fitted (a fit of none leaves ctx.distortion None)
         size = self.options.refine_levels[-1].image_size
-        round_views = [self._view_name(k) for k, pyramid in enumerate(ctx.pyramids)
-                       if is_round_field(ctx.xray_level(pyramid, size)[2])]
+        round_views = [self._view_name(k) for k in range(ctx.n_views) if is_round_field(ctx.xray_level(k, size)[2])]
         if not round_views:
             return []
         return [f"{', '.join(round_views)}: the exposed field is round, as an image intensifier's; if the frame "

@@ -25,7 +25,7 @@ from .residuals import ncc_residual
 
 __all__ = ["choose_polarity", "choose_reading", "initial_pose", "learnt_similarity", "keep_or_discard",
            "translation_search", "intensity_refinement",
-           "learnt_residual", "relative_pose_refinement", "distortion_refinement"]
+           "learnt_residual", "relative_pose_refinement", "distortion_refinement", "fits_distortion", "at_grid_edge"]
 
 
 INVERSE = {"MONOCHROME1": "MONOCHROME2", "MONOCHROME2": "MONOCHROME1"}
@@ -150,8 +150,8 @@ def learnt_residual(ctx: RegistrationContext):
     model = ctx.model
     features = model.feature_volume.data.float()
 
-    def one(pyramid):
-        x, camera, valid = pyramid.in_camera(model.camera)
+    def one(view: int):
+        x, camera, valid = ctx.pyramids[view].in_camera(model.camera)
         with torch.no_grad():
             zx = model.similarity.embed_xray(x)
         render = ctx.renderer(camera, model.feature_volume, model.config.n_samples)
@@ -311,6 +311,18 @@ def relative_pose_refinement(ctx: RegistrationContext, pose: Tensor, centre: Ten
 PINCUSHION_GRID = torch.arange(-4, 15, dtype=torch.float64) * 0.01
 S_DISTORTION_GRID = torch.arange(-4, 5, dtype=torch.float64) * 0.015
 """The coarse grids :func:`distortion_refinement` tries for each view (then half steps around the best)."""
+
+
+def fits_distortion(ctx: RegistrationContext) -> bool:
+    """Whether registration fits each view's distortion (:func:`distortion_refinement`): several
+    views, rounds asked for, and no distortion given."""
+    return ctx.n_views > 1 and ctx.options.fit_distortion_rounds > 0 and ctx.options.distortion is None
+
+
+def at_grid_edge(pincushion: float, s_distortion: float) -> bool:
+    """A fitted distortion on the edge of the grids: no plausible warp explained the view."""
+    return (not float(PINCUSHION_GRID[0]) < pincushion < float(PINCUSHION_GRID[-1])
+            or abs(s_distortion) >= float(S_DISTORTION_GRID[-1]))
 
 
 def distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int) -> StageRecord | None:
