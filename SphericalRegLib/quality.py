@@ -8,6 +8,8 @@ of 90 deg; a regressor that always answered the canonical view would score the p
 
 from __future__ import annotations
 
+import math
+
 __all__ = ["model_quality", "describe_quality", "GRADIENT_TARGET", "LEARNT_STAGE_SHARE", "CHANCE_MEDIAN_DEG",
            "PRIOR_RATIO"]
 
@@ -26,7 +28,8 @@ PRIOR_RATIO = (0.35, 0.8)
 
 
 def _last(history: dict, key: str):
-    values = history.get("val_" + key) or []
+    """The last validated value of ``key``; NaN (not measured: a similarity in the regressor's lead) is none."""
+    values = [v for v in history.get("val_" + key) or [] if not math.isnan(v)]
     return values[-1] if values else None
 
 
@@ -34,11 +37,15 @@ def model_quality(history: dict) -> dict | None:
     """The verdict on the similarity and the regressor from the last validation in ``history``
     (None when the model never validated): values, ``similarity``, ``regressor`` and ``warnings``."""
     within, median = _last(history, "grad_within30"), _last(history, "grad_angle_median_deg")
-    if within is None:
+    steps = history.get("val_step") or []
+    if not steps:
         return None
-    steps = history.get("val_step") or [None]
     out = {"step": steps[-1], "grad_within30": within, "grad_angle_median_deg": median, "warnings": []}
-    if within >= GRADIENT_TARGET:
+    if within is None:
+        out["similarity"] = "not trained"
+        out["warnings"].append("the learnt similarity was never trained: the run stopped while the regressor trained "
+                               "alone (resume it); registration will not run the learnt stage")
+    elif within >= GRADIENT_TARGET:
         out["similarity"] = "learnt"
     elif median is not None and median >= CHANCE_MEDIAN_DEG:
         out["similarity"] = "at chance"
@@ -64,8 +71,9 @@ def describe_quality(quality: dict | None) -> list[str]:
     """Lines for a person: what the last validation says about the model."""
     if quality is None:
         return ["model quality: never validated (too few steps); its learnt parts are untested"]
-    lines = [f"model quality at step {quality['step']}: similarity {quality['similarity']} "
-             f"({quality['grad_within30']:.0%} of gradients within 30 deg, target {GRADIENT_TARGET:.0%})"
+    within = quality["grad_within30"]
+    lines = [f"model quality at step {quality['step']}: similarity {quality['similarity']}"
+             + (f" ({within:.0%} of gradients within 30 deg, target {GRADIENT_TARGET:.0%})" if within is not None else "")
              + (f"; regressor {quality['regressor']} ({quality['reg_geodesic_mm']:.1f} mm against the prior's "
                 f"{quality['prior_geodesic_mm']:.1f} mm)" if "regressor" in quality else "")]
     return lines + [f"WARNING: {w}" for w in quality["warnings"]]

@@ -36,6 +36,7 @@ def main() -> None:
     config = replace(TrainConfig.from_dict(state["config"], args.model), val_size=args.poses, val_seed=args.seed)
     trainer = Trainer(ct, config, Camera.from_json(state["camera"], args.model))
     trainer.start_from(state)
+    trainer.step = state["step"]  # a model stopped in the regressor's lead has an untrained similarity
     print(json.dumps({"model": args.model, "step": state["step"], "poses": args.poses, "seed": args.seed,
                       **{k: round(v, 4) for k, v in trainer.validate().items()}}, indent=1))
 

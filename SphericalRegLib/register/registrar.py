@@ -192,9 +192,10 @@ class Registrar:
         opt = self.options
         if opt.optimizer == "none":
             return False, []
-        if opt.learnt_stage == "always" or (quality is not None and quality["grad_within30"] >= LEARNT_STAGE_SHARE):
+        within = None if quality is None else quality["grad_within30"]
+        if opt.learnt_stage == "always" or (within is not None and within >= LEARNT_STAGE_SHARE):
             return True, []
-        why = ("the model was never validated" if quality is None else
+        why = ("the model's similarity was never validated" if within is None else
                f"{quality['grad_within30']:.0%} of the model's held-out similarity gradients lie within 30 deg "
                f"of the truth, the stage runs from {LEARNT_STAGE_SHARE:.0%}")
         return False, [f"the learnt-similarity stage did not run: {why}; the search and the intensity stage "

@@ -113,6 +113,10 @@ class TrainConfig:
     # for the regressor alone, with no feature DRRs and no double backward, so they cost little; four
     # times the poses per step made the GPU model's regressor three times better (docs/results.md)
     regressor_batch: int = 0
+    # the share of the steps, at the start, that train the regressor alone (max(batch_size, regressor_batch)
+    # X-rays, no feature DRR, no double backward: about a quarter of a joint step on a CPU); the features and
+    # the similarity warm up and decay over the steps after them, the regressor over all
+    regressor_only_share: float = 0.0
     lr_similarity: float = 2e-4
     lr_features: float = 3e-4
     lr_regressor: float = 5e-4
@@ -160,6 +164,9 @@ class TrainConfig:
         if self.calibration_physics not in (*PHYSICS, "random"):
             raise InputError("calibration_physics", f"is {self.calibration_physics!r}",
                              "one of " + ", ".join([*PHYSICS, "random"]))
+        if not 0 <= self.regressor_only_share < 1:
+            raise InputError("regressor_only_share", f"is {self.regressor_only_share}",
+                             "a share of the steps from 0 (none) to below 1 for the regressor alone")
         if self.regressor_batch < 0:
             raise InputError("regressor_batch", f"is {self.regressor_batch}",
                              "0 or more X-rays a step (up to batch_size: the batch's own)")
@@ -205,10 +212,16 @@ PRESETS = {
     # The cut field may also be a detector down to 35% of the camera's side (field_min_side): the spine
     # crop's cases, on a 150 mm detector, were read 144 mm off without it, 80 mm with it (docs/results.md,
     # "Detectors smaller than the training camera's").
+    # The first 2000 of the 3200 steps train the regressor alone (regressor_only_share), at about a
+    # quarter of a joint step each; the similarity then trains for 1200 joint steps, where it had 1600
+    # (its share on the spine crop had stopped rising by step 1000). The regressor alone on the spine
+    # crop reached in 2000 steps (13 min) what 1600 joint steps gave it in 41 (docs/results.md,
+    # "The regressor trained first").
     # Validation on 256 held-out poses (about 30 s on one core): on 64, two held-out sets of one model
     # read 14-27 points apart, and the learnt stage's gate (quality.LEARNT_STAGE_SHARE) reads this number.
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
-                         batch_size=4, regressor_batch=16, steps=1600, warmup_steps=100, val_every=200,
+                         batch_size=4, regressor_batch=16, steps=3200, regressor_only_share=0.625,
+                         warmup_steps=100, val_every=400,
                          val_size=256,
                          checkpoint_every=200, memory_budget_gib=4.0, augment_p=0.1, lr_similarity=5e-4,
                          field_cut_p=0.5, field_min_side=0.35, metric="se3", weighted_direction=True,

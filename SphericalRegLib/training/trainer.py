@@ -83,14 +83,22 @@ class Trainer:
                   for name in self.networks if name in config.trained]
         groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        warmup, total = max(1, config.warmup_steps), max(1, config.steps)
+        lead = self.regressor_only_steps
 
-        def schedule(step):
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        def schedule(start):  # warm-up, then cosine to a tenth, over the steps from ``start`` on
+            warmup, total = max(1, config.warmup_steps), max(1, config.steps - start)
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+            def factor(step):
+                step -= start
+                if step < 0:
+                    return 0.0
+                if step < warmup:
+                    return (step + 1) / warmup
+                return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            return factor
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [schedule(0 if g["name"] == "regressor" else lead) for g in groups])
         self.step = 0
         self.history: dict[str, list] = {}
         if world_size > 1:
@@ -195,8 +203,27 @@ class Trainer:
         return F.smooth_l1_loss(rms, torch.zeros_like(rms))
 
     @property
-    def trains_similarity(self) -> bool:
+    def _trains_similarity_at_all(self) -> bool:
         return bool({"features", "similarity"} & set(self.config.trained))
+
+    @property
+    def regressor_only_steps(self) -> int:
+        """The steps at the start that train the regressor alone (``config.regressor_only_share``)."""
+        c = self.config
+        if "regressor" not in c.trained or not self._trains_similarity_at_all:
+            return 0
+        return int(round(c.regressor_only_share * c.steps))
+
+    @property
+    def similarity_starts_untrained(self) -> bool:
+        """Whether the features and the similarity start from random weights (not from ``--init``'s model)."""
+        c = self.config
+        return c.initialised_from is None or bool({"features", "similarity"} & set(c.afresh))
+
+    @property
+    def trains_similarity(self) -> bool:
+        """Whether this step trains the features and the similarity: not in the regressor's lead."""
+        return self._trains_similarity_at_all and self.step >= self.regressor_only_steps
 
     def _pose_loss_kwargs(self) -> dict:
         return dict(length=self.length)
@@ -209,8 +236,11 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         for name, m in self.networks.items():
             m.train(name in c.trained)  # a network kept fixed keeps its normalisation statistics too
-        batch = self.sample(c.batch_size, generator)
-        if c.regressor_batch > c.batch_size and "regressor" in c.trained:
+        if not self.trains_similarity:  # the regressor alone: all its X-rays at once
+            batch = self.sample(max(c.batch_size, c.regressor_batch), generator)
+        else:
+            batch = self.sample(c.batch_size, generator)
+        if self.trains_similarity and c.regressor_batch > c.batch_size and "regressor" in c.trained:
             more = self.sample(c.regressor_batch - c.batch_size, generator)
             batch.update(regressor_xray=more["xray"], regressor_truth=more["truth"])
         losses = self.losses(batch)
@@ -226,7 +256,7 @@ class Trainer:
         self.step += 1
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["grad_norm"] = float(grad_norm)
-        out["lr"] = self.scheduler.get_last_lr()[0]
+        out["lr"] = max(self.scheduler.get_last_lr())
         return out
 
     # -- validation
@@ -240,18 +270,21 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Regressor errors (and, for scale, those of always answering the canonical view: the pose
-        prior) and the share of similarity gradients pointing within 30 degrees of g*."""
+        prior) and the share of similarity gradients pointing within 30 degrees of g*: NaN while the
+        regressor trains alone and the similarity has never been trained (it starts from random weights)."""
         c, val = self.config, self.validation_set()
         for m in self.networks.values():
             m.eval()
         angles = dict(twist=[], rot=[], tr=[], **{f"twist_{m}": [] for m in METRICS})
         errors = dict(geodesic=[], rot=[], iso=[], prior=[])
+        untrained = self.step < self.regressor_only_steps and self.similarity_starts_untrained
         with torch.no_grad():
-            feats = self.feature_volume()
+            feats = None if untrained else self.feature_volume()
         for start in range(0, c.val_size, c.batch_size):
             sl = slice(start, start + c.batch_size)
             xray, truth, moving = val["xray"][sl], val["truth"][sl], val["moving"][sl]
-            _, g = self.similarity_gradient(feats, xray, moving, create_graph=False)
+            g = (torch.full((len(moving), 6), float("nan"), dtype=torch.float64, device=moving.device) if untrained
+                 else self.similarity_gradient(feats, xray, moving, create_graph=False)[1])
             for metric in METRICS:  # all, so that models trained on any compare
                 target = target_gradient(moving, truth, metric, self.length, self.isocentre, self.depth)
                 parts = twist_angles(g.detach(), target, self.length)
@@ -269,6 +302,11 @@ class Trainer:
             errors["iso"].append(iso)
         a = {k: torch.cat(v) for k, v in angles.items()}
         e = {k: torch.cat(v) for k, v in errors.items()}
+
+
+        def within30(angle: Tensor) -> float:
+            return math.nan if untrained else float((angle < 30).double().mean())
+
         physics = self._validate_regressor_under_physics() if c.physics_p > 0 else {}
         if c.field_cut_p > 0 and c.field_min_side < 1:
             physics.update(self._validate_regressor_on_small_detector())
@@ -276,13 +314,13 @@ class Trainer:
             reg_geodesic_mm=float(e["geodesic"].mean()), prior_geodesic_mm=float(e["prior"].mean()),
             reg_rot_deg=float(e["rot"].mean()),
             reg_iso_mm=float(e["iso"].mean()),
-            grad_within30=float((a["twist"] < 30).double().mean()),
-            rot_within30=float((a["rot"] < 30).double().mean()),
-            tr_within30=float((a["tr"] < 30).double().mean()),
+            grad_within30=within30(a["twist"]),
+            rot_within30=within30(a["rot"]),
+            tr_within30=within30(a["tr"]),
             grad_angle_median_deg=float(a["twist"].median()),
-            grad_within30_se3=float((a["twist_se3"] < 30).double().mean()),
-            grad_within30_so4=float((a["twist_so4"] < 30).double().mean()),
-            grad_within30_view=float((a["twist_view"] < 30).double().mean()),
+            grad_within30_se3=within30(a["twist_se3"]),
+            grad_within30_so4=within30(a["twist_so4"]),
+            grad_within30_view=within30(a["twist_view"]),
         )
 
     @torch.no_grad()
@@ -455,6 +493,8 @@ def _run(trainer: Trainer, out: Path, main_process: bool) -> None:
     c = trainer.config
     if main_process:
         regressor = f" (the regressor {c.regressor_batch})" if c.regressor_batch > c.batch_size else ""
+        if trainer.regressor_only_steps:
+            regressor += f", the first {trainer.regressor_only_steps} steps the regressor alone"
         print(f"training {c.preset}: {c.steps} steps, batch {c.batch_size}{regressor} x {trainer.world_size} "
               f"process(es), "
               f"CT at {tuple(trainer.volume.shape)} voxels of {float(trainer.volume.spacing.max()):.2f} mm, "
@@ -479,8 +519,10 @@ def _run(trainer: Trainer, out: Path, main_process: bool) -> None:
                 if main_process:
                     bar.write(f"step {trainer.step}: regressor {val['reg_geodesic_mm']:.1f} mm geodesic, "
                               f"{val['reg_rot_deg']:.2f} deg, isocentre {val['reg_iso_mm']:.1f} mm; "
-                              f"similarity gradients within 30 deg: {val['grad_within30']:.0%} "
-                              f"(rotation {val['rot_within30']:.0%}, translation {val['tr_within30']:.0%})"
+                              + (f"similarity not trained yet (the regressor trains alone to step "
+                                 f"{trainer.regressor_only_steps})" if math.isnan(val["grad_within30"]) else
+                                 f"similarity gradients within 30 deg: {val['grad_within30']:.0%} "
+                                 f"(rotation {val['rot_within30']:.0%}, translation {val['tr_within30']:.0%})")
                               + (f"; regressor under the physics family {val['reg_rot_deg_physics']:.2f} deg, "
                                  f"isocentre {val['reg_iso_mm_physics']:.1f} mm" if "reg_iso_mm_physics" in val else "")
                               + (f"; on a detector {c.field_min_side:.0%} of the training side "

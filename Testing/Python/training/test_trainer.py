@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -197,3 +199,38 @@ def test_a_regressor_batch_up_to_the_batch_is_the_batch_and_a_negative_one_is_re
     assert seen == [TINY["batch_size"]]
     with pytest.raises(InputError, match="regressor_batch"):
         TrainConfig(**{**TINY, "regressor_batch": -1})
+
+
+def test_the_regressor_trains_alone_for_its_share_of_the_steps_then_every_network_trains(ct):
+    """``regressor_only_share``: the first steps move the regressor alone, on its whole batch and
+    without the similarity's loss; from then on the features and the similarity train too, their
+    learning rate warming up from where the lead ended."""
+    trainer = Trainer(ct, TrainConfig(**{**TINY, "steps": 4, "regressor_only_share": 0.5, "regressor_batch": 3}))
+    assert trainer.regressor_only_steps == 2
+
+    def weights():
+        return {name: torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+                for name, m in trainer.networks.items()}
+
+    seen = []
+    trainer.regressor.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    start = weights()
+    lead = [trainer.train_step() for _ in range(2)]
+    after_lead = weights()
+    assert all(entry["direction"] == 0 for entry in lead)
+    assert not torch.equal(after_lead["regressor"], start["regressor"])
+    assert torch.equal(after_lead["similarity"], start["similarity"])
+    assert torch.equal(after_lead["features"], start["features"])
+    joint = trainer.train_step()
+    assert joint["direction"] > 0
+    assert not torch.equal(weights()["similarity"], after_lead["similarity"])
+    assert seen == [3, 3, 3]  # the lead's X-rays are the regressor's batch; later the batch and its extra ones
+    trainer.step = 1  # a validation in the lead measures the regressor and leaves the untrained similarity out
+    lead_validation = trainer.validate()
+    assert math.isnan(lead_validation["grad_within30"]) and lead_validation["reg_geodesic_mm"] > 0
+    trainer.step = 3
+    assert 0 <= trainer.validate()["grad_within30"] <= 1
+    trainer.config.initialised_from, trainer.step = "trained.pt", 1  # a similarity from --init is validated in the lead
+    assert 0 <= trainer.validate()["grad_within30"] <= 1
+    with pytest.raises(InputError, match="regressor_only_share"):
+        TrainConfig(**{**TINY, "regressor_only_share": 1.0})
