@@ -20,6 +20,7 @@ TINY = dict(
     feature_kwargs=dict(channels=2, scalars=2, vectors=1, tensors=1),
     similarity_kwargs=dict(embed_dim=8, tokens=4), regressor_kwargs=dict(backbone="resnet10t"),
     val_size=2, val_every=1000, checkpoint_every=1000, warmup_steps=1, calibration_cases=0,
+    regressor_only_share=0.0,  # every network from the first step, as the tests' tiny models were trained
 )
 
 
