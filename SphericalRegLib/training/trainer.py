@@ -303,7 +303,6 @@ class Trainer:
         a = {k: torch.cat(v) for k, v in angles.items()}
         e = {k: torch.cat(v) for k, v in errors.items()}
 
-
         def within30(angle: Tensor) -> float:
             return math.nan if untrained else float((angle < 30).double().mean())
 
