@@ -15,14 +15,12 @@ import argparse
 
 import torch
 
-from SphericalRegLib.camera import Camera
-from SphericalRegLib.checkpoint import read_checkpoint
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.landscape import twist_profiles
 from SphericalRegLib.model import load_model
 from SphericalRegLib.register import Registrar
 from SphericalRegLib.register.stages import learnt_residual
-from SphericalRegLib.training import TrainConfig, Trainer
+from SphericalRegLib.training import Trainer
 
 
 def main() -> None:
@@ -35,10 +33,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     case = read_case(args.case)
     truth, _ = read_truth(args.case)
-    state = read_checkpoint(args.model, case.ct)
-    trainer = Trainer(case.ct, TrainConfig.from_dict(state["config"], args.model),
-                      Camera.from_json(state["camera"], args.model))
-    trainer.start_from(state)
+    trainer = Trainer.of_model(args.model, case.ct)
     for module in trainer.networks.values():
         module.eval()
     sim = trainer.similarity

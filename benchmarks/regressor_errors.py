@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 
 import torch
 
-from SphericalRegLib.camera import Camera
-from SphericalRegLib.checkpoint import read_checkpoint
 from SphericalRegLib.geometry import rotation_angle, transform_points
 from SphericalRegLib.io import read_ct
-from SphericalRegLib.training import TrainConfig, Trainer
+from SphericalRegLib.training import Trainer
 
 
 def main() -> None:
@@ -31,11 +28,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7_000_001)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ct = read_ct(args.ct)
-    state = read_checkpoint(args.model, ct)
-    config = replace(TrainConfig.from_dict(state["config"], args.model), val_size=args.poses, val_seed=args.seed)
-    trainer = Trainer(ct, config, Camera.from_json(state["camera"], args.model))
-    trainer.start_from(state)
+    trainer = Trainer.of_model(args.model, read_ct(args.ct), val_size=args.poses, val_seed=args.seed)
     trainer.regressor.eval()
     val = trainer.validation_set()
     with torch.no_grad():

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 
 import torch
 
-from SphericalRegLib.camera import Camera
-from SphericalRegLib.checkpoint import read_checkpoint
 from SphericalRegLib.io import read_ct
-from SphericalRegLib.training import TrainConfig, Trainer
+from SphericalRegLib.training import Trainer
 
 
 def main() -> None:
@@ -31,13 +28,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ct = read_ct(args.ct)
-    state = read_checkpoint(args.model, ct)
-    config = replace(TrainConfig.from_dict(state["config"], args.model), val_size=args.poses, val_seed=args.seed)
-    trainer = Trainer(ct, config, Camera.from_json(state["camera"], args.model))
-    trainer.start_from(state)
-    trainer.step = state["step"]  # a model stopped in the regressor's lead has an untrained similarity
-    print(json.dumps({"model": args.model, "step": state["step"], "poses": args.poses, "seed": args.seed,
+    trainer = Trainer.of_model(args.model, read_ct(args.ct), val_size=args.poses, val_seed=args.seed)
+    print(json.dumps({"model": args.model, "step": trainer.step, "poses": args.poses, "seed": args.seed,
                       **{k: round(v, 4) for k, v in trainer.validate().items()}}, indent=1))
 
 

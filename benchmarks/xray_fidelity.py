@@ -24,11 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from SphericalRegLib.camera import Camera
-from SphericalRegLib.checkpoint import read_checkpoint
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.register.pyramid import XrayPyramid
-from SphericalRegLib.training import TrainConfig, Trainer
+from SphericalRegLib.training import Trainer
 
 
 def high_pass(x):
@@ -44,11 +42,8 @@ def main() -> None:
     torch.set_num_threads(1)
     folders = sorted(p for p in args.cases.iterdir() if (p / "geometry.json").is_file())[:args.limit]
     first = read_case(folders[0])
-    state = read_checkpoint(args.model, first.ct)
-    camera = Camera.from_json(state["camera"], args.model)
-    base = TrainConfig.from_dict(state["config"], args.model)
-    trainer = Trainer(first.ct, base, camera)
-    trainer.start_from(state)
+    trainer = Trainer.of_model(args.model, first.ct)
+    camera = trainer.camera
     trainer.regressor.eval()
     stats = dict(corr=[], resid=[], sharp=[])
     regressor = {name: ([], []) for name in ("case X-ray", "rendered", "rendered, zero outside the case's field")}

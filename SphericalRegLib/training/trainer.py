@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..camera import ISOCENTRE_FRACTION, Camera, canonical_ap_pose
-from ..checkpoint import ct_fingerprint, save_checkpoint
+from ..checkpoint import ct_fingerprint, read_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..geometry import perturb_left, rotation_angle
 from ..model import build_networks
@@ -41,6 +42,11 @@ from .objective import METRICS, centred, direction_loss, pose_distance, target_g
 from .plots import curves_path, plot_history
 
 __all__ = ["Trainer", "run"]
+
+
+SIMILARITY_MEASURES = ("grad_within30", "rot_within30", "tr_within30", "grad_angle_median_deg",
+                       *(f"grad_within30_{m}" for m in METRICS))
+"""What :meth:`Trainer.validate` reports of the similarity (NaN before it has been trained at all)."""
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -236,11 +242,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         for name, m in self.networks.items():
             m.train(name in c.trained)  # a network kept fixed keeps its normalisation statistics too
-        if not self.trains_similarity:  # the regressor alone: all its X-rays at once
-            batch = self.sample(max(c.batch_size, c.regressor_batch), generator)
-        else:
-            batch = self.sample(c.batch_size, generator)
-        if self.trains_similarity and c.regressor_batch > c.batch_size and "regressor" in c.trained:
+        joint = self.trains_similarity  # else the regressor alone, on all its X-rays at once
+        batch = self.sample(c.batch_size if joint else max(c.batch_size, c.regressor_batch), generator)
+        if joint and c.regressor_batch > c.batch_size and "regressor" in c.trained:
             more = self.sample(c.regressor_batch - c.batch_size, generator)
             batch.update(regressor_xray=more["xray"], regressor_truth=more["truth"])
         losses = self.losses(batch)
@@ -283,15 +287,15 @@ class Trainer:
         for start in range(0, c.val_size, c.batch_size):
             sl = slice(start, start + c.batch_size)
             xray, truth, moving = val["xray"][sl], val["truth"][sl], val["moving"][sl]
-            g = (torch.full((len(moving), 6), float("nan"), dtype=torch.float64, device=moving.device) if untrained
-                 else self.similarity_gradient(feats, xray, moving, create_graph=False)[1])
-            for metric in METRICS:  # all, so that models trained on any compare
-                target = target_gradient(moving, truth, metric, self.length, self.isocentre, self.depth)
-                parts = twist_angles(g.detach(), target, self.length)
-                angles[f"twist_{metric}"].append(parts["twist"])
-                if metric == c.metric:
-                    for k, v in parts.items():
-                        angles[k].append(v)
+            if not untrained:
+                _, g = self.similarity_gradient(feats, xray, moving, create_graph=False)
+                for metric in METRICS:  # all, so that models trained on any compare
+                    target = target_gradient(moving, truth, metric, self.length, self.isocentre, self.depth)
+                    parts = twist_angles(g.detach(), target, self.length)
+                    angles[f"twist_{metric}"].append(parts["twist"])
+                    if metric == c.metric:
+                        for k, v in parts.items():
+                            angles[k].append(v)
             with torch.no_grad():
                 est = self.regressor(xray).double()
             errors["geodesic"].append(pose_distance(est, truth, "se3", self.length, self.isocentre, self.depth))
@@ -300,12 +304,14 @@ class Trainer:
             rot, iso = self._regressor_errors(est, truth)
             errors["rot"].append(rot)
             errors["iso"].append(iso)
-        a = {k: torch.cat(v) for k, v in angles.items()}
         e = {k: torch.cat(v) for k, v in errors.items()}
-
-        def within30(angle: Tensor) -> float:
-            return math.nan if untrained else float((angle < 30).double().mean())
-
+        similarity = dict.fromkeys(SIMILARITY_MEASURES, math.nan)
+        if not untrained:
+            a = {k: torch.cat(v) for k, v in angles.items()}
+            similarity.update(grad_angle_median_deg=float(a["twist"].median()), **{
+                name: float((a[angle] < 30).double().mean()) for name, angle in (
+                    ("grad_within30", "twist"), ("rot_within30", "rot"), ("tr_within30", "tr"),
+                    *((f"grad_within30_{m}", f"twist_{m}") for m in METRICS))})
         physics = self._validate_regressor_under_physics() if c.physics_p > 0 else {}
         if c.field_cut_p > 0 and c.field_min_side < 1:
             physics.update(self._validate_regressor_on_small_detector())
@@ -313,13 +319,7 @@ class Trainer:
             reg_geodesic_mm=float(e["geodesic"].mean()), prior_geodesic_mm=float(e["prior"].mean()),
             reg_rot_deg=float(e["rot"].mean()),
             reg_iso_mm=float(e["iso"].mean()),
-            grad_within30=within30(a["twist"]),
-            rot_within30=within30(a["rot"]),
-            tr_within30=within30(a["tr"]),
-            grad_angle_median_deg=float(a["twist"].median()),
-            grad_within30_se3=within30(a["twist_se3"]),
-            grad_within30_so4=within30(a["twist_so4"]),
-            grad_within30_view=within30(a["twist_view"]),
+            **similarity,
         )
 
     @torch.no_grad()
@@ -411,6 +411,18 @@ class Trainer:
                         networks=self.networks, step=self.step, optimizer=self.optimizer,
                         scheduler=self.scheduler, history=self.history, rng=self.rng_state(),
                         world_size=self.world_size, extra={"quality": model_quality(self.history)})
+
+    @classmethod
+    def of_model(cls, path, ct: Volume, **overrides) -> "Trainer":
+        """A trainer holding the trained networks of the model at ``path`` (of ``ct``), at the step it
+        was saved at (so that validation knows a regressor's lead), its configuration with ``overrides``
+        (e.g. ``val_size``, ``val_seed``): a trained model's validation and probes."""
+        state = read_checkpoint(path, ct)
+        trainer = cls(ct, replace(TrainConfig.from_dict(state["config"], path), **overrides),
+                      Camera.from_json(state["camera"], path))
+        trainer.start_from(state)
+        trainer.step = int(state["step"])
+        return trainer
 
     def start_from(self, state: dict) -> None:
         """Start from the trained networks of another model (any CT: xvr's generic-then-patient

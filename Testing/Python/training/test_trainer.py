@@ -234,3 +234,12 @@ def test_the_regressor_trains_alone_for_its_share_of_the_steps_then_every_networ
     assert 0 <= trainer.validate()["grad_within30"] <= 1
     with pytest.raises(InputError, match="regressor_only_share"):
         TrainConfig(**{**TINY, "regressor_only_share": 1.0})
+
+
+def test_a_trained_models_trainer_holds_its_networks_at_the_step_it_was_saved(tiny_model_file, tiny_volume):
+    state = read_checkpoint(tiny_model_file, tiny_volume)
+    trainer = Trainer.of_model(tiny_model_file, tiny_volume, val_size=3)
+    assert trainer.step == state["step"] > 0 and trainer.config.val_size == 3
+    for name, module in trainer.networks.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state["networks"][name][key].to(value)), (name, key)
