@@ -29,10 +29,17 @@ from .stages import (at_grid_edge, choose_polarity, choose_reading, distortion_r
                      initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity,
                      relative_pose_refinement, translation_search)
 
-__all__ = ["Registrar", "VIEW_NCC_GAP", "OTHER_START_DEG", "OTHER_START_MM"]
+__all__ = ["Registrar", "VIEW_NCC_GAP", "OTHER_START_DEG", "OTHER_START_MM", "SMALL_FIELD_SIDE"]
 
 VIEW_NCC_GAP = 0.25
 """A view whose final NCC is this far below the best view's is named in a warning."""
+
+SMALL_FIELD_SIDE = 0.5
+"""A view whose exposed field, seen in the model's training intrinsics, covers less than this share of
+the training image's side (its area under the square) is named in a warning when the regressor started
+the registration: at 40% the spine crop's regressor started 46-80 mm off, at 51% the chest's 15 mm
+(docs/results.md, "Detectors smaller than the training camera's"); a regressor trained for that 40%
+detector itself started 110 mm off (twenty-fourth session), so the warning does not send users there."""
 
 OTHER_START_DEG, OTHER_START_MM = 1.0, 5.0
 """When the learnt stage ran, the searched start the search did not keep is refined too if it lies
@@ -246,7 +253,7 @@ class Registrar:
             confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
             stages=stages, warnings=list(self.warnings) + self._view_warnings(views) + self._distortion_warnings(ctx)
-            + self._distortion_fit_warnings(views),
+            + self._distortion_fit_warnings(views) + self._field_warnings(ctx, stages["initial"]),
             covariance=covariance, notes=notes,
             uncertainty=uncertainty, views=views, distortion=distortion, photometric=ctx.xray.photometric)
 
@@ -323,6 +330,21 @@ class Registrar:
                 "noisy to fit, or the pose wrong; check the overlay of every view before trusting this pose"
                 for v in views if v.distortion is not None and at_grid_edge(v.distortion["pincushion"],
                                                                              v.distortion["s_distortion"])]
+
+    def _field_warnings(self, ctx: RegistrationContext, initial: StageRecord) -> list[str]:
+        """A regressor's start from a view whose field is far smaller than the model's training camera's:
+        the model was trained for another C-arm, and its start may lie outside every later stage's reach."""
+        if initial.source == "given":
+            return []
+        warnings = []
+        for k, pyramid in enumerate(ctx.pyramids):
+            side = float(pyramid.in_camera(self.model.camera)[2].float().mean().sqrt())
+            if side < SMALL_FIELD_SIDE:
+                warnings.append(
+                    f"{self._view_name(k)}: its exposed field is {side:.0%} of the side of the detector the model was "
+                    "trained for, and the regressor reads fields that small poorly, in depth above all (a median 46 mm "
+                    "off at 40% on a spine CT): check the overlay before trusting this pose, or give a start (--init)")
+        return warnings
 
     def _distortion_warnings(self, ctx: RegistrationContext) -> list[str]:
         """An image intensifier's round field registered without its dewarp: the frame's pincushion

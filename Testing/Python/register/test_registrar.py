@@ -106,3 +106,29 @@ def test_a_guessed_polarity_the_ct_contradicts_is_inverted_and_said(tiny_model_f
     assert kept.photometric == "MONOCHROME2" and not any("polarity" in w for w in kept.warnings)
     unchecked = registrar.register(inverted, case.camera, truth, photometric="MONOCHROME2")
     assert unchecked.photometric == "MONOCHROME2"  # a DICOM tag's word is not second-guessed
+
+
+def test_a_regressor_start_from_a_field_far_smaller_than_the_training_cameras_is_warned_about(tiny_model_file,
+                                                                                             tiny_cases):
+    from SphericalRegLib.camera import Camera
+
+    case = read_case(tiny_cases / "case_000")
+    model = load_model(tiny_model_file, case.ct)
+    options = RegisterOptions(optimizer="none", refine_levels=TINY_LEVELS, search_step_mm=0)
+    registrar = Registrar(model, case.ct, options)
+    def side(camera):  # of the training camera's detector, both at the same sdd
+        return camera.cols * camera.pixel_spacing[0] / (model.camera.cols * model.camera.pixel_spacing[0])
+
+    assert case.camera.sdd == model.camera.sdd and side(case.camera) > 0.8
+    full = registrar.register(case.xray, case.camera)
+    assert not any("exposed field" in w for w in full.warnings)
+    n, rows = case.camera.cols * 2 // 5, case.camera.rows  # the central 40% of the detector, as a smaller C-arm's
+    start = (rows - n) // 2
+    cu, cv = case.camera.principal_point
+    small = Camera(case.camera.sdd, case.camera.pixel_spacing, (cu - start, cv - start), (n, n))
+    crop = case.xray[start:start + n, start:start + n]
+    warned = [w for w in registrar.register(crop, small).warnings if "exposed field" in w]
+    assert len(warned) == 1 and "view 0" in warned[0] and "--init" in warned[0]
+    said = float(warned[0].split("exposed field is ")[1].split("%")[0]) / 100
+    assert abs(said - side(small)) < 0.05
+    assert not any("exposed field" in w for w in registrar.register(crop, small, case.init).warnings)  # a given start
