@@ -217,8 +217,8 @@ PRESETS = {
     # (its share on the spine crop had stopped rising by step 1000). The regressor alone on the spine
     # crop reached in 2000 steps (13 min) what 1600 joint steps gave it in 41 (docs/results.md,
     # "The regressor trained first"); a lead of 3200 rather than 2000 took its median error on 256
-    # held-out poses from 13.7 mm / 5.1 deg to 11.6 mm / 3.9 deg (the chest: 10.8 / 3.3 to 10.4 / 2.6)
-    # for about 6 more minutes (docs/results.md, "A longer lead").
+    # held-out poses from 13.7 mm / 5.1 deg to 11.6 mm / 3.9 deg (a second seed: 19.5 / 4.6 to 9.2 / 3.4;
+    # the chest: 10.8 / 3.3 to 10.4 / 2.6) for 5-7 more minutes (docs/results.md, "A longer lead").
     # Validation on 256 held-out poses (about 30 s on one core): on 64, two held-out sets of one model
     # read 14-27 points apart, and the learnt stage's gate (quality.LEARNT_STAGE_SHARE) reads this number.
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
