@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -31,7 +32,9 @@ class Row:
     """A method's answer on one case and its errors (mm); confidence, final_ncc and cost are None
     where the method has none (peers, rows derived from a stage). depth_sd, inplane_sd: the raw
     Gauss-Newton sds at the landmarks' centroid (what the uncertainty scale is fitted on);
-    centre_inplane_sd: the raw in-plane sd at the CT centre (a signal of the confidence)."""
+    centre_inplane_sd: the raw in-plane sd at the CT centre (a signal of the confidence). cost: the
+    learnt cost the confidence reads (``RegistrationResult.similarity``), also where the learnt
+    stage was skipped: the calibration of a model whose stage is skipped is fitted on it too."""
 
     method: str
     case: str
@@ -52,7 +55,6 @@ class Row:
 
     @classmethod
     def from_result(cls, method: str, case: str, result: RegistrationResult, truth, landmarks) -> "Row":
-        similarity = result.stages.get("similarity")
         sds = {}
         if result.covariance is not None:  # raw (uncalibrated) sds at the landmarks' centroid
             sd = point_standard_deviations(result.camera_from_world, result.covariance, landmarks.mean(0))
@@ -60,7 +62,7 @@ class Row:
         if result.uncertainty is not None:
             sds["centre_inplane_sd"] = result.uncertainty["raw_inplane_sd_mm"]
         return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
-                   result.final_ncc, similarity.cost[-1] if similarity is not None else None,
+                   result.final_ncc, result.similarity if math.isfinite(result.similarity) else None,
                    **errors(result.camera_from_world, truth, landmarks, result.camera), **sds,
                    views=max(1, len(result.views)))
 

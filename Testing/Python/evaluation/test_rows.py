@@ -19,3 +19,27 @@ def test_a_damaged_table_is_an_input_error_naming_the_column(tmp_path):
     (tmp_path / "cases.csv").write_text(text)
     with pytest.raises(InputError, match="'diverged' holds 'maybe'"):
         read_rows(tmp_path / "cases.csv")
+
+
+def test_a_row_keeps_the_learnt_cost_the_confidence_read_also_where_the_learnt_stage_was_skipped():
+    # A model whose similarity is below the learnt stage's gate registers without that stage; its
+    # result still carries the learnt cost at the final pose, which the confidence reads, and the
+    # calibration at the end of training must be able to fit on it (it once found "0 runs").
+    import math
+
+    import torch
+
+    from SphericalRegLib.camera import Camera, canonical_ap_pose
+    from SphericalRegLib.register import RegistrationResult
+
+    camera = Camera(1020.0, (1.0, 1.0), (31.5, 31.5), (64, 64))
+    pose = canonical_ap_pose(torch.zeros(3), camera.sdd)
+    landmarks = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64)
+
+    def row(similarity):
+        result = RegistrationResult(pose, 1.0, similarity, 3, None, False, camera, final_ncc=0.9)
+        assert "similarity" not in result.stages
+        return Row.from_result("ours", "c", result, pose, landmarks)
+
+    assert row(0.25).cost == 0.25 and row(0.25).final_ncc == 0.9 and row(0.25).mTRE == 0
+    assert row(math.nan).cost is None  # a peer's result: no learnt cost
