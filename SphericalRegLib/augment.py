@@ -73,13 +73,15 @@ def _box_mask(img: Tensor, g: torch.Generator, area: tuple[float, float]) -> Ten
     return inside[:, None]
 
 
-def _border_mask(img: Tensor, g: torch.Generator, max_band: float, min_side: float = 1.0) -> Tensor:
-    """``(B, 1, H, W)`` True outside a square detector of side ``U(min_side, 1)`` of the image's,
-    off-centre by up to half the margin it leaves, and in a band of up to ``max_band`` of its side
-    along each of its borders (with ``min_side`` 1, the bands alone, along the image's borders)."""
+def _border_mask(img: Tensor, g: torch.Generator, max_band: float, min_side: float = 1.0,
+                 side_power: float = 1.0) -> Tensor:
+    """``(B, 1, H, W)`` True outside a square detector of side ``min_side + (1 - min_side) u^side_power``
+    of the image's (``u ~ U(0, 1)``), off-centre by up to half the margin it leaves, and in a band of
+    up to ``max_band`` of its side along each of its borders (with ``min_side`` 1, the bands alone)."""
     B, _, H, W = img.shape
     if min_side < 1:
-        side = _uniform(B, min_side, 1.0, g, img).flatten()
+        u = torch.rand(B, generator=g, dtype=torch.float64) ** side_power
+        side = (min_side + (1 - min_side) * u).to(device=img.device, dtype=img.dtype)
         margin = (1 - side) / 2
         shift = [_uniform(B, -0.5, 0.5, g, img).flatten() * margin for _ in range(2)]
     else:
@@ -285,11 +287,12 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
 
 
 def cut_field(img: Tensor, generator: torch.Generator, p: float = 0.25, max_band: float = 0.12,
-              min_side: float = 1.0) -> tuple[Tensor, Tensor]:
+              min_side: float = 1.0, side_power: float = 1.0) -> tuple[Tensor, Tensor]:
     """X-rays ``(B, 1, H, W)`` whose exposed field ends early, and the mask of the field ``(B, 1, H, W)``.
 
     With probability ``p`` per image the field is cut to a square detector whose side is a fraction
-    ``U(min_side, 1)`` of the image's, its centre jittered by up to half the margin it leaves, and
+    ``min_side + (1 - min_side) u^side_power``, ``u ~ U(0, 1)``, of the image's (``side_power`` 1: uniform;
+    above 1: small detectors drawn more often), its centre jittered by up to half the margin it leaves, and
     then a band of up to ``max_band`` of that side along each of its borders is cut too. That is
     what registration reads from a C-arm whose detector is smaller than the training camera's, or
     off-centre, or collimated (``xray.preprocess_for_camera`` zeroes what its target camera sees
@@ -300,5 +303,7 @@ def cut_field(img: Tensor, generator: torch.Generator, p: float = 0.25, max_band
         raise InputError("img", f"has shape {tuple(img.shape)}", "(B, C, H, W) images")
     if not 0 < min_side <= 1:
         raise InputError("min_side", f"is {min_side}", "a fraction of the image's side in (0, 1]")
-    outside = _border_mask(img, generator, max_band, min_side) & _coin(img.shape[0], p, generator, img)
+    if not side_power > 0:
+        raise InputError("side_power", f"is {side_power}", "a positive exponent (1: sides drawn uniformly)")
+    outside = _border_mask(img, generator, max_band, min_side, side_power) & _coin(img.shape[0], p, generator, img)
     return torch.where(outside, torch.zeros_like(img), img), ~outside

@@ -98,6 +98,9 @@ class TrainConfig:
     # a narrow CT's C-arm, or a 9-inch intensifier read by a model trained for 30 cm, fills a third
     # to a half of the training image, and a regressor that never saw that reads it 100+ mm off
     field_min_side: float = 1.0
+    # how the cut detector's side is drawn between field_min_side and 1: min + (1 - min) u^power,
+    # u ~ U(0, 1); 1 draws it uniformly, 2 puts about half the cuts of min 0.35 below half the side
+    field_side_power: float = 1.0
     # the networks this run optimises (the others keep their weights: e.g. a regressor fine-tuned
     # alone, without rendering feature DRRs or the double backward, at ~1/10 of a joint step)
     trained: tuple = NETWORKS
@@ -157,6 +160,9 @@ class TrainConfig:
         if not 0 < self.field_min_side <= 1:
             raise InputError("field_min_side", f"is {self.field_min_side}",
                              "a fraction of the training camera's side in (0, 1]")
+        if not self.field_side_power > 0:
+            raise InputError("field_side_power", f"is {self.field_side_power}",
+                             "a positive exponent (1: cut detectors' sides drawn uniformly)")
         if self.calibration_cases < 0:
             raise InputError("calibration_cases", f"is {self.calibration_cases}", "0 (no calibration) or more cases")
         from ..physics import PRESETS as PHYSICS

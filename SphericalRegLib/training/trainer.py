@@ -136,7 +136,8 @@ class Trainer:
         if augment:
             xray = randomise_xray(xray, generator, p=c.augment_p)
         if augment and c.field_cut_p > 0:
-            xray, cut = cut_field(xray, generator, p=c.field_cut_p, min_side=c.field_min_side)
+            xray, cut = cut_field(xray, generator, p=c.field_cut_p, min_side=c.field_min_side,
+                                 side_power=c.field_side_power)
             field = field & cut
         xray = torch.where(field, xray, torch.zeros_like(xray))  # the reader's zeros come last
         return dict(truth=truth.to(self.device), moving=moving.to(self.device), xray=xray, field=field)

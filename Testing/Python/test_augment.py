@@ -141,3 +141,17 @@ def test_a_cut_field_stands_for_detectors_down_to_min_side():
     for f in small[:, 0]:  # each field is one rectangle: its rows all span the same columns
         rows = f.any(dim=1)
         assert torch.equal(f[rows], f[rows][:1].expand_as(f[rows]))
+
+
+def test_a_side_power_above_one_draws_small_detectors_more_often():
+    img = _drrs(n=64)
+    with pytest.raises(InputError, match="side_power"):
+        cut_field(img, torch.Generator(), p=1.0, min_side=0.35, side_power=0.0)
+
+    def sides(power):
+        _, field = cut_field(img, torch.Generator().manual_seed(0), p=1.0, min_side=0.35, side_power=power)
+        return field.any(dim=-1).flatten(1).float().mean(1)  # rows of the field, as a fraction of the image's
+
+    uniform, small = sides(1.0), sides(2.0)
+    assert (small < 0.5).float().mean() > (uniform < 0.5).float().mean() + 0.1
+    assert small.min() >= 0.35 * (1 - 2 * 0.12) - 2 / 64

@@ -9,6 +9,7 @@ import pytest
 
 from SphericalRegLib.errors import InputError
 from SphericalRegLib.training import PRESETS, load_config
+from SphericalRegLib.training.config import TrainConfig
 
 
 def test_load_config_from_a_preset_a_json_file_with_base_and_a_bad_file(tmp_path):
@@ -29,3 +30,9 @@ def test_load_config_from_a_preset_a_json_file_with_base_and_a_bad_file(tmp_path
     with pytest.raises(InputError, match="neither a preset nor a file") as raised:
         load_config(str(tmp_path / "missing.json"))
     assert raised.value.source == "config"
+
+
+def test_a_cut_detector_side_power_must_be_positive():
+    with pytest.raises(InputError, match="field_side_power"):
+        TrainConfig(field_side_power=0.0)
+    assert TrainConfig.preset_named("small", field_side_power=2.0).field_side_power == 2.0
