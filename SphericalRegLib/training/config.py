@@ -218,17 +218,21 @@ PRESETS = {
     # The cut field may also be a detector down to 35% of the camera's side (field_min_side): the spine
     # crop's cases, on a 150 mm detector, were read 144 mm off without it, 80 mm with it (docs/results.md,
     # "Detectors smaller than the training camera's").
-    # The first 3200 of the 4400 steps train the regressor alone (regressor_only_share), at about a
-    # quarter of a joint step each; the similarity then trains for 1200 joint steps, where it had 1600
-    # (its share on the spine crop had stopped rising by step 1000). The regressor alone on the spine
-    # crop reached in 2000 steps (13 min) what 1600 joint steps gave it in 41 (docs/results.md,
-    # "The regressor trained first"); a lead of 3200 rather than 2000 took its median error on 256
-    # held-out poses from 13.7 mm / 5.1 deg to 11.6 mm / 3.9 deg (a second seed: 19.5 / 4.6 to 9.2 / 3.4;
-    # the chest: 10.8 / 3.3 to 10.4 / 2.6) for 5-7 more minutes (docs/results.md, "A longer lead").
+    # The first 3100 of the 4000 steps train the regressor alone (regressor_only_share), at about a
+    # quarter of a joint step each; the similarity then trains for 900 joint steps (its share on the
+    # spine crop had stopped rising by step 1000 of 1600). The regressor alone on the spine crop reached
+    # in 2000 steps (13 min) what 1600 joint steps gave it in 41 (docs/results.md, "The regressor
+    # trained first"); a lead of 3200 rather than 2000 took its median error on 256 held-out poses from
+    # 13.7 mm / 5.1 deg to 11.6 mm / 3.9 deg (a second seed: 19.5 / 4.6 to 9.2 / 3.4; the chest: 10.8 /
+    # 3.3 to 10.4 / 2.6; docs/results.md, "A longer lead"). With 1200 joint steps after it, the README's
+    # command took 52 minutes on the idle machine (chest, calibration included), so the joint phase was
+    # cut to 900 and the lead to 3100 (44 minutes projected from that run; the spine crop, seed 0:
+    # 11.3 mm / 4.8 deg, similarity 57% as before; docs/results.md, "timed end to end"). The 4400-step
+    # preset is benchmarks/configs/small_4400.json.
     # Validation on 256 held-out poses (about 30 s on one core): on 64, two held-out sets of one model
     # read 14-27 points apart, and the learnt stage's gate (quality.LEARNT_STAGE_SHARE) reads this number.
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
-                         batch_size=4, regressor_batch=16, steps=4400, regressor_only_share=3200 / 4400,
+                         batch_size=4, regressor_batch=16, steps=4000, regressor_only_share=3100 / 4000,
                          warmup_steps=100, val_every=400,
                          val_size=256,
                          checkpoint_every=200, memory_budget_gib=4.0, augment_p=0.1, lr_similarity=5e-4,
