@@ -226,9 +226,9 @@ PRESETS = {
     # 13.7 mm / 5.1 deg to 11.6 mm / 3.9 deg (a second seed: 19.5 / 4.6 to 9.2 / 3.4; the chest: 10.8 /
     # 3.3 to 10.4 / 2.6; docs/results.md, "A longer lead"). With 1200 joint steps after it, the README's
     # command took 52 minutes on the idle machine (chest, calibration included), so the joint phase was
-    # cut to 900 and the lead to 3100 (44 minutes projected from that run; the spine crop, seed 0:
-    # 11.3 mm / 4.8 deg, similarity 57% as before; docs/results.md, "timed end to end"). The 4400-step
-    # preset is benchmarks/configs/small_4400.json.
+    # cut to 900 and the lead to 3100: 36.8 minutes timed whole and idle, 44 at the first run's slower
+    # hour (the spine crop, seed 0: 11.3 mm / 4.8 deg, similarity 57% as before; docs/results.md,
+    # "timed end to end"). The 4400-step preset is benchmarks/configs/small_4400.json.
     # Validation on 256 held-out poses (about 30 s on one core): on 64, two held-out sets of one model
     # read 14-27 points apart, and the learnt stage's gate (quality.LEARNT_STAGE_SHARE) reads this number.
     "small": TrainConfig(preset="small", spacing_mm=3.0, max_size=64, image_size=64, n_samples=64,
