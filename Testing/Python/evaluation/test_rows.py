@@ -1,9 +1,14 @@
-"""Evaluation rows keep their types through cases.csv (SphericalRegLib.evaluation.rows)."""
+"""Evaluation rows keep their types through cases.csv and the signals the confidence reads (SphericalRegLib.evaluation.rows)."""
+
+import math
 
 import pytest
+import torch
 
+from SphericalRegLib.camera import Camera, canonical_ap_pose
 from SphericalRegLib.errors import InputError
 from SphericalRegLib.evaluation.rows import Row, read_rows, write_rows
+from SphericalRegLib.register import RegistrationResult
 
 
 def test_rows_round_trip_through_csv_with_their_types(tmp_path):
@@ -25,13 +30,6 @@ def test_a_row_keeps_the_learnt_cost_the_confidence_read_also_where_the_learnt_s
     # A model whose similarity is below the learnt stage's gate registers without that stage; its
     # result still carries the learnt cost at the final pose, which the confidence reads, and the
     # calibration at the end of training must be able to fit on it (it once found "0 runs").
-    import math
-
-    import torch
-
-    from SphericalRegLib.camera import Camera, canonical_ap_pose
-    from SphericalRegLib.register import RegistrationResult
-
     camera = Camera(1020.0, (1.0, 1.0), (31.5, 31.5), (64, 64))
     pose = canonical_ap_pose(torch.zeros(3), camera.sdd)
     landmarks = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64)
