@@ -9,6 +9,14 @@ held-out runs of the results table (plain physics) the default three ranked sub-
 above the others with AUROC 0.96, against 0.95 for the NCC and cost alone and 0.49 for the raw NCC
 and cost of the first calibration (docs/results.md). A calibration names the signals it was fitted
 on, so older files keep working.
+
+A calibration fitted on a few runs must not vouch for what it never saw. :func:`predict` therefore
+never extrapolates towards success: a signal better than the best value among the calibration runs
+counts as that best value (a plain X-ray's NCC of 0.998 is beyond every run of a calibration on
+random physics, and a logistic fit carried it to 1.00 even for a registration 1.9 mm off). And the
+probability stays below Laplace's rule of succession, (s + 1) / (s + 2) for s successful runs: four
+successes cannot show a 99.99% success rate. Towards failure both may extrapolate: a low confidence
+is never the dangerous error.
 """
 
 from __future__ import annotations
@@ -71,15 +79,27 @@ def features(values: dict, signals=DEFAULT_SIGNALS) -> list[float] | None:
 
 
 def predict(calibration: dict, values: dict) -> float | None:
-    """Probability in [0, 1] that mTRE < 1 mm, or None when ``values`` lack a signal the calibration needs."""
-    f = features(values, calibration.get("signals", LEGACY_SIGNALS))
+    """Probability in [0, 1] that mTRE < 1 mm, or None when ``values`` lack a signal the calibration needs.
+
+    Calibrations that record their runs' range (``best``) and counts are held to them (module docstring);
+    older ones predict as they were fitted."""
+    signals = calibration.get("signals", LEGACY_SIGNALS)
+    f = features(values, signals)
     if f is None:
         return None
     f = torch.tensor(f, dtype=torch.float64)
+    if "best" in calibration:
+        side = torch.tensor([BETTER_WHEN[name] for name in signals], dtype=torch.float64)
+        best = torch.tensor(calibration["best"], dtype=torch.float64)
+        f = side * torch.minimum(side * f, side * best)
     mean = torch.tensor(calibration["mean"], dtype=torch.float64)
     std = torch.tensor(calibration["std"], dtype=torch.float64)
     z = calibration["bias"] + torch.dot(torch.tensor(calibration["weights"], dtype=torch.float64), (f - mean) / std)
-    return float(torch.sigmoid(z))
+    p = float(torch.sigmoid(z))
+    if "best" in calibration:
+        successes = calibration["positives"]
+        p = min(p, (successes + 1.0) / (successes + 2))
+    return p
 
 
 def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, iters: int = 500,
@@ -89,7 +109,7 @@ def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, 
     ``values``: one ``{"final_ncc", "cost", "inplane_sd"}`` per run (runs lacking a signal are
     left out). ``monotone``: each weight has the sign of :data:`BETTER_WHEN` (or is ~0), so no
     signal can raise the confidence by getting worse. Returns the calibration dictionary
-    :func:`predict` reads, with the runs used.
+    :func:`predict` reads, with the runs' counts and each signal's best value among them.
     """
     rows = [(features(v, signals), bool(s)) for v, s in zip(values, success)]
     rows = [(f, s) for f, s in rows if f is not None]
@@ -113,5 +133,7 @@ def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, 
         return loss
 
     opt.step(closure)
+    side = torch.tensor([BETTER_WHEN[name] for name in signals], dtype=torch.float64)
+    best = side * (side * X).max(0).values
     return {"weights": weights().detach().tolist(), "bias": float(b.detach()), "mean": mean.tolist(), "std": std.tolist(),
-            "cases": int(len(y)), "positives": int(y.sum()), "signals": list(signals)}
+            "best": best.tolist(), "cases": int(len(y)), "positives": int(y.sum()), "signals": list(signals)}

@@ -134,9 +134,10 @@ class TrainConfig:
     val_seed: int = 1_000_003
     checkpoint_every: int = 250
     # after training: simulated held-out cases of the CT on which the confidence and the uncertainty
-    # are calibrated (evaluation.calibration.calibrate_model); 0 leaves the model uncalibrated
+    # are calibrated (evaluation.calibration.calibrate_model), shared among the comma-separated
+    # physics presets; 0 leaves the model uncalibrated
     calibration_cases: int = 8
-    calibration_physics: str = "random"
+    calibration_physics: str = "plain,random"
 
     def __post_init__(self):
         for name in ("truth_rot_deg", "truth_trans_mm", "moving_rot_deg", "moving_trans_mm",
@@ -167,9 +168,10 @@ class TrainConfig:
             raise InputError("calibration_cases", f"is {self.calibration_cases}", "0 (no calibration) or more cases")
         from ..physics import PRESETS as PHYSICS
 
-        if self.calibration_physics not in (*PHYSICS, "random"):
+        names = [name.strip() for name in self.calibration_physics.split(",")]
+        if not all(name in (*PHYSICS, "random") for name in names):
             raise InputError("calibration_physics", f"is {self.calibration_physics!r}",
-                             "one of " + ", ".join([*PHYSICS, "random"]))
+                             "one or more (comma-separated) of " + ", ".join([*PHYSICS, "random"]))
         if not 0 <= self.regressor_only_share < 1:
             raise InputError("regressor_only_share", f"is {self.regressor_only_share}",
                              "a share of the steps from 0 (none) to below 1 for the regressor alone")

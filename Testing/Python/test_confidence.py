@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from SphericalRegLib.confidence import LEGACY_SIGNALS, fit, predict
 
 
@@ -34,3 +36,17 @@ def test_a_worse_signal_never_raises_the_fitted_confidence():
     base = {"final_ncc": 0.99, "cost": 1.0, "inplane_sd": 0.02}
     for key, worse in (("final_ncc", 0.9), ("cost", 10.0), ("inplane_sd", 0.2)):
         assert predict(cal, {**base, key: worse}) <= predict(cal, base)
+
+
+def test_signals_beyond_every_calibration_run_earn_no_more_than_the_best_run():
+    """Fitted on random-physics runs (NCC up to 0.9), a plain X-ray's NCC of 0.998 once scored 1.00
+    whatever its error; the fit now holds a signal to the best value it saw, on that side only."""
+    good = [{"final_ncc": 0.85 + 0.005 * i, "cost": 1.0, "inplane_sd": 0.02} for i in range(10)]
+    bad = [{"final_ncc": 0.6 + 0.02 * i, "cost": 1.0, "inplane_sd": 0.05} for i in range(4)]
+    cal = fit(good + bad, [True] * 10 + [False] * 4)
+    assert cal["best"][0] == pytest.approx(math.log(1 - 0.895))
+    best_seen = predict(cal, {"final_ncc": 0.895, "cost": 1.0, "inplane_sd": 0.02})
+    assert predict(cal, {"final_ncc": 0.998, "cost": 1.0, "inplane_sd": 0.002}) == pytest.approx(best_seen)
+    assert best_seen <= 11 / 12  # Laplace: 10 successes cannot show more
+    worst_seen = predict(cal, {"final_ncc": 0.6, "cost": 1.0, "inplane_sd": 0.05})
+    assert predict(cal, {"final_ncc": 0.3, "cost": 1.0, "inplane_sd": 0.2}) < worst_seen  # the safe side: no floor

@@ -24,7 +24,8 @@ def test_train_ends_with_a_calibration_beside_the_model_and_no_cases_left(tiny_v
     printed = capsys.readouterr().out
     assert "calibrating on 3 simulated held-out cases" in printed
     calibration = json.loads(calibration_path(out).read_text())
-    assert calibration["cases_dir"].startswith("3 cases simulated at the end of training (physics random")
+    assert calibration["cases_dir"] == ("3 cases simulated at the end of training (2 physics plain seed 7700000, "
+                                      "1 physics random seed 7701000)")
     if "weights" in calibration:  # Platt scaling needs successes and failures among the 6 runs
         assert calibration["cases"] == 6
     else:

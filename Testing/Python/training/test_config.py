@@ -36,3 +36,9 @@ def test_a_cut_detector_side_power_must_be_positive():
     with pytest.raises(InputError, match="field_side_power"):
         TrainConfig(field_side_power=0.0)
     assert TrainConfig.preset_named("small", field_side_power=2.0).field_side_power == 2.0
+
+
+def test_calibration_physics_names_presets_the_cases_are_shared_among():
+    assert TrainConfig(calibration_physics="plain, hard,random").calibration_physics == "plain, hard,random"
+    with pytest.raises(InputError, match="calibration_physics.*'plain,fluoro'.*comma-separated"):
+        TrainConfig(calibration_physics="plain,fluoro")
