@@ -3,12 +3,14 @@ held-out simulated cases whose truth is known.
 
 The signals (:data:`SIGNALS`) are read from a registration's outcome: the final NCC of the
 line-integral DRR with the X-ray, the learnt-similarity cost, and how well the final pose is
-pinned down (the raw Gauss-Newton standard deviation in the detector plane at the CT centre, from
-the final LM's J^T J: a wrong optimum on a ridge of the cost is poorly conditioned). On the 98
-held-out runs of the results table (plain physics) the default three ranked sub-millimetre results
-above the others with AUROC 0.96, against 0.95 for the NCC and cost alone and 0.49 for the raw NCC
-and cost of the first calibration (docs/results.md). A calibration names the signals it was fitted
-on, so older files keep working.
+pinned down (the raw Gauss-Newton standard deviations at the CT centre, in the detector plane and
+along the central ray, from the final LM's J^T J: a wrong optimum on a ridge of the cost is poorly
+conditioned). The default three (:data:`DEFAULT_SIGNALS`) describe the intensity stage's answer and
+not the model, so runs of other CTs and models can be pooled with a model's own: the learnt cost,
+whose scale is the model's own (and whose weight came out at 1e-8 in the shipped 111-run fit), is
+left out, and the depth sd is in (under random
+physics it ranks sub-millimetre runs above the others with AUROC 0.94, NCC alone 0.47; docs/results.md,
+twenty-seventh session). A calibration names the signals it was fitted on, so older files keep working.
 
 A calibration fitted on a few runs must not vouch for what it never saw. :func:`predict` therefore
 never extrapolates towards success: a signal better than the best value among the calibration runs
@@ -33,15 +35,18 @@ SIGNALS = {
     "log(1 - final NCC)": lambda s: math.log(max(1.0 - float(s["final_ncc"]), 1e-6)),
     "log similarity cost": lambda s: math.log(max(float(s["cost"]), 1e-12)),
     "log in-plane sd": lambda s: math.log(max(float(s["inplane_sd"]), 1e-9)),
+    "log depth sd": lambda s: math.log(max(float(s["depth_sd"]), 1e-9)),
 }
-"""Signal name -> its value from ``{"final_ncc", "cost", "inplane_sd"}`` (the raw in-plane sd, mm)."""
+"""Signal name -> its value from ``{"final_ncc", "cost", "inplane_sd", "depth_sd"}`` (the raw sds
+at the CT centre, mm)."""
 
-BETTER_WHEN = {"final NCC": +1, "log(1 - final NCC)": -1, "log similarity cost": -1, "log in-plane sd": -1}
+BETTER_WHEN = {"final NCC": +1, "log(1 - final NCC)": -1, "log similarity cost": -1, "log in-plane sd": -1,
+               "log depth sd": -1}
 """Signal name -> +1 when a larger value means a better registration, -1 when a smaller one does.
 :func:`fit` keeps each weight on its side: with a handful of failures to learn from, an
 unconstrained fit once gave a higher learnt cost a higher confidence."""
 
-DEFAULT_SIGNALS = ("log(1 - final NCC)", "log similarity cost", "log in-plane sd")
+DEFAULT_SIGNALS = ("log(1 - final NCC)", "log in-plane sd", "log depth sd")
 LEGACY_SIGNALS = ("final NCC", "log similarity cost")
 """What calibrations written before the signals were named were fitted on."""
 
@@ -67,6 +72,7 @@ def confidence_values(final_ncc: float | None, cost: float | None, uncertainty: 
     values = {"final_ncc": final_ncc, "cost": cost}
     if uncertainty is not None:
         values["inplane_sd"] = uncertainty["raw_inplane_sd_mm"]
+        values["depth_sd"] = uncertainty["raw_depth_sd_mm"]
     return values
 
 

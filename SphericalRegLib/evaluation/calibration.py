@@ -5,13 +5,21 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..confidence import DEFAULT_SIGNALS, calibration_path, fit
+from ..confidence import DEFAULT_SIGNALS, calibration_path, features, fit
 from ..errors import InputError
 from ..io import write_json
 from ..register.uncertainty import fit_scale
-from .rows import Row
+from .rows import Row, read_rows
 
-__all__ = ["fit_confidence", "calibrate_model", "CALIBRATION_METHODS", "CALIBRATION_SEED"]
+__all__ = ["fit_confidence", "calibrate_model", "CALIBRATION_METHODS", "CALIBRATION_SEED", "REFERENCE_RUNS"]
+
+REFERENCE_RUNS = Path(__file__).with_name("reference_runs.csv")
+"""Registrations of other CTs and models that a new model's own calibration runs are pooled with:
+120 runs (ours and ours-far) of the 4000-step small models of the example chest and of its spine
+crop, plain and random physics, on tuning cases (seeds 7500, 7600, 7700; docs/results.md,
+twenty-seventh session). The confidence's signals describe the intensity stage's final pose, not
+the model, so they carry over; eight cases of one's own cannot show how failures look, and fitted
+on them alone the spine model scored failures 25-213 mm off 0.30-0.71."""
 
 CALIBRATION_SEED = 7_700_000
 """Seeds of the cases a model is calibrated on at the end of training: apart from every seed the
@@ -22,7 +30,7 @@ CALIBRATION_METHODS = ("ours", "ours-init", "ours-far")
 
 def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS, signals=DEFAULT_SIGNALS) -> dict:
     """Platt scaling on every run of the main model: the signals describe the final pose, whatever its start."""
-    rs = [r for r in rows if r.method in methods and r.final_ncc is not None and r.cost is not None]
+    rs = [r for r in rows if r.method in methods and features(signal_values(r), signals) is not None]
     if len(rs) < 5 or len({r.mTRE < 1 for r in rs}) < 2:
         raise InputError("calibration", f"{len(rs)} runs of {'/'.join(methods)} with "
                          f"{sum(r.mTRE < 1 for r in rs)} sub-millimetre",
@@ -32,10 +40,11 @@ def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS, signals=DEFAULT
 
 
 def signal_values(row: Row) -> dict:
-    """The confidence's inputs from a table row; tables written before ``centre_inplane_sd`` was
-    recorded give the sd at the landmarks' centroid instead (a few cm away: nearly the same)."""
-    sd = row.centre_inplane_sd if row.centre_inplane_sd is not None else row.inplane_sd
-    return {"final_ncc": row.final_ncc, "cost": row.cost, "inplane_sd": sd}
+    """The confidence's inputs from a table row; tables written before the sds at the CT centre were
+    recorded give those at the landmarks' centroid instead (a few cm away: nearly the same)."""
+    inplane = row.centre_inplane_sd if row.centre_inplane_sd is not None else row.inplane_sd
+    depth = row.centre_depth_sd if row.centre_depth_sd is not None else row.depth_sd
+    return {"final_ncc": row.final_ncc, "cost": row.cost, "inplane_sd": inplane, "depth_sd": depth}
 
 
 def _uncertainty_only(rows: list[Row]) -> dict:
@@ -51,10 +60,12 @@ def _uncertainty_only(rows: list[Row]) -> dict:
 
 
 def calibrate_model(model_path, ct_path, *, cases: int = 8, physics: str = "plain,random",
-                    seed: int = CALIBRATION_SEED, size: int = 256, device="cpu", log=print) -> dict | None:
+                    seed: int = CALIBRATION_SEED, size: int = 256, reference=REFERENCE_RUNS, device="cpu",
+                    log=print) -> dict | None:
     """Calibrate a freshly trained model on its own CT: ``cases`` simulated X-rays registered from the
-    regressor and from far starts, the confidence and the uncertainty scale fitted on them and written
-    beside the model. The cases are deleted after.
+    regressor and from far starts, the confidence fitted on them pooled with the ``reference`` runs
+    (a cases.csv; None: its own alone), the uncertainty scale on its own, both written beside the
+    model. The cases are deleted after.
 
     ``physics``: comma-separated presets (or ``random``) the cases are shared among, in turn. Plain
     X-rays beside random ones: the final NCC of a registration depends on the physics as much as on
@@ -95,8 +106,17 @@ def calibrate_model(model_path, ct_path, *, cases: int = 8, physics: str = "plai
     source = (f"{cases} cases simulated at the end of training ("
               + ", ".join(f"{n} physics {name} seed {seed + 1000 * k}" for k, (name, n) in enumerate(zip(names, shares)) if n)
               + ")")
+    others = [] if reference is None else [
+        r for r in read_rows(Path(reference))
+        if r.method in CALIBRATION_METHODS and features(signal_values(r), DEFAULT_SIGNALS) is not None]
     try:
-        calibration = fit_confidence(rows)
+        calibration = fit_confidence(rows + others)
+        calibration.pop("uncertainty_scale", None)
+        calibration.update(_uncertainty_only(rows))
+        if reference is not None:
+            calibration["reference_runs"] = f"{len(others)} runs of {Path(reference).name}"
+        log(f"confidence fitted on {calibration['cases']} runs ({calibration['cases'] - len(others)} of them "
+            f"this model's), {calibration['positives']} sub-millimetre")
     except InputError as e:
         calibration = _uncertainty_only(rows)
         calibration["confidence"] = f"not fitted: {e.problem}"

@@ -32,7 +32,7 @@ class Row:
     """A method's answer on one case and its errors (mm); confidence, final_ncc and cost are None
     where the method has none (peers, rows derived from a stage). depth_sd, inplane_sd: the raw
     Gauss-Newton sds at the landmarks' centroid (what the uncertainty scale is fitted on);
-    centre_inplane_sd: the raw in-plane sd at the CT centre (a signal of the confidence). cost: the
+    centre_inplane_sd, centre_depth_sd: the raw sds at the CT centre (signals of the confidence). cost: the
     learnt cost the confidence reads (``RegistrationResult.similarity``), also where the learnt
     stage was skipped: the calibration of a model whose stage is skipped is fitted on it too."""
 
@@ -52,6 +52,7 @@ class Row:
     inplane_sd: float | None = None
     views: int | None = None
     centre_inplane_sd: float | None = None
+    centre_depth_sd: float | None = None
 
     @classmethod
     def from_result(cls, method: str, case: str, result: RegistrationResult, truth, landmarks) -> "Row":
@@ -61,6 +62,7 @@ class Row:
             sds = {"depth_sd": sd["depth_sd_mm"], "inplane_sd": sd["inplane_sd_mm"]}
         if result.uncertainty is not None:
             sds["centre_inplane_sd"] = result.uncertainty["raw_inplane_sd_mm"]
+            sds["centre_depth_sd"] = result.uncertainty["raw_depth_sd_mm"]
         return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
                    result.final_ncc, result.similarity if math.isfinite(result.similarity) else None,
                    **errors(result.camera_from_world, truth, landmarks, result.camera), **sds,

@@ -6,15 +6,17 @@ from SphericalRegLib.confidence import LEGACY_SIGNALS, fit, predict
 
 
 def test_platt_scaling_separates_good_from_bad_registrations():
-    good = [{"final_ncc": 0.995 - 0.002 * i, "cost": 0.01 * (1 + i), "inplane_sd": 0.02} for i in range(10)]
-    bad = [{"final_ncc": 0.90 - 0.01 * i, "cost": 5.0 * (1 + i), "inplane_sd": 0.05 + 0.01 * i} for i in range(6)]
+    good = [{"final_ncc": 0.995 - 0.002 * i, "cost": 0.01 * (1 + i), "inplane_sd": 0.02, "depth_sd": 0.04}
+            for i in range(10)]
+    bad = [{"final_ncc": 0.90 - 0.01 * i, "cost": 5.0 * (1 + i), "inplane_sd": 0.05 + 0.01 * i, "depth_sd": 0.06}
+           for i in range(6)]
     cal = fit(good + bad, [True] * 10 + [False] * 6)
     assert cal["cases"] == 16 and cal["positives"] == 10 and len(cal["weights"]) == 3
     p_good = [predict(cal, g) for g in good]
     p_bad = [predict(cal, b) for b in bad]
     assert min(p_good) > 0.5 > max(p_bad)
     assert all(0.0 <= p <= 1.0 and math.isfinite(p) for p in p_good + p_bad)
-    assert predict(cal, {"final_ncc": 0.99, "cost": 0.01}) is None  # a signal missing: no confidence, not a guess
+    assert predict(cal, {"final_ncc": 0.99, "inplane_sd": 0.02}) is None  # a signal missing: no confidence, not a guess
 
 
 def test_a_calibration_of_the_first_format_still_predicts():
@@ -29,9 +31,10 @@ def test_a_worse_signal_never_raises_the_fitted_confidence():
     """Few failures, one with a low learnt cost: unconstrained, the cost's weight turns positive."""
     good = [{"final_ncc": 0.997, "cost": 0.5 + 0.5 * i, "inplane_sd": 0.02} for i in range(12)]
     bad = [{"final_ncc": 0.96, "cost": 0.1, "inplane_sd": 0.02}, {"final_ncc": 0.95, "cost": 0.2, "inplane_sd": 0.03}]
-    free = fit(good + bad, [True] * 12 + [False] * 2, monotone=False)
+    signals = ("log(1 - final NCC)", "log similarity cost", "log in-plane sd")
+    free = fit(good + bad, [True] * 12 + [False] * 2, signals, monotone=False)
     assert free["weights"][1] > 0  # what the constraint is for
-    cal = fit(good + bad, [True] * 12 + [False] * 2)
+    cal = fit(good + bad, [True] * 12 + [False] * 2, signals)
     assert all(w <= 0 for w in cal["weights"])  # all three signals: smaller is better
     base = {"final_ncc": 0.99, "cost": 1.0, "inplane_sd": 0.02}
     for key, worse in (("final_ncc", 0.9), ("cost", 10.0), ("inplane_sd", 0.2)):
@@ -41,12 +44,12 @@ def test_a_worse_signal_never_raises_the_fitted_confidence():
 def test_signals_beyond_every_calibration_run_earn_no_more_than_the_best_run():
     """Fitted on random-physics runs (NCC up to 0.9), a plain X-ray's NCC of 0.998 once scored 1.00
     whatever its error; the fit now holds a signal to the best value it saw, on that side only."""
-    good = [{"final_ncc": 0.85 + 0.005 * i, "cost": 1.0, "inplane_sd": 0.02} for i in range(10)]
-    bad = [{"final_ncc": 0.6 + 0.02 * i, "cost": 1.0, "inplane_sd": 0.05} for i in range(4)]
+    good = [{"final_ncc": 0.85 + 0.005 * i, "inplane_sd": 0.02, "depth_sd": 0.04} for i in range(10)]
+    bad = [{"final_ncc": 0.6 + 0.02 * i, "inplane_sd": 0.05, "depth_sd": 0.06} for i in range(4)]
     cal = fit(good + bad, [True] * 10 + [False] * 4)
     assert cal["best"][0] == pytest.approx(math.log(1 - 0.895))
-    best_seen = predict(cal, {"final_ncc": 0.895, "cost": 1.0, "inplane_sd": 0.02})
-    assert predict(cal, {"final_ncc": 0.998, "cost": 1.0, "inplane_sd": 0.002}) == pytest.approx(best_seen)
+    best_seen = predict(cal, {"final_ncc": 0.895, "inplane_sd": 0.02, "depth_sd": 0.04})
+    assert predict(cal, {"final_ncc": 0.998, "inplane_sd": 0.002, "depth_sd": 0.004}) == pytest.approx(best_seen)
     assert best_seen <= 11 / 12  # Laplace: 10 successes cannot show more
-    worst_seen = predict(cal, {"final_ncc": 0.6, "cost": 1.0, "inplane_sd": 0.05})
-    assert predict(cal, {"final_ncc": 0.3, "cost": 1.0, "inplane_sd": 0.2}) < worst_seen  # the safe side: no floor
+    worst_seen = predict(cal, {"final_ncc": 0.6, "inplane_sd": 0.05, "depth_sd": 0.06})
+    assert predict(cal, {"final_ncc": 0.3, "inplane_sd": 0.2, "depth_sd": 0.06}) < worst_seen  # the safe side: no floor

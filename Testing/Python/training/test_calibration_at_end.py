@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 from SphericalRegLib import cli
-from SphericalRegLib.confidence import calibration_path
+from SphericalRegLib.confidence import DEFAULT_SIGNALS, calibration_path
+from SphericalRegLib.evaluation.calibration import REFERENCE_RUNS
+from SphericalRegLib.evaluation.rows import read_rows
 from fixtures import TINY_MODEL_CONFIG, write_training_inputs
 
 
@@ -26,8 +28,10 @@ def test_train_ends_with_a_calibration_beside_the_model_and_no_cases_left(tiny_v
     calibration = json.loads(calibration_path(out).read_text())
     assert calibration["cases_dir"] == ("3 cases simulated at the end of training (2 physics plain seed 7700000, "
                                       "1 physics random seed 7701000)")
-    if "weights" in calibration:  # Platt scaling needs successes and failures among the 6 runs
-        assert calibration["cases"] == 6
-    else:
-        assert calibration["confidence"].startswith("not fitted") and "confidence not calibrated" in printed
+    # the 6 runs pooled with the reference runs, which hold successes and failures: always fitted
+    reference = sum(r.depth_sd is not None for r in read_rows(REFERENCE_RUNS))  # the diverged have no sds
+    assert calibration["reference_runs"] == f"{reference} runs of reference_runs.csv"
+    own = calibration["cases"] - reference
+    assert 0 <= own <= 6 and f"confidence fitted on {calibration['cases']} runs ({own} of them this model's)" in printed
+    assert calibration["signals"] == list(DEFAULT_SIGNALS) and "best" in calibration
     assert list((tmp_path / "tmp").iterdir()) == []  # the simulated cases are gone
