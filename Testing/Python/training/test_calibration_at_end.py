@@ -34,4 +34,6 @@ def test_train_ends_with_a_calibration_beside_the_model_and_no_cases_left(tiny_v
     own = calibration["cases"] - reference
     assert 0 <= own <= 6 and f"confidence fitted on {calibration['cases']} runs ({own} of them this model's)" in printed
     assert calibration["signals"] == list(DEFAULT_SIGNALS) and "best" in calibration
+    worked = sum(r.depth_sd is not None and not r.diverged and r.mTRE < 5 for r in read_rows(REFERENCE_RUNS))
+    assert worked <= calibration["uncertainty_scale"]["cases"] <= worked + 6  # the sds' scale: pooled too
     assert list((tmp_path / "tmp").iterdir()) == []  # the simulated cases are gone
