@@ -6,11 +6,11 @@ line-integral DRR with the X-ray, the learnt-similarity cost, and how well the f
 pinned down (the raw Gauss-Newton standard deviations at the CT centre, in the detector plane and
 along the central ray, from the final LM's J^T J: a wrong optimum on a ridge of the cost is poorly
 conditioned). The default three (:data:`DEFAULT_SIGNALS`) describe the intensity stage's answer and
-not the model, so runs of other CTs and models can be pooled with a model's own: the learnt cost,
+not the model, so runs of other CTs and models can be pooled with a model's own. The learnt cost,
 whose scale is the model's own (and whose weight came out at 1e-8 in the shipped 111-run fit), is
-left out, and the depth sd is in (under random
-physics it ranks sub-millimetre runs above the others with AUROC 0.94, NCC alone 0.47; docs/results.md,
-twenty-seventh session). A calibration names the signals it was fitted on, so older files keep working.
+left out of them; the depth sd is in: under random physics it ranks sub-millimetre runs above the
+others with AUROC 0.94, the NCC alone with 0.47 (docs/results.md, twenty-seventh session). A
+calibration names the signals it was fitted on, so older files keep working.
 
 A calibration fitted on a few runs must not vouch for what it never saw. :func:`predict` therefore
 never extrapolates towards success: a signal better than the best value among the calibration runs
@@ -112,8 +112,8 @@ def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, 
         monotone: bool = True) -> dict:
     """Logistic regression (L2-regularised, standardised inputs) of ``success`` on ``signals``.
 
-    ``values``: one ``{"final_ncc", "cost", "inplane_sd"}`` per run (runs lacking a signal are
-    left out). ``monotone``: each weight has the sign of :data:`BETTER_WHEN` (or is ~0), so no
+    ``values``: one ``{"final_ncc", "cost", "inplane_sd", "depth_sd"}`` per run (runs lacking a
+    signal are left out). ``monotone``: each weight has the sign of :data:`BETTER_WHEN` (or is ~0), so no
     signal can raise the confidence by getting worse. Returns the calibration dictionary
     :func:`predict` reads, with the runs' counts and each signal's best value among them.
     """

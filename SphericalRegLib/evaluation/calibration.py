@@ -5,6 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import torch
+
 from ..confidence import DEFAULT_SIGNALS, calibration_path, features, fit
 from ..errors import InputError
 from ..io import write_json
@@ -82,8 +84,6 @@ def calibrate_model(model_path, ct_path, *, cases: int = 8, physics: str = "plai
     from ..physics import physics_for
     from ..simulate import write_cases
     from .runner import evaluate
-
-    import torch
 
     names = [name.strip() for name in physics.split(",") if name.strip()]
     for name in names:  # an unknown name fails before any work
