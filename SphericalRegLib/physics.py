@@ -41,7 +41,7 @@ from .distortion import distort
 from .errors import InputError
 from .volume import MU_WATER, Volume, hu_to_mu
 
-__all__ = ["Physics", "PRESETS", "EFFECTS", "RANDOM", "physics_for", "prepare", "simulate_frame", "Prepared",
+__all__ = ["Physics", "PRESETS", "EFFECTS", "RANDOM", "physics_for", "physics_names", "prepare", "simulate_frame", "Prepared",
            "draw_instruments", "crop_ct", "mass_attenuation", "spectrum", "MATERIALS", "REFERENCE_KEV"]
 
 # -- defaults of simulate.simulate_case (kept here so that simulate.py can import them unchanged)
@@ -359,6 +359,14 @@ def physics_for(name: str, generator: torch.Generator) -> Physics:
     if name not in PRESETS:
         raise InputError("physics", f"is {name!r}", "one of " + ", ".join([*PRESETS, "random"]))
     return PRESETS[name]
+
+
+def physics_names(text: str, source: str = "physics") -> list[str]:
+    """The presets (or ``random``) named in the comma-separated ``text``, checked before any work."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(name in (*PRESETS, "random") for name in names):
+        raise InputError(source, f"is {text!r}", "one or more (comma-separated) of " + ", ".join([*PRESETS, "random"]))
+    return names
 
 
 # -- what is reused per CT and camera

@@ -5,8 +5,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-
 from ..confidence import DEFAULT_SIGNALS, calibration_path, features, fit
 from ..errors import InputError
 from ..io import write_json
@@ -34,13 +32,18 @@ CALIBRATION_METHODS = ("ours", "ours-init", "ours-far")
 
 def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS, signals=DEFAULT_SIGNALS) -> dict:
     """Platt scaling on every run of the main model: the signals describe the final pose, whatever its start."""
-    rs = [r for r in rows if r.method in methods and features(signal_values(r), signals) is not None]
+    rs = _fitted_runs(rows, methods, signals)
     if len(rs) < 5 or len({r.mTRE < 1 for r in rs}) < 2:
         raise InputError("calibration", f"{len(rs)} runs of {'/'.join(methods)} with "
                          f"{sum(r.mTRE < 1 for r in rs)} sub-millimetre",
                          "at least 5 runs with both successes and failures")
     calibration = fit([signal_values(r) for r in rs], [r.mTRE < 1 for r in rs], signals)
     return {**calibration, **_uncertainty_only(rs)}
+
+
+def _fitted_runs(rows: list[Row], methods=CALIBRATION_METHODS, signals=DEFAULT_SIGNALS) -> list[Row]:
+    """The runs of ``methods`` that carry every one of ``signals``: those a fit can use."""
+    return [r for r in rows if r.method in methods and features(signal_values(r), signals) is not None]
 
 
 def signal_values(row: Row) -> dict:
@@ -81,14 +84,13 @@ def calibrate_model(model_path, ct_path, *, cases: int = 8, physics: str = "plai
     from ..camera import Camera
     from ..checkpoint import read_checkpoint
     from ..io import read_ct
-    from ..physics import physics_for
+    from ..physics import physics_names
     from ..simulate import write_cases
     from .runner import evaluate
 
-    names = [name.strip() for name in physics.split(",") if name.strip()]
-    for name in names:  # an unknown name fails before any work
-        physics_for(name, torch.Generator())
-    shares = [cases // len(names) + (k < cases % len(names)) for k in range(len(names))]
+    names = physics_names(physics)
+    parts = [(name, cases // len(names) + (k < cases % len(names)), seed + 1000 * k) for k, name in enumerate(names)]
+    parts = [(name, n, part_seed) for name, n, part_seed in parts if n > 0]
     model_path = Path(model_path)
     log(f"calibrating on {cases} simulated held-out cases (physics {physics}, seed {seed}): "
         "about half a minute per case on two CPU cores")
@@ -96,21 +98,16 @@ def calibrate_model(model_path, ct_path, *, cases: int = 8, physics: str = "plai
     spacing = camera.pixel_spacing[0] * camera.cols / size
     rows = []
     with tempfile.TemporaryDirectory(prefix="sphericalreg-calibration-") as tmp:
-        for k, (name, n) in enumerate(zip(names, shares)):
-            if n == 0:
-                continue
+        for name, n, part_seed in parts:
             folder = Path(tmp) / name
-            write_cases(ct_path, folder / "cases", n, seed + 1000 * k, size=size, sdd=camera.sdd,
+            write_cases(ct_path, folder / "cases", n, part_seed, size=size, sdd=camera.sdd,
                         pixel_spacing=spacing, physics=name, log=lambda m: None)
             result = evaluate(folder / "cases", {"main": model_path}, list(CALIBRATION_METHODS[::2]), folder / "eval",
                               device=device, log=lambda m, name=name: log(f"  {name}: {m}"))
             rows += result["rows"]
     source = (f"{cases} cases simulated at the end of training ("
-              + ", ".join(f"{n} physics {name} seed {seed + 1000 * k}" for k, (name, n) in enumerate(zip(names, shares)) if n)
-              + ")")
-    others = [] if reference is None else [
-        r for r in read_rows(Path(reference))
-        if r.method in CALIBRATION_METHODS and features(signal_values(r), DEFAULT_SIGNALS) is not None]
+              + ", ".join(f"{n} physics {name} seed {part_seed}" for name, n, part_seed in parts) + ")")
+    others = [] if reference is None else _fitted_runs(read_rows(Path(reference)))
     try:
         calibration = fit_confidence(rows + others)
         if reference is not None:

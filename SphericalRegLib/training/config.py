@@ -166,12 +166,9 @@ class TrainConfig:
                              "a positive exponent (1: cut detectors' sides drawn uniformly)")
         if self.calibration_cases < 0:
             raise InputError("calibration_cases", f"is {self.calibration_cases}", "0 (no calibration) or more cases")
-        from ..physics import PRESETS as PHYSICS
+        from ..physics import physics_names
 
-        names = [name.strip() for name in self.calibration_physics.split(",")]
-        if not all(name in (*PHYSICS, "random") for name in names):
-            raise InputError("calibration_physics", f"is {self.calibration_physics!r}",
-                             "one or more (comma-separated) of " + ", ".join([*PHYSICS, "random"]))
+        physics_names(self.calibration_physics, "calibration_physics")
         if not 0 <= self.regressor_only_share < 1:
             raise InputError("regressor_only_share", f"is {self.regressor_only_share}",
                              "a share of the steps from 0 (none) to below 1 for the regressor alone")
