@@ -461,6 +461,9 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 depth=uncertainty["depth_sd_mm"], inplane=uncertainty["inplane_sd_mm"])
             if not uncertainty.get("calibrated"):
                 status += " " + _("(uncalibrated)")
+        if result.get("residual_shift_mm") is not None:
+            status += "; " + _("the DRR's edges lie {shift:.2f} mm from the X-ray's (median over patches, on the "
+                               "detector)").format(shift=result["residual_shift_mm"])
         if finished.get("diverged"):
             status += "\n" + _("The registration diverged: do not use this pose (start from a better one).")
         for warning in result.get("warnings") or []:

@@ -2,15 +2,16 @@
 held-out simulated cases whose truth is known.
 
 The signals (:data:`SIGNALS`) are read from a registration's outcome: the final NCC of the
-line-integral DRR with the X-ray, the learnt-similarity cost, and how well the final pose is
-pinned down (the raw Gauss-Newton standard deviations at the CT centre, in the detector plane and
-along the central ray, from the final LM's J^T J: a wrong optimum on a ridge of the cost is poorly
-conditioned). The default three (:data:`DEFAULT_SIGNALS`) describe the intensity stage's answer and
-not the model, so runs of other CTs and models can be pooled with a model's own. The learnt cost,
-whose scale is the model's own (and whose weight came out at 1e-8 in the shipped 111-run fit), is
-left out of them; the depth sd is in: under random physics it ranks sub-millimetre runs above the
-others with AUROC 0.94, the NCC alone with 0.47 (docs/results.md, twenty-seventh session). A
-calibration names the signals it was fitted on, so older files keep working.
+line-integral DRR with the X-ray, the learnt-similarity cost, how well the final pose is pinned
+down (the raw Gauss-Newton standard deviations at the CT centre, in the detector plane and along the
+central ray, from the final LM's J^T J), and the shift the final DRR's patches still want to lie on
+the X-ray (:mod:`~SphericalRegLib.alignment`). The default (:data:`DEFAULT_SIGNALS`) is that shift
+alone: it describes the image, not the model, so runs of other CTs and models pool with a model's
+own, and over the tuning runs of two CTs under plain and random physics it ranked sub-millimetre
+runs above the others with AUROC 0.98, where the in-plane sd gave 0.89, the final NCC 0.86 and the
+depth sd 0.80; fitted leaving each CT out, the NCC and the sds beside it only lowered the ranking
+(docs/results.md, twenty-eighth session). The learnt cost's scale is the model's own. A calibration
+names the signals it was fitted on, so older files keep working.
 
 A calibration fitted on a few runs must not vouch for what it never saw. :func:`predict` therefore
 never extrapolates towards success: a signal better than the best value among the calibration runs
@@ -36,17 +37,20 @@ SIGNALS = {
     "log similarity cost": lambda s: math.log(max(float(s["cost"]), 1e-12)),
     "log in-plane sd": lambda s: math.log(max(float(s["inplane_sd"]), 1e-9)),
     "log depth sd": lambda s: math.log(max(float(s["depth_sd"]), 1e-9)),
+    "log residual shift": lambda s: math.log(max(float(s["residual_shift"]), 1e-3)),
 }
-"""Signal name -> its value from ``{"final_ncc", "cost", "inplane_sd", "depth_sd"}`` (the raw sds
-at the CT centre, mm)."""
+"""Signal name -> its value from ``{"final_ncc", "cost", "inplane_sd", "depth_sd", "residual_shift"}``
+(the raw sds at the CT centre, mm; the median patch shift, mm on the detector,
+:func:`~SphericalRegLib.alignment.residual_shift_mm`)."""
 
 BETTER_WHEN = {"final NCC": +1, "log(1 - final NCC)": -1, "log similarity cost": -1, "log in-plane sd": -1,
-               "log depth sd": -1}
+               "log depth sd": -1,
+               "log residual shift": -1}
 """Signal name -> +1 when a larger value means a better registration, -1 when a smaller one does.
 :func:`fit` keeps each weight on its side: with a handful of failures to learn from, an
 unconstrained fit once gave a higher learnt cost a higher confidence."""
 
-DEFAULT_SIGNALS = ("log(1 - final NCC)", "log in-plane sd", "log depth sd")
+DEFAULT_SIGNALS = ("log residual shift",)
 LEGACY_SIGNALS = ("final NCC", "log similarity cost")
 """What calibrations written before the signals were named were fitted on."""
 
@@ -67,9 +71,11 @@ def load_calibration(model_path) -> dict | None:
     return read_json(path, "a calibration written by 'sphericalreg evaluate --calibrate'")
 
 
-def confidence_values(final_ncc: float | None, cost: float | None, uncertainty: dict | None) -> dict:
-    """The values :data:`SIGNALS` read, from a registration's final NCC, learnt cost and uncertainty."""
-    values = {"final_ncc": final_ncc, "cost": cost}
+def confidence_values(final_ncc: float | None, cost: float | None, uncertainty: dict | None,
+                      residual_shift: float | None = None) -> dict:
+    """The values :data:`SIGNALS` read, from a registration's final NCC, learnt cost, uncertainty and
+    residual patch shift (mm)."""
+    values = {"final_ncc": final_ncc, "cost": cost, "residual_shift": residual_shift}
     if uncertainty is not None:
         values["inplane_sd"] = uncertainty["raw_inplane_sd_mm"]
         values["depth_sd"] = uncertainty["raw_depth_sd_mm"]
@@ -112,7 +118,7 @@ def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, 
         monotone: bool = True) -> dict:
     """Logistic regression (L2-regularised, standardised inputs) of ``success`` on ``signals``.
 
-    ``values``: one ``{"final_ncc", "cost", "inplane_sd", "depth_sd"}`` per run (runs lacking a
+    ``values``: one :func:`confidence_values` per run (runs lacking a
     signal are left out). ``monotone``: each weight has the sign of :data:`BETTER_WHEN` (or is ~0), so no
     signal can raise the confidence by getting worse. Returns the calibration dictionary
     :func:`predict` reads, with the runs' counts and each signal's best value among them.

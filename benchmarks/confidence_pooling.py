@@ -33,6 +33,10 @@ DESIGNS = {
     "own + reference (NCC, in-plane sd)": (("own", "reference"), ("log(1 - final NCC)", "log in-plane sd")),
     "own + reference (NCC, in-plane sd, depth sd)": (("own", "reference"),
                                                      ("log(1 - final NCC)", "log in-plane sd", "log depth sd")),
+    "own + reference (residual shift)": (("own", "reference"), ("log residual shift",)),
+    "own + reference (NCC, residual shift)": (("own", "reference"), ("log(1 - final NCC)", "log residual shift")),
+    "own + reference (NCC, in-plane sd, depth sd, residual shift)": (
+        ("own", "reference"), ("log(1 - final NCC)", "log in-plane sd", "log depth sd", "log residual shift")),
 }
 
 

@@ -89,6 +89,9 @@ def main(args) -> int:
         print("X-ray undistorted first: pincushion {pincushion:.3f}, S {s_distortion:.3f} rad".format(**result.distortion))
     if result.uncertainty is not None:
         print(describe_uncertainty(result.uncertainty))
+    if result.residual_shift_mm is not None:
+        print(f"the final DRR's edges lie {result.residual_shift_mm:.2f} mm from the X-ray's (median over patches, "
+              "on the detector; a few tenths of a millimetre where the pose is right)")
         for view in result.views if len(result.views) > 1 else ():
             if view.uncertainty is not None:
                 print(f"  {view.name} alone: " + describe_uncertainty(view.uncertainty))

@@ -51,7 +51,8 @@ def signal_values(row: Row) -> dict:
     recorded give those at the landmarks' centroid instead (a few cm away: nearly the same)."""
     inplane = row.centre_inplane_sd if row.centre_inplane_sd is not None else row.inplane_sd
     depth = row.centre_depth_sd if row.centre_depth_sd is not None else row.depth_sd
-    return {"final_ncc": row.final_ncc, "cost": row.cost, "inplane_sd": inplane, "depth_sd": depth}
+    return {"final_ncc": row.final_ncc, "cost": row.cost, "inplane_sd": inplane, "depth_sd": depth,
+            "residual_shift": row.residual_shift}
 
 
 def _uncertainty_only(rows: list[Row]) -> dict:

@@ -32,7 +32,8 @@ class Row:
     """A method's answer on one case and its errors (mm); confidence, final_ncc and cost are None
     where the method has none (peers, rows derived from a stage). depth_sd, inplane_sd: the raw
     Gauss-Newton sds at the landmarks' centroid (what the uncertainty scale is fitted on);
-    centre_inplane_sd, centre_depth_sd: the raw sds at the CT centre (signals of the confidence). cost: the
+    centre_inplane_sd, centre_depth_sd: the raw sds at the CT centre; residual_shift: the median patch
+    shift (mm on the detector; signals of the confidence, as the final NCC). cost: the
     learnt cost the confidence reads (``RegistrationResult.similarity``), also where the learnt
     stage was skipped: the calibration of a model whose stage is skipped is fitted on it too."""
 
@@ -53,6 +54,7 @@ class Row:
     views: int | None = None
     centre_inplane_sd: float | None = None
     centre_depth_sd: float | None = None
+    residual_shift: float | None = None
 
     @classmethod
     def from_result(cls, method: str, case: str, result: RegistrationResult, truth, landmarks) -> "Row":
@@ -66,7 +68,7 @@ class Row:
         return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
                    result.final_ncc, result.similarity if math.isfinite(result.similarity) else None,
                    **errors(result.camera_from_world, truth, landmarks, result.camera), **sds,
-                   views=max(1, len(result.views)))
+                   views=max(1, len(result.views)), residual_shift=result.residual_shift_mm)
 
     @classmethod
     def from_stage(cls, method: str, case: str, stage: StageRecord, truth, landmarks, camera: Camera) -> "Row":

@@ -76,7 +76,8 @@ class StageRecord:
 class ViewResult:
     """One view's share of a registration: its name and camera, its pose
     (``camera_from_reference @ camera_from_world``), the final DRR and X-ray of the last
-    intensity level, their NCC, the confidence they give, and the uncertainty (mm, at the CT centre,
+    intensity level, their NCC and residual patch shift (mm on the detector,
+    :func:`~SphericalRegLib.alignment.residual_shift_mm`), the confidence they give, and the uncertainty (mm, at the CT centre,
     along this view's central ray and in its detector plane) this view alone would leave: view 0's
     beside the joint figure shows what the further views add."""
 
@@ -88,6 +89,7 @@ class ViewResult:
     uncertainty: dict | None = None
     drr: Tensor | None = None
     xray: Tensor | None = None
+    residual_shift_mm: float | None = None
     relative: dict | None = None
     """When the relative pose was refined: the refined ``camera_from_reference``, its rotation (deg)
     from the given one and the CT centre's shift (mm) in this view."""
@@ -97,7 +99,8 @@ class ViewResult:
 
     def to_json(self) -> dict:
         out = {"name": self.name, "camera_from_world": self.camera_from_world.tolist(), "final_ncc": self.final_ncc,
-               "confidence": self.confidence, "uncertainty": self.uncertainty}
+               "residual_shift_mm": self.residual_shift_mm, "confidence": self.confidence,
+               "uncertainty": self.uncertainty}
         if self.relative is not None:
             out["relative_pose_refined"] = self.relative
         if self.distortion is not None:
@@ -110,7 +113,8 @@ class RegistrationResult:
     """camera_from_world (4, 4) float64 in the conventions' frames; similarity: the learnt cost at
     the learnt stage's answer (or at the final pose when that stage did not run); confidence in
     [0, 1], or None when the model carries no calibration; final_ncc: NCC of the final DRR with
-    the X-ray; drr, xray: the images of the last intensity level, for review (None for a peer that
+    the X-ray; residual_shift_mm: the median shift (mm on the detector) its patches still want
+    (:func:`~SphericalRegLib.alignment.residual_shift_mm`); drr, xray: the images of the last intensity level, for review (None for a peer that
     renders its own); ``stages`` holds each stage's record; ``warnings`` what the user must know
     before trusting the pose (a model that did not learn, for one), ``notes`` what ran and why
     (a stage skipped, for one); covariance: ``(6, 6)`` of the
@@ -133,6 +137,7 @@ class RegistrationResult:
     drr: Tensor | None = None
     xray: Tensor | None = None
     final_ncc: float | None = None
+    residual_shift_mm: float | None = None
     stages: dict[str, StageRecord] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -152,6 +157,7 @@ class RegistrationResult:
             "iterations": self.iterations,
             "diverged": self.diverged,
             "final_ncc": self.final_ncc,
+            "residual_shift_mm": self.residual_shift_mm,
             "stages": {name: stage.to_json() for name, stage in self.stages.items()},
             "warnings": self.warnings,
             "notes": self.notes,

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..alignment import residual_shift_mm
 from ..camera import Camera, project
 from ..confidence import confidence_values, predict
 from ..distortion import NAMES as DISTORTION_NAMES
@@ -221,12 +222,14 @@ class Registrar:
                           else float(0.5 * learnt_residual(ctx)(T).pow(2).sum()))
         views = []
         for k in range(ctx.n_views):
-            x, camera, _ = ctx.xray_level(k, level.image_size)
+            x, camera, valid = ctx.xray_level(k, level.image_size)
             with torch.no_grad():
                 drr = ctx.renderer(camera, mu)(mu.data, poses[k][None])[0, 0]
                 ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
+                shift = float(residual_shift_mm(drr[None, None].float(), x.float(), valid.to(x.device)[None, None],
+                                                camera.pixel_spacing[0]))
             views.append(ViewResult(self._view_name(k), camera, poses[k].cpu(), ncc, drr=drr.cpu(),
-                                    xray=x[0, 0].cpu()))
+                                    xray=x[0, 0].cpu(), residual_shift_mm=shift))
             if "relative" in stages and k > 0:
                 views[-1].relative = self._relative_change(given_relative[k], ctx.camera_from_reference[k], pose)
         diverged = failed or not torch.isfinite(pose).all() or not all(
@@ -252,6 +255,7 @@ class Registrar:
             iterations=sum(s.iterations for s in stages.values()),
             confidence=None if None in confidences else min(confidences), diverged=bool(diverged),
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
+            residual_shift_mm=views[0].residual_shift_mm,
             stages=stages, warnings=list(self.warnings) + self._view_warnings(views) + self._distortion_warnings(ctx)
             + self._distortion_fit_warnings(views) + self._field_warnings(ctx, stages["initial"]),
             covariance=covariance, notes=notes,
@@ -371,9 +375,10 @@ class Registrar:
 
     def _confidence(self, view: ViewResult, cost: float, diverged: bool) -> float | None:
         """Platt-scaled probability that ``view``'s pose is sub-millimetre, from the model's
-        calibration: the view's final NCC, the learnt cost, the view's own raw in-plane sd."""
+        calibration of the signals it names (:data:`~SphericalRegLib.confidence.SIGNALS`)."""
         if diverged:
             return 0.0
         if not self.calibration or "weights" not in self.calibration:  # none, or the uncertainty's only
             return None
-        return predict(self.calibration, confidence_values(view.final_ncc, cost, view.uncertainty))
+        return predict(self.calibration, confidence_values(view.final_ncc, cost, view.uncertainty,
+                                                                view.residual_shift_mm))

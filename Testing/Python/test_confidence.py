@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from SphericalRegLib.confidence import LEGACY_SIGNALS, fit, predict
+from SphericalRegLib.confidence import DEFAULT_SIGNALS, LEGACY_SIGNALS, confidence_values, fit, predict
+
+THREE = ("log(1 - final NCC)", "log in-plane sd", "log depth sd")
 
 
 def test_platt_scaling_separates_good_from_bad_registrations():
@@ -10,7 +12,7 @@ def test_platt_scaling_separates_good_from_bad_registrations():
             for i in range(10)]
     bad = [{"final_ncc": 0.90 - 0.01 * i, "cost": 5.0 * (1 + i), "inplane_sd": 0.05 + 0.01 * i, "depth_sd": 0.06}
            for i in range(6)]
-    cal = fit(good + bad, [True] * 10 + [False] * 6)
+    cal = fit(good + bad, [True] * 10 + [False] * 6, THREE)
     assert cal["cases"] == 16 and cal["positives"] == 10 and len(cal["weights"]) == 3
     p_good = [predict(cal, g) for g in good]
     p_bad = [predict(cal, b) for b in bad]
@@ -46,10 +48,20 @@ def test_signals_beyond_every_calibration_run_earn_no_more_than_the_best_run():
     whatever its error; the fit now holds a signal to the best value it saw, on that side only."""
     good = [{"final_ncc": 0.85 + 0.005 * i, "inplane_sd": 0.02, "depth_sd": 0.04} for i in range(10)]
     bad = [{"final_ncc": 0.6 + 0.02 * i, "inplane_sd": 0.05, "depth_sd": 0.06} for i in range(4)]
-    cal = fit(good + bad, [True] * 10 + [False] * 4)
+    cal = fit(good + bad, [True] * 10 + [False] * 4, THREE)
     assert cal["best"][0] == pytest.approx(math.log(1 - 0.895))
     best_seen = predict(cal, {"final_ncc": 0.895, "inplane_sd": 0.02, "depth_sd": 0.04})
     assert predict(cal, {"final_ncc": 0.998, "inplane_sd": 0.002, "depth_sd": 0.004}) == pytest.approx(best_seen)
     assert best_seen <= 11 / 12  # Laplace: 10 successes cannot show more
     worst_seen = predict(cal, {"final_ncc": 0.6, "inplane_sd": 0.05, "depth_sd": 0.06})
     assert predict(cal, {"final_ncc": 0.3, "inplane_sd": 0.2, "depth_sd": 0.06}) < worst_seen  # the safe side: no floor
+
+
+def test_the_default_confidence_reads_the_residual_shift_and_needs_it():
+    """The median patch shift, mm on the detector: a few tenths where the pose is right."""
+    good = [confidence_values(0.9, None, None, 0.1 + 0.05 * i) for i in range(8)]
+    bad = [confidence_values(0.9, None, None, s) for s in (0.5, 1.0, 3.0, 12.0)]
+    cal = fit(good + bad, [True] * 8 + [False] * 4)
+    assert cal["signals"] == list(DEFAULT_SIGNALS) == ["log residual shift"]
+    assert predict(cal, confidence_values(0.9, None, None, 0.15)) > 0.5 > predict(cal, confidence_values(0.9, None, None, 3.0))
+    assert predict(cal, confidence_values(0.99, 1.0, {"raw_inplane_sd_mm": 0.02, "raw_depth_sd_mm": 0.04})) is None

@@ -42,6 +42,7 @@ def test_every_stage_leaves_a_record_and_result_json_summarises_them(tiny_model_
     summary = result.to_json()
     assert summary["stages"]["similarity"]["kept"] == result.stages["similarity"].kept
     assert summary["final_ncc"] == result.final_ncc and -1 <= result.final_ncc <= 1
+    assert summary["residual_shift_mm"] == result.residual_shift_mm >= 0  # mm on the detector
     assert {"initial", "similarity", "search", "intensity 1"} <= set(seen)
 
 

@@ -29,7 +29,7 @@ def test_train_ends_with_a_calibration_beside_the_model_and_no_cases_left(tiny_v
     assert calibration["cases_dir"] == ("3 cases simulated at the end of training (2 physics plain seed 7700000, "
                                       "1 physics random seed 7701000)")
     # the 6 runs pooled with the reference runs, which hold successes and failures: always fitted
-    reference = sum(r.depth_sd is not None for r in read_rows(REFERENCE_RUNS))  # the diverged have no sds
+    reference = sum(r.residual_shift is not None for r in read_rows(REFERENCE_RUNS))  # the diverged have none
     assert calibration["reference_runs"] == f"{reference} runs of reference_runs.csv"
     own = calibration["cases"] - reference
     assert 0 <= own <= 6 and f"confidence fitted on {calibration['cases']} runs ({own} of them this model's)" in printed
