@@ -8,8 +8,8 @@ central ray, from the final LM's J^T J), and the shift the final DRR's patches s
 the X-ray (:mod:`~SphericalRegLib.alignment`). The default (:data:`DEFAULT_SIGNALS`) is that shift
 alone: it describes the image, not the model, so runs of other CTs and models pool with a model's
 own, and over the tuning runs of two CTs under plain and random physics it ranked sub-millimetre
-runs above the others with AUROC 0.98, where the in-plane sd gave 0.89, the final NCC 0.86 and the
-depth sd 0.80; fitted leaving each CT out, the NCC and the sds beside it only lowered the ranking
+runs above the others with AUROC 0.98, where the in-plane and depth sds gave 0.89 and the final
+NCC 0.86; fitted leaving each CT out, the NCC and the sds beside it only lowered the ranking
 (docs/results.md, twenty-eighth session). The learnt cost's scale is the model's own. A calibration
 names the signals it was fitted on, so older files keep working.
 
