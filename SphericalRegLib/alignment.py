@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .intensity import sobel, standardise
 
-__all__ = ["patch_shifts", "residual_shift_mm", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES"]
+__all__ = ["patch_shifts", "residual_shift_mm", "describe", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES"]
 
 PATCH = 24
 """Patch side (pixels of the finest intensity level, 128 across the detector), at a stride of half that."""
@@ -95,3 +95,9 @@ def residual_shift_mm(drr: Tensor, xray: Tensor, valid: Tensor, pixel_mm: float)
     for m, keep in zip(magnitude, counts):
         out.append(m[keep].median() if int(keep.sum()) >= MIN_PATCHES else m.new_tensor(worst))
     return torch.stack(out)
+
+
+def describe(shift_mm: float) -> str:
+    """The residual shift in words, for the command line."""
+    return (f"residual shift: the final DRR's edges lie {shift_mm:.2f} mm from the X-ray's (median over patches, on "
+            "the detector; a few tenths of a millimetre where the pose is right)")

@@ -27,6 +27,7 @@ def main(args) -> int:
     from ..io import read_truth
     from ..metrics import centroid_errors, mpe, mtre
     from ..register import register_case
+    from ..alignment import describe as describe_shift
     from ..register.uncertainty import describe as describe_uncertainty
     from ..simulate import write_cases
 
@@ -53,6 +54,8 @@ def main(args) -> int:
           f"confidence {conf} | {result.seconds:.1f} s")
     if result.uncertainty is not None:
         print(f"[demo] {describe_uncertainty(result.uncertainty)}")
+    if result.residual_shift_mm is not None:
+        print(f"[demo] {describe_shift(result.residual_shift_mm)}")
     for note in result.notes:
         print(f"[demo] note: {note}")
     print(f"[demo] overlay: {paths['overlay']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..alignment import describe as describe_shift
 from ..devices import resolve_device
 from ..register import RegisterOptions, register_case
 from ..register.uncertainty import describe as describe_uncertainty
@@ -90,8 +91,7 @@ def main(args) -> int:
     if result.uncertainty is not None:
         print(describe_uncertainty(result.uncertainty))
     if result.residual_shift_mm is not None:
-        print(f"the final DRR's edges lie {result.residual_shift_mm:.2f} mm from the X-ray's (median over patches, "
-              "on the detector; a few tenths of a millimetre where the pose is right)")
+        print(describe_shift(result.residual_shift_mm))
         for view in result.views if len(result.views) > 1 else ():
             if view.uncertainty is not None:
                 print(f"  {view.name} alone: " + describe_uncertainty(view.uncertainty))
