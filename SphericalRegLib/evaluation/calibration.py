@@ -17,8 +17,9 @@ REFERENCE_RUNS = Path(__file__).with_name("reference_runs.csv")
 """Registrations of other CTs and models that a new model's own calibration runs are pooled with,
 for the confidence and for the uncertainty scale: 120 runs (ours and ours-far) of the 4000-step
 small models of the example chest and of its spine crop, plain and random physics, on tuning cases
-(seeds 7500, 7600, 7700; docs/results.md, twenty-seventh session). The confidence's signals and
-the sds describe the intensity stage's final pose, not the model, so they carry over. Eight cases
+(seeds 7500, 7600, 7700; docs/results.md, twenty-seventh session), their residual shift replayed
+at each final pose (twenty-eighth session). The confidence's signal and the sds describe the
+intensity stage's final pose, not the model, so they carry over. Eight cases
 of one's own cannot show how failures look: fitted on them alone, the spine model scored failures
 25-213 mm off 0.30-0.71, and its in-plane sds held 35% of the errors (not gross) within 1 sd;
 pooled with the chest's runs, no failure over 5 mm scored 0.3 and 88% of the errors lay within 1 sd."""
