@@ -89,12 +89,8 @@ def residual_shift_mm(drr: Tensor, xray: Tensor, valid: Tensor, pixel_mm: float)
     inside = F.avg_pool2d(valid.to(a.dtype).expand(a.shape[0], 1, *a.shape[-2:]), PATCH, PATCH // 2).flatten(1)
     inside = torch.where((inside >= MIN_VALID).sum(-1, keepdim=True) >= 4, inside >= MIN_VALID, inside > 0.5)
     counts = (peak >= MIN_PEAK) & inside
-    magnitude = shifts.norm(dim=-1) * pixel_mm
-    worst = RADIUS * pixel_mm * 2**0.5
-    out = []
-    for m, keep in zip(magnitude, counts):
-        out.append(m[keep].median() if int(keep.sum()) >= MIN_PATCHES else m.new_tensor(worst))
-    return torch.stack(out)
+    median = (shifts.norm(dim=-1) * pixel_mm).masked_fill(~counts, float("nan")).nanmedian(-1).values
+    return torch.where(counts.sum(-1) >= MIN_PATCHES, median, torch.full_like(median, RADIUS * pixel_mm * 2**0.5))
 
 
 def describe(shift_mm: float) -> str:
