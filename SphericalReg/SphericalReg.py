@@ -476,8 +476,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _describeViews(views: list, warnings: list) -> str:
-        """One line per view: its X-ray, final NCC, confidence and its own uncertainty (what it
-        alone would leave), the relative pose's refinement, and whether a warning names it."""
+        """One line per view: its X-ray, final NCC, confidence, residual shift and its own uncertainty
+        (what it alone would leave), the relative pose's refinement, and whether a warning names it."""
         if len(views) < 2:
             return ""
         lines = []
@@ -486,6 +486,8 @@ class SphericalRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             line = _("{view} ({name}): NCC {ncc}, confidence {confidence}").format(
                 view=view["name"], name=view["xray"].GetName(),
                 ncc="n/a" if ncc is None else f"{ncc:.2f}", confidence="n/a" if confidence is None else f"{confidence:.2f}")
+            if view.get("residual_shift_mm") is not None:
+                line += _("; edges {shift:.2f} mm off").format(shift=view["residual_shift_mm"])
             u = view.get("uncertainty") or {}
             if u.get("depth_sd_mm") is not None:
                 line += _("; alone {depth:.2f} mm along its beam, {inplane:.2f} mm across it").format(

@@ -211,8 +211,8 @@ class SphericalRegLogic(_LogicBase):
         ``SphericalReg.view_k`` and reused), its C-arm under it and its DRR node from
         ``drr_view_k.npy`` on its X-ray's grid. Deletes the job's folder. Returns ``{"result",
         "transform", "drr", "c_arm", "diverged", "views"}``; ``views`` has one entry per view, view 0
-        first: ``{"index", "name", "xray", "transform", "drr", "c_arm", "final_ncc", "confidence",
-        "uncertainty", "relative_pose_refined"}``."""
+        first: ``{"index", "name", "xray", "transform", "drr", "c_arm", "final_ncc", "residual_shift_mm",
+        "confidence", "uncertainty", "relative_pose_refined"}``."""
         scene = scene or slicer.mrmlScene
         try:
             ct, xray = scene.GetNodeByID(job.ct_id), scene.GetNodeByID(job.xray_id)
@@ -248,12 +248,12 @@ class SphericalRegLogic(_LogicBase):
 
     @staticmethod
     def per_view(result: dict, n_views: int) -> list:
-        """Each view's ``{"camera_from_world", "final_ncc", "confidence", "uncertainty",
+        """Each view's ``{"camera_from_world", "final_ncc", "residual_shift_mm", "confidence", "uncertainty",
         "relative_pose_refined"}`` from result.json: its ``per_view`` list for several views, the
         top-level figures for one. A result with fewer views than the job wrote is an error."""
         if n_views == 1:
             return [{"camera_from_world": result["camera_from_world"], "final_ncc": result.get("final_ncc"),
-                     "confidence": result.get("confidence"), "uncertainty": result.get("uncertainty"),
+                     "residual_shift_mm": result.get("residual_shift_mm"), "confidence": result.get("confidence"), "uncertainty": result.get("uncertainty"),
                      "relative_pose_refined": None}]
         listed = result.get("per_view") or []
         if result.get("views") != n_views or len(listed) != n_views:
@@ -266,7 +266,8 @@ class SphericalRegLogic(_LogicBase):
                 raise input_error("result.json", f"per_view[{k}] is {view.get('name')!r}", name)
             views.append({"camera_from_world": rigid(view.get("camera_from_world", np.zeros(0)),
                                                      f"result.json: per_view {name}: camera_from_world"),
-                          "final_ncc": view.get("final_ncc"), "confidence": view.get("confidence"),
+                          "final_ncc": view.get("final_ncc"), "residual_shift_mm": view.get("residual_shift_mm"),
+                          "confidence": view.get("confidence"),
                           "uncertainty": view.get("uncertainty"),
                           "relative_pose_refined": view.get("relative_pose_refined")})
         return views

@@ -927,6 +927,7 @@ def test_two_view_job_gives_a_drr_and_a_transform_per_view(scene, tiny_model_fil
         assert np.array_equal(_ijk_to_ras(drr), _ijk_to_ras(xray))
         assert view["c_arm"]["detector"].GetParentTransformNode() is view["transform"]
         assert view["final_ncc"] is not None and "depth_sd_mm" in (view["uncertainty"] or {"depth_sd_mm": 0})
+        assert view["residual_shift_mm"] > 0
     t1 = views[1]["transform"]
     assert t1 is not finished["transform"] and finished["transform"].GetNodeReference("SphericalReg.view_1") is t1
     assert np.allclose(slicer.util.arrayFromTransformMatrix(t1), np.asarray(itk_view_1), atol=1e-6)

@@ -384,11 +384,11 @@ def test_a_view_named_in_a_warning_is_flagged_in_the_results(panel):
     views = [{"index": 0, "name": "view 0", "xray": ap, "final_ncc": 0.91, "confidence": 0.8,
               "uncertainty": {"depth_sd_mm": 0.3, "inplane_sd_mm": 0.05}},
              {"index": 1, "name": "view_1", "xray": lateral, "final_ncc": 0.41, "confidence": 0.2,
-              "uncertainty": {"depth_sd_mm": 2.0, "inplane_sd_mm": 0.1},
+              "residual_shift_mm": 3.25, "uncertainty": {"depth_sd_mm": 2.0, "inplane_sd_mm": 0.1},
               "relative_pose_refined": {"rotation_deg": 1.5, "centre_shift_mm": 2.25}}]
     warning = "view_1: its final NCC 0.41 is far below the best view's 0.91; it may show other anatomy"
     lines = panel.module.SphericalRegWidget._describeViews(views, [warning]).splitlines()
     assert "check this view" not in lines[0] and lines[0].startswith("view 0 (ap): NCC 0.91, confidence 0.80")
-    assert lines[1].startswith("view_1 (lateral): NCC 0.41, confidence 0.20; alone 2.00 mm along its beam")
+    assert lines[1].startswith("view_1 (lateral): NCC 0.41, confidence 0.20; edges 3.25 mm off; alone 2.00 mm along its beam")
     assert "relative pose refined by 1.50 deg (2.25 mm" in lines[1] and lines[1].endswith("check this view (see the warning)")
     assert panel.module.SphericalRegWidget._describeViews(views[:1], []) == ""
