@@ -16,13 +16,15 @@ per mm of depth), and an image-intensifier frame whose warp the rigid pose absor
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .intensity import sobel, standardise
 
-__all__ = ["patch_shifts", "residual_shift_mm", "describe", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES"]
+__all__ = ["patch_shifts", "residual_shift_mm", "residual_distortion", "DistortionFit", "describe", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES"]
 
 PATCH = 24
 """Patch side (pixels of the finest intensity level, 128 across the detector), at a stride of half that."""
@@ -75,6 +77,17 @@ def patch_shifts(a: Tensor, b: Tensor, patch: int = PATCH, radius: int = RADIUS)
     return shifts, peak
 
 
+def _matched_patches(drr: Tensor, xray: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Edge shifts ``(B, P, 2)`` (pixels) of ``xray``'s patches against ``drr``'s and which of them count
+    ``(B, P)``: well matched and inside the exposed field."""
+    dims = (1, 2, 3)
+    a, b = sobel(standardise(drr, dims)), sobel(standardise(xray, dims))
+    shifts, peak = patch_shifts(a, b)
+    inside = F.avg_pool2d(valid.to(a.dtype).expand(a.shape[0], 1, *a.shape[-2:]), PATCH, PATCH // 2).flatten(1)
+    inside = torch.where((inside >= MIN_VALID).sum(-1, keepdim=True) >= 4, inside >= MIN_VALID, inside > 0.5)
+    return shifts, (peak >= MIN_PEAK) & inside
+
+
 def residual_shift_mm(drr: Tensor, xray: Tensor, valid: Tensor, pixel_mm: float) -> Tensor:
     """The median shift (mm on the detector) of the patches of ``xray`` that match ``drr``'s edges:
     ``(B, 1, H, W) x 2``, ``valid`` ``(B|1, 1, H, W)`` bool (the exposed field) -> ``(B,)``.
@@ -83,14 +96,60 @@ def residual_shift_mm(drr: Tensor, xray: Tensor, valid: Tensor, pixel_mm: float)
     effect change a patch's grey levels but not where its edges are. A patch whose best match is poor
     (an instrument, air, noise) does not count; with fewer than :data:`MIN_PATCHES` counting, the
     answer is the largest shift measured, ``RADIUS * pixel_mm * sqrt(2)``."""
-    dims = (1, 2, 3)
-    a, b = sobel(standardise(drr, dims)), sobel(standardise(xray, dims))
-    shifts, peak = patch_shifts(a, b)
-    inside = F.avg_pool2d(valid.to(a.dtype).expand(a.shape[0], 1, *a.shape[-2:]), PATCH, PATCH // 2).flatten(1)
-    inside = torch.where((inside >= MIN_VALID).sum(-1, keepdim=True) >= 4, inside >= MIN_VALID, inside > 0.5)
-    counts = (peak >= MIN_PEAK) & inside
+    shifts, counts = _matched_patches(drr, xray, valid)
     median = (shifts.norm(dim=-1) * pixel_mm).masked_fill(~counts, float("nan")).nanmedian(-1).values
     return torch.where(counts.sum(-1) >= MIN_PATCHES, median, torch.full_like(median, RADIUS * pixel_mm * 2**0.5))
+
+
+class DistortionFit(NamedTuple):
+    """What the residual shifts say of an image-intensifier warp left in the X-ray."""
+
+    coefficients: Tensor
+    """(B, 2): pincushion k and S distortion s, in :mod:`~SphericalRegLib.distortion`'s model."""
+    standard_errors: Tensor
+    """(B, 2): their least-squares standard errors; NaN where too few patches count."""
+    patches: Tensor
+    """(B,): the counted patches the fit used."""
+
+
+def residual_distortion(drr: Tensor, xray: Tensor, valid: Tensor) -> DistortionFit:
+    """The pincushion and S distortion that the residual patch shifts of ``xray`` against ``drr`` show:
+    ``(B, 1, H, W) x 2``, ``valid`` ``(B|1, 1, H, W)`` -> :class:`DistortionFit`.
+
+    A rigid pose can move, turn and magnify a DRR, so at its best it leaves the part of a warp that
+    none of those explain: the shifts are fitted with a translation, an in-plane turn and a
+    magnification (what the pose still owes) plus ``k r^2 (u, v)`` and ``s r (-v, u)``, the warp of
+    :func:`~SphericalRegLib.distortion.distort` to first order, with ``(u, v)`` in [-1, 1] across the
+    detector and ``r`` normalised to 1 at its corners."""
+    shifts, counts = _matched_patches(drr, xray, valid)
+    H, W = drr.shape[-2:]
+    stride = PATCH // 2
+    centre = lambda n, size: (torch.arange(n, dtype=shifts.dtype, device=shifts.device) * stride
+                              + (PATCH - 1) / 2) * 2 / (size - 1) - 1
+    v, u = torch.meshgrid(centre((H - PATCH) // stride + 1, H), centre((W - PATCH) // stride + 1, W), indexing="ij")
+    u, v = u.flatten(), v.flatten()
+    r = torch.sqrt(u**2 + v**2) / 2**0.5
+    one, zero = torch.ones_like(u), torch.zeros_like(u)
+    # unknowns: tu, tv, turn, magnification, k, s; rows: the u shifts, then the v shifts
+    design = torch.cat([torch.stack([one, zero, -v, u, r**2 * u, -r * v], -1),
+                        torch.stack([zero, one, u, v, r**2 * v, r * u], -1)])
+    observed = torch.cat([shifts[..., 1] * 2 / (W - 1), shifts[..., 0] * 2 / (H - 1)], -1)  # (B, 2P)
+    weight = counts.repeat(1, 2).to(shifts.dtype)
+    coefficients, errors = [], []
+    for b in range(shifts.shape[0]):
+        A, y, w = design * weight[b, :, None], observed[b] * weight[b], weight[b]
+        n = int(w.sum())
+        if n < 2 * MIN_PATCHES + design.shape[1]:
+            coefficients.append(torch.full((2,), float("nan"), dtype=shifts.dtype, device=shifts.device))
+            errors.append(coefficients[-1])
+            continue
+        normal = A.T @ A
+        x = torch.linalg.lstsq(normal, A.T @ y[:, None]).solution[:, 0]
+        variance = ((A @ x - y) ** 2).sum() / (n - design.shape[1])
+        covariance = variance * torch.linalg.pinv(normal)
+        coefficients.append(x[4:])
+        errors.append(covariance.diagonal()[4:].clamp_min(0).sqrt())
+    return DistortionFit(torch.stack(coefficients), torch.stack(errors), counts.sum(-1))
 
 
 def describe(shift_mm: float) -> str:

@@ -26,7 +26,8 @@ under Cauchy's loss of scale C, at every intensity level or the finest); ``other
 first N intensity levels before the lower cost goes on); ``searchzN`` (the translation search's
 half-width along the camera's z axis, the depth, set to N steps); ``finepatchN`` (the finest level's
 NCC patches N px wide); ``fitdistN`` (N rounds of each view's distortion fitted at the joint
-pose, several views only); ``init`` (start from
+pose, several views only); ``resdistN[.L]`` (one view: N rounds of the warp its residual patch
+shifts show, undone, and the last L intensity levels again); ``init`` (start from
 the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
 in the environment.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
@@ -88,6 +89,9 @@ def options(v):
             lv = [replace(l, ray_samples=float(part[6:])) for l in lv]
         elif part.startswith("finepatch"):
             lv[-1] = replace(lv[-1], patch=int(part[9:]))
+        elif part.startswith("resdist"):  # resdistN or resdistN.L: N rounds over the last L levels
+            rounds, _, levels = part[7:].partition(".")
+            o.residual_distortion_rounds, o.residual_distortion_levels = int(rounds), int(levels or 1)
         elif part.startswith("fitdist"):
             o.fit_distortion_rounds = int(part[7:])
         elif part.startswith("searchz"):
@@ -104,7 +108,7 @@ def options(v):
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
                              "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
-                             "robustC, finerobustC, searchzN, finepatchN or fitdistN")
+                             "robustC, finerobustC, searchzN, finepatchN, fitdistN or resdistN[.L]")
     o.refine_levels = tuple(lv)
     return o
 

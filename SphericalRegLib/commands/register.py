@@ -14,6 +14,7 @@ FLAGS = {"optimizer": "--optimizer", "learnt_stage": "--learnt-stage", "iteratio
          "device": "--device", "views": "--views",
          "relative_rotation_sd_deg": "--relative-sd", "distortion": "--distortion",
          "fit_distortion_rounds": "--fit-distortion-rounds",
+         "residual_distortion_rounds": "--residual-distortion-rounds",
          "other_start_levels": "--other-start-levels"}
 
 
@@ -34,6 +35,11 @@ def add_arguments(p) -> None:
                    help="with several views and no --distortion: rounds of each view's image-intensifier distortion "
                         "fitted at the joint pose, then the pose again; 0 takes every frame as undistorted "
                         f"(default {RegisterOptions.fit_distortion_rounds}; a fit of none leaves the pose as it was)")
+    p.add_argument("--residual-distortion-rounds", type=int, default=RegisterOptions.residual_distortion_rounds,
+                   metavar="N", help="with one view and no --distortion: rounds of the image-intensifier warp that the "
+                   "final DRR's patch shifts show, undone where it is clear, then the pose again; 0 takes the frame as "
+                   f"undistorted (default {RegisterOptions.residual_distortion_rounds}; a frame with no clear warp is "
+                   "left as it was)")
     p.add_argument("--encoding", default=None, choices=["auto", "intensity", "processed", "processed-linear"],
                    help="how the X-ray's values relate to line integrals: raw detector counts, a processed export "
                         "of a log LUT or of a linear one (default: a DICOM's Pixel Intensity Relationship, else "
@@ -62,6 +68,7 @@ def main(args) -> int:
                                   refine=not args.no_refine, other_start_levels=args.other_start_levels,
                                   relative_rotation_sd_deg=args.relative_sd,
                                   fit_distortion_rounds=args.fit_distortion_rounds,
+                                  residual_distortion_rounds=args.residual_distortion_rounds,
                                   distortion=None if args.distortion is None else args.distortion.split(","))
         device = resolve_device(args.device)
     last = {"stage": None}

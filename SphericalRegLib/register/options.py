@@ -112,6 +112,11 @@ class RegisterOptions:
     # pose and the finest level again (0: frames taken as undistorted). A distorted view pulled joint
     # registrations centimetres off (docs/results.md, twentieth session)
     fit_distortion_rounds: int = 2
+    # one view and no distortion given: rounds of the image-intensifier warp its residual patch shifts
+    # show, undone, then the last ``residual_distortion_levels`` intensity levels again (0: the frame
+    # taken as undistorted; docs/results.md, twenty-ninth session)
+    residual_distortion_rounds: int = 2
+    residual_distortion_levels: int = 2
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -120,6 +125,12 @@ class RegisterOptions:
             raise InputError("learnt_stage", f"is {self.learnt_stage!r}", " or ".join(LEARNT_STAGE))
         if self.distortion is not None:
             self.distortion = validate_distortion(self.distortion)
+        if not (isinstance(self.residual_distortion_rounds, int) and self.residual_distortion_rounds >= 0):
+            raise InputError("residual_distortion_rounds", f"is {self.residual_distortion_rounds!r}",
+                             "0 (the frame taken as undistorted) or a number of rounds")
+        if not (isinstance(self.residual_distortion_levels, int) and self.residual_distortion_levels >= 1):
+            raise InputError("residual_distortion_levels", f"is {self.residual_distortion_levels!r}",
+                             "at least 1 (the finest intensity levels run again; all of them when more)")
         if not (isinstance(self.fit_distortion_rounds, int) and self.fit_distortion_rounds >= 0):
             raise InputError("fit_distortion_rounds", f"is {self.fit_distortion_rounds!r}",
                              "0 (frames taken as undistorted) or a number of rounds")

@@ -123,8 +123,9 @@ class RegistrationResult:
     views: one :class:`ViewResult` per view registered (empty for a peer, which uses view 0);
     with several, ``camera_from_world``, uncertainty and covariance are the joint answer (view 0's
     pose), ``drr``/``xray``/``final_ncc`` are view 0's and ``confidence`` is the lowest view's.
-    distortion: the image intensifier's distortion given and undone before the intensity stage
-    (``pincushion``, ``s_distortion``), or None (each view's, when fitted, is in ``views``);
+    distortion: the image intensifier's distortion undone before the intensity stage
+    (``pincushion``, ``s_distortion``): the one given, or one view's read off its residual patch
+    shifts (a note says so); None when neither (several views' fitted ones are in ``views``);
     photometric: view 0's polarity as registered."""
 
     camera_from_world: Tensor

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..alignment import residual_shift_mm
+from ..alignment import DistortionFit, residual_distortion, residual_shift_mm
 from ..camera import Camera, project
 from ..confidence import confidence_values, predict
 from ..distortion import NAMES as DISTORTION_NAMES
@@ -28,7 +28,8 @@ from .records import RegistrationResult, StageRecord, ViewResult
 from .uncertainty import covariance, point_standard_deviations
 from .stages import (at_grid_edge, choose_polarity, choose_reading, distortion_refinement, fits_distortion,
                      initial_pose, intensity_refinement, keep_or_discard, learnt_residual, learnt_similarity,
-                     relative_pose_refinement, translation_search)
+                     relative_pose_refinement, residual_distortion_refinement, translation_search,
+                     MAX_DISTORTION_SE, SIGNIFICANT_DISTORTION)
 
 __all__ = ["Registrar", "VIEW_NCC_GAP", "OTHER_START_DEG", "OTHER_START_MM", "SMALL_FIELD_SIDE"]
 
@@ -144,6 +145,12 @@ class Registrar:
                 if fit is not None:
                     stages["distortion"] = fit
                     pose = fit.pose
+            elif (ctx.n_views == 1 and opt.residual_distortion_rounds and opt.distortion is None and not failed):
+                fit = residual_distortion_refinement(ctx, pose, opt.residual_distortion_rounds,
+                                                     levels=opt.refine_levels[-opt.residual_distortion_levels:])
+                if fit is not None:
+                    stages["distortion"] = fit
+                    pose = fit.pose
             if opt.relative_rotation_sd_deg > 0 and ctx.n_views > 1 and not failed:
                 stages["relative"] = relative_pose_refinement(ctx, pose, self.ct.centre)
                 pose, failed = stages["relative"].pose, stages["relative"].diverged
@@ -220,7 +227,7 @@ class Registrar:
         with torch.no_grad():
             similarity = (stages["similarity"].cost[-1] if "similarity" in stages
                           else float(0.5 * learnt_residual(ctx)(T).pow(2).sum()))
-        views = []
+        views, warp = [], None
         for k in range(ctx.n_views):
             x, camera, valid = ctx.xray_level(k, level.image_size)
             with torch.no_grad():
@@ -228,6 +235,8 @@ class Registrar:
                 ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
                 shift = float(residual_shift_mm(drr[None, None].float(), x.float(), valid.to(x.device)[None, None],
                                                 camera.pixel_spacing[0]))
+                if ctx.n_views == 1 and self.options.distortion is None:
+                    warp = residual_distortion(drr[None, None].float(), x.float(), valid.to(x.device)[None, None])
             views.append(ViewResult(self._view_name(k), camera, poses[k].cpu(), ncc, drr=drr.cpu(),
                                     xray=x[0, 0].cpu(), residual_shift_mm=shift))
             if "relative" in stages and k > 0:
@@ -240,10 +249,25 @@ class Registrar:
                 ctx, stages, pose))
         for v in views:
             v.confidence = self._confidence(v, similarity, diverged)
+        warp_warnings, warp_sd = [], self._warp_depth_sd(ctx, pose, warp) if warp is not None and not diverged else 0.0
+        if warp_sd > 0:
+            if views[0].confidence is not None:
+                views[0].confidence = min(views[0].confidence, math.erf(1 / (warp_sd * math.sqrt(2))))
+            seen = ("its image-intensifier warp was read off the X-ray and undone (see the notes), and its depth "
+                    "rests on that reading" if ctx.distortion is not None else
+                    f"the X-ray shows an image-intensifier warp that no rigid pose explains (pincushion "
+                    f"{float(warp.coefficients[0, 0]):.3f}, S {float(warp.coefficients[0, 1]):.3f} rad)")
+            warp_warnings.append(f"{seen}: the pose along the central ray is uncertain by about {warp_sd:.1f} mm (1 sd), "
+                                 "and the confidence says so; give the C-arm's dewarp calibration (--distortion K,S) "
+                                 "or register a second view")
         confidences = [v.confidence for v in views]
         distortion, notes = None, list(self.notes)
         if ctx.distortion is not None and ctx.distortion.dim() == 1:
             distortion = dict(zip(DISTORTION_NAMES, map(float, ctx.distortion)))
+            if self.options.distortion is None:
+                notes.append(f"image-intensifier distortion read off the residual patch shifts and undone: pincushion "
+                             f"{distortion['pincushion']:.3f}, S {distortion['s_distortion']:.3f} rad (a rigid pose "
+                             "takes pincushion up as depth); the C-arm's dewarp calibration (--distortion) is surer")
         elif ctx.distortion is not None:
             for view, d in zip(views, ctx.distortion):
                 view.distortion = dict(zip(DISTORTION_NAMES, map(float, d)))
@@ -257,7 +281,7 @@ class Registrar:
             camera=views[0].camera, drr=views[0].drr, xray=views[0].xray, final_ncc=views[0].final_ncc,
             residual_shift_mm=views[0].residual_shift_mm,
             stages=stages, warnings=list(self.warnings) + self._view_warnings(views) + self._distortion_warnings(ctx)
-            + self._distortion_fit_warnings(views) + self._field_warnings(ctx, stages["initial"]),
+            + self._distortion_fit_warnings(views) + warp_warnings + self._field_warnings(ctx, stages["initial"]),
             covariance=covariance, notes=notes,
             uncertainty=uncertainty, views=views, distortion=distortion, photometric=ctx.xray.photometric)
 
@@ -372,6 +396,23 @@ class Registrar:
             return False
         u, v = project(centre, pose, camera)[0].tolist()
         return -0.5 * camera.cols <= u <= 1.5 * camera.cols and -0.5 * camera.rows <= v <= 1.5 * camera.rows
+
+    def _warp_depth_sd(self, ctx: RegistrationContext, pose: Tensor, fit: DistortionFit) -> float:
+        """How uncertain (mm, 1 sd) one view's depth is for the image-intensifier warp in it: a
+        pincushion ``k`` moves a rigid pose along the central ray by about ``k / 3`` of the source's
+        distance to the anatomy (docs/results.md, sixth session), and S distortion likewise turns it.
+        What counts: the warp still left at ``pose`` where it is one (:data:`~.stages.SIGNIFICANT_DISTORTION`,
+        well determined), and the standard error of the one undone, which the depth now rests on.
+        0 for a frame with neither."""
+        c, e = fit.coefficients[0].double().cpu(), fit.standard_errors[0].double().cpu()
+        if not bool(torch.isfinite(e).all()):
+            return 0.0
+        left = torch.where((c.abs() >= SIGNIFICANT_DISTORTION) & (e <= MAX_DISTORTION_SE), c, torch.zeros_like(c))
+        undone = e if ctx.distortion is not None else torch.zeros_like(e)
+        if not bool((left != 0).any() or (undone != 0).any()):
+            return 0.0
+        depth = float(transform_points(pose.to(torch.float64), self.ct.centre[None].to(torch.float64))[0, 2])
+        return depth / 3 * float(torch.sqrt((left**2 + undone**2).sum()))
 
     def _confidence(self, view: ViewResult, cost: float, diverged: bool) -> float | None:
         """Platt-scaled probability that ``view``'s pose is sub-millimetre, from the model's

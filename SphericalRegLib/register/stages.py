@@ -14,7 +14,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..distortion import distort
+from ..alignment import residual_distortion
+from ..distortion import LIMITS, distort
 from ..geometry import perturb_left, se3_inverse, transform_points
 from ..optimize import adam, gradient_descent, least_squares_cost, levenberg_marquardt
 from ..xray import describe
@@ -356,6 +357,66 @@ def distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int) -
         kept, ctx.distortion = ctx.distortion, fitted.clone()
         step = intensity_refinement(ctx, pose, levels=(level,))
         if step.diverged:  # the pose before this round stands, undone as it was
+            ctx.distortion = kept
+            break
+        step.seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+        record = step if record is None else record.then(step)
+        pose = step.pose
+    ctx.progress("distortion fit", 1.0)
+    return record
+
+
+SIGNIFICANT_DISTORTION = 0.02
+"""A residual pincushion or S distortion at least this large is a warp: the fits of undistorted
+X-rays registered within 2 mm stayed within 0.014 (docs/results.md, twenty-ninth session)."""
+MAX_DISTORTION_SE = 0.02
+"""...read only where this well determined: where fewer or poorer patches match, the fit is noise."""
+DISTORTION_Z = 3.0
+"""...and undone only where it is this many standard errors from none: a pincushion fitted 0.024 off
+sent a depth 8 mm astray (0.003 is about a millimetre)."""
+
+
+def significant_distortion(fit, z: float = DISTORTION_Z):
+    """Which of ``fit``'s coefficients (:class:`~SphericalRegLib.alignment.DistortionFit`) are an
+    image intensifier's warp, ``(B, 2)`` bool: large enough, well determined, ``z`` standard errors
+    from none, and a pincushion, not a barrel (an intensifier's curved input screen only stretches
+    the periphery; the negative ones fitted were X-rays with S distortion alone, and undoing them
+    sent the depth 5-8 mm astray)."""
+    c, e = fit.coefficients, fit.standard_errors
+    physical = torch.stack([c[..., 0] > 0, torch.ones_like(c[..., 1], dtype=torch.bool)], -1)
+    return (c.abs() >= SIGNIFICANT_DISTORTION) & (e <= MAX_DISTORTION_SE) & (c.abs() >= z * e) & physical
+
+
+
+def residual_distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int,
+                                   levels=None) -> StageRecord | None:
+    """One view's image-intensifier distortion read off the residual patch shifts at ``pose`` (4, 4)
+    (:func:`~SphericalRegLib.alignment.residual_distortion`), undone, and the finest intensity
+    level again; up to ``rounds`` times, while a significant warp is left. Sets ``ctx.distortion``
+    to ``(2,)``; None when none was significant. A round whose refinement diverges is dropped.
+
+    Pincushion magnifies, so a rigid pose takes up the part of it that looks like depth, and what
+    it leaves (``k r^2`` against ``r``, the turn growing with ``r``) is visible in the shifts."""
+    level = ctx.options.refine_levels[-1]
+    levels = (level,) if levels is None else levels
+    mu = ctx.attenuation[level.spacing_mm]
+    record, t0 = None, time.perf_counter()
+    for round_ in range(rounds):
+        ctx.progress("distortion fit", round_ / rounds)
+        x, camera, valid = ctx.xray_level(0, level.image_size)
+        with torch.no_grad():
+            drr = ctx.renderer(camera, mu)(mu.data, pose.to(ctx.device, torch.float64)[None])
+            fit = residual_distortion(drr.float(), x.float(), valid.to(x.device)[None, None])
+        warp = significant_distortion(fit)[0].cpu()
+        coefficients = torch.where(warp, fit.coefficients[0].double().cpu(), torch.zeros(2, dtype=torch.float64))
+        if not bool(coefficients.any()):
+            break
+        kept = ctx.distortion
+        total = coefficients if kept is None else kept + coefficients
+        ctx.distortion = torch.maximum(torch.minimum(total, torch.tensor(LIMITS, dtype=torch.float64)),
+                                       -torch.tensor(LIMITS, dtype=torch.float64))
+        step = intensity_refinement(ctx, pose, levels=levels)
+        if step.diverged:
             ctx.distortion = kept
             break
         step.seconds, t0 = time.perf_counter() - t0, time.perf_counter()

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from SphericalRegLib.alignment import RADIUS, patch_shifts, residual_shift_mm
+from SphericalRegLib.alignment import RADIUS, patch_shifts, residual_distortion, residual_shift_mm
+from SphericalRegLib.distortion import distort
 
 
 def texture(seed=0, size=160):
@@ -64,3 +65,27 @@ def test_batches_are_measured_one_by_one():
     b = torch.cat([crop(x), crop(x, 2, 0)])
     out = residual_shift_mm(a, b, ALL, 1.0)
     assert out.shape == (2,) and float(out[0]) < 0.05 and float(out[1]) == pytest.approx(2.0, abs=0.2)
+
+
+def test_the_residual_warp_is_read_as_pincushion_and_s_distortion_whatever_rigid_motion_remains():
+    x = crop(texture(6))
+    assert residual_distortion(x, x, ALL).coefficients.abs().max() < 0.003
+    for k, s in ((0.05, 0.0), (0.0, 0.03), (0.04, -0.02)):
+        warped = distort(x, torch.tensor([[k, s]]))
+        moved = distort(crop(texture(6), 2, -1), torch.tensor([[k, s]]))  # and a shift a pose still owes
+        for b in (warped, moved):
+            fit = residual_distortion(x, b.float(), ALL)
+            assert fit.coefficients[0].tolist() == pytest.approx([k, s], abs=0.006)
+            assert (fit.standard_errors < 0.005).all() and int(fit.patches) > 60
+
+
+def test_a_magnification_is_not_read_as_pincushion():
+    x = texture(7)
+    zoomed = F.interpolate(x, scale_factor=1.04, mode="bilinear", align_corners=False)
+    fit = residual_distortion(crop(x), crop(zoomed, margin=22), ALL)
+    assert fit.coefficients.abs().max() < 0.006
+
+
+def test_too_few_matching_patches_give_no_distortion_fit():
+    fit = residual_distortion(crop(texture(8)), torch.zeros(1, 1, 128, 128), ALL)
+    assert torch.isnan(fit.coefficients).all() and torch.isnan(fit.standard_errors).all() and int(fit.patches) == 0

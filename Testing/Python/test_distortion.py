@@ -1,14 +1,17 @@
-"""Image-intensifier distortion undone before registration (SphericalRegLib.distortion, RegisterOptions.distortion)
-and fitted per view when several views pin the pose (RegisterOptions.fit_distortion_rounds)."""
+"""Image-intensifier distortion undone before registration (SphericalRegLib.distortion, RegisterOptions.distortion),
+fitted per view when several views pin the pose (RegisterOptions.fit_distortion_rounds), and read off one view's
+residual patch shifts (RegisterOptions.residual_distortion_rounds, the depth uncertainty it leaves)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from SphericalRegLib.alignment import DistortionFit
 from SphericalRegLib.distortion import distort, undistort, validate_distortion
 from SphericalRegLib.errors import InputError
 from SphericalRegLib.io import read_case, read_truth
@@ -17,7 +20,7 @@ from SphericalRegLib.physics import PLAIN, _distortion
 from SphericalRegLib.register import RegisterOptions, Registrar
 from SphericalRegLib.register.records import ViewResult
 from SphericalRegLib.register.residuals import ncc_residual
-from SphericalRegLib.register.stages import _best_distortion
+from SphericalRegLib.register.stages import _best_distortion, significant_distortion
 from SphericalRegLib.simulate import write_cases
 from fixtures import tiny_ct, tiny_levels, write_ct
 
@@ -160,3 +163,32 @@ def test_a_fit_at_the_edge_of_the_range_tried_is_warned_about(tiny_cases):
     warned = Registrar._distortion_fit_warnings(edges)
     assert [w.split(":")[0] for w in warned] == ["view 0", "view_1", "view_2"]
     assert all("edge of the range" in w for w in warned)
+
+
+def fit_of(k, s, se=0.004):
+    return DistortionFit(torch.tensor([[k, s]]), torch.tensor([[se, se]]), torch.tensor([60]))
+
+
+def test_only_a_large_well_determined_warp_counts_as_one():
+    assert significant_distortion(fit_of(0.05, 0.03)).tolist() == [[True, True]]
+    assert significant_distortion(fit_of(0.011, -0.03)).tolist() == [[False, True]]  # the noise of plain X-rays
+    assert significant_distortion(fit_of(0.05, 0.05, se=0.03)).tolist() == [[False, False]]  # too few patches
+    assert significant_distortion(fit_of(0.024, 0.0, se=0.011)).tolist() == [[False, False]]  # 2.2 sd: not undone
+    assert significant_distortion(fit_of(-0.05, -0.03)).tolist() == [[False, True]]  # a barrel is no intensifier's
+    nan = DistortionFit(torch.full((1, 2), float("nan")), torch.full((1, 2), float("nan")), torch.tensor([0]))
+    assert significant_distortion(nan).tolist() == [[False, False]]
+
+
+def test_a_warp_one_view_shows_makes_its_depth_uncertain_by_a_third_of_it_times_the_distance(tiny_model_file,
+                                                                                              tiny_cases):
+    case = read_case(tiny_cases / "case_000")
+    truth, _ = read_truth(tiny_cases / "case_000")
+    registrar = Registrar(load_model(tiny_model_file, case.ct), case.ct)
+    depth = float((truth.to(f64) @ torch.cat([case.ct.centre.to(f64), torch.ones(1, dtype=f64)]))[2])
+    plain, undone = SimpleNamespace(distortion=None), SimpleNamespace(distortion=torch.tensor([0.05, 0.0], dtype=f64))
+    assert registrar._warp_depth_sd(plain, truth, fit_of(0.011, 0.0)) == 0.0  # nothing there
+    assert registrar._warp_depth_sd(plain, truth, fit_of(0.06, 0.0, se=0.03)) == 0.0  # nothing measurable
+    assert registrar._warp_depth_sd(plain, truth, fit_of(0.06, 0.0)) == pytest.approx(depth / 3 * 0.06)
+    # undone: the depth rests on the fit, uncertain by its standard errors
+    assert registrar._warp_depth_sd(undone, truth, fit_of(0.0, 0.0, se=0.005)) == pytest.approx(
+        depth / 3 * 0.005 * 2**0.5)

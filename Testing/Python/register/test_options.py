@@ -7,7 +7,8 @@ from SphericalRegLib.register import RegisterOptions
 
 
 @pytest.mark.parametrize("field, value", [("optimizer", "sgd"), ("learnt_stage", "never"), ("iterations", 0),
-                                          ("refine_levels", ())])
+                                          ("refine_levels", ()), ("residual_distortion_rounds", -1),
+                                          ("residual_distortion_levels", 0)])
 def test_bad_options_name_their_field(field, value):
     with pytest.raises(InputError) as e:
         RegisterOptions(**{field: value})
