@@ -340,9 +340,8 @@ def distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int) -
     mu = ctx.attenuation[level.spacing_mm]
     residual = ncc_residual(level.patch, level.form, terms=level.terms, robust=level.robust)
     fitted = torch.zeros(ctx.n_views, 2, dtype=torch.float64)
-    record, t0 = None, time.perf_counter()
-    for round_ in range(rounds):
-        ctx.progress("distortion fit", round_ / rounds)
+
+    def refit(pose: Tensor) -> Tensor | None:
         T = pose.to(ctx.device, torch.float64)[None]
         C = ctx.camera_from_reference.to(T)
         before = fitted.clone()
@@ -351,19 +350,9 @@ def distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int) -
                 x, camera, valid = pyramid.level(level.image_size)
                 drr = ctx.renderer(camera, mu)(mu.data, C[k] @ T)
                 fitted[k] = _best_distortion(x, drr, valid.to(x.device), residual)
-        ctx.check_cancel()
-        if torch.equal(fitted, before):
-            break
-        kept, ctx.distortion = ctx.distortion, fitted.clone()
-        step = intensity_refinement(ctx, pose, levels=(level,))
-        if step.diverged:  # the pose before this round stands, undone as it was
-            ctx.distortion = kept
-            break
-        step.seconds, t0 = time.perf_counter() - t0, time.perf_counter()
-        record = step if record is None else record.then(step)
-        pose = step.pose
-    ctx.progress("distortion fit", 1.0)
-    return record
+        return None if torch.equal(fitted, before) else fitted.clone()
+
+    return _distortion_rounds(ctx, pose, rounds, (level,), refit)
 
 
 SIGNIFICANT_DISTORTION = 0.02
@@ -391,39 +380,61 @@ def significant_distortion(fit, z: float = DISTORTION_Z):
 def residual_distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int,
                                    levels=None) -> StageRecord | None:
     """One view's image-intensifier distortion read off the residual patch shifts at ``pose`` (4, 4)
-    (:func:`~SphericalRegLib.alignment.residual_distortion`), undone, and the finest intensity
-    level again; up to ``rounds`` times, while a significant warp is left. Sets ``ctx.distortion``
-    to ``(2,)``; None when none was significant. A round whose refinement diverges is dropped.
+    (:func:`~SphericalRegLib.alignment.residual_distortion`), undone, and the intensity ``levels``
+    (default the finest) again; up to ``rounds`` times, while a significant warp is left. Sets
+    ``ctx.distortion`` to ``(2,)``; None when none was significant. A round whose refinement
+    diverges is dropped.
 
     Pincushion magnifies, so a rigid pose takes up the part of it that looks like depth, and what
     it leaves (``k r^2`` against ``r``, the turn growing with ``r``) is visible in the shifts."""
     level = ctx.options.refine_levels[-1]
-    levels = (level,) if levels is None else levels
     mu = ctx.attenuation[level.spacing_mm]
-    record, t0 = None, time.perf_counter()
-    for round_ in range(rounds):
-        ctx.progress("distortion fit", round_ / rounds)
+    limits = torch.tensor(LIMITS, dtype=torch.float64)
+
+    def refit(pose: Tensor) -> Tensor | None:
         x, camera, valid = ctx.xray_level(0, level.image_size)
         with torch.no_grad():
             drr = ctx.renderer(camera, mu)(mu.data, pose.to(ctx.device, torch.float64)[None])
             fit = residual_distortion(drr.float(), x.float(), valid.to(x.device)[None, None])
         warp = significant_distortion(fit)[0].cpu()
-        coefficients = torch.where(warp, fit.coefficients[0].double().cpu(), torch.zeros(2, dtype=torch.float64))
-        if not bool(coefficients.any()):
+        if not bool(warp.any()):
+            return None
+        total = torch.where(warp, fit.coefficients[0].double().cpu(), torch.zeros(2, dtype=torch.float64))
+        total = total if ctx.distortion is None else ctx.distortion + total
+        return torch.maximum(torch.minimum(total, limits), -limits)
+
+    return _distortion_rounds(ctx, pose, rounds, (level,) if levels is None else levels, refit)
+
+
+def _distortion_rounds(ctx: RegistrationContext, pose: Tensor, rounds: int, levels, refit) -> StageRecord | None:
+    """Up to ``rounds`` of: ``refit(pose)``, the distortion to undo (None: nothing new, stop), then
+    the intensity ``levels`` again with it undone. The record of the rounds that ran; None if none."""
+    record, t0 = None, time.perf_counter()
+    for round_ in range(rounds):
+        ctx.progress("distortion fit", round_ / rounds)
+        distortion = refit(pose)
+        ctx.check_cancel()
+        if distortion is None:
             break
-        kept = ctx.distortion
-        total = coefficients if kept is None else kept + coefficients
-        ctx.distortion = torch.maximum(torch.minimum(total, torch.tensor(LIMITS, dtype=torch.float64)),
-                                       -torch.tensor(LIMITS, dtype=torch.float64))
-        step = intensity_refinement(ctx, pose, levels=levels)
-        if step.diverged:
-            ctx.distortion = kept
+        step = _refine_undistorted(ctx, pose, distortion, levels)
+        if step is None:
             break
         step.seconds, t0 = time.perf_counter() - t0, time.perf_counter()
         record = step if record is None else record.then(step)
         pose = step.pose
     ctx.progress("distortion fit", 1.0)
     return record
+
+
+def _refine_undistorted(ctx: RegistrationContext, pose: Tensor, distortion: Tensor, levels) -> StageRecord | None:
+    """The intensity ``levels`` again from ``pose`` (4, 4) with ``distortion`` undone (set in
+    ``ctx``); None when they diverge, and then the pose and distortion before them stand."""
+    kept, ctx.distortion = ctx.distortion, distortion
+    step = intensity_refinement(ctx, pose, levels=levels)
+    if step.diverged:
+        ctx.distortion = kept
+        return None
+    return step
 
 
 def _best_distortion(x: Tensor, drr: Tensor, valid: Tensor, residual, chunk: int = 64) -> Tensor:
