@@ -5,6 +5,7 @@ residual patch shifts (RegisterOptions.residual_distortion_rounds, the depth unc
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -189,6 +190,44 @@ def test_a_warp_one_view_shows_makes_its_depth_uncertain_by_a_third_of_it_times_
     assert registrar._warp_depth_sd(plain, truth, fit_of(0.011, 0.0)) == 0.0  # nothing there
     assert registrar._warp_depth_sd(plain, truth, fit_of(0.06, 0.0, se=0.03)) == 0.0  # nothing measurable
     assert registrar._warp_depth_sd(plain, truth, fit_of(0.06, 0.0)) == pytest.approx(depth / 3 * 0.06)
-    # undone: the depth rests on the fit, uncertain by its standard errors
+    # undone: the depth rests on the fit, uncertain by its standard errors and whatever warp is still measured
     assert registrar._warp_depth_sd(undone, truth, fit_of(0.0, 0.0, se=0.005)) == pytest.approx(
         depth / 3 * 0.005 * 2**0.5)
+    assert registrar._warp_depth_sd(undone, truth, fit_of(0.012, 0.0, se=0.005)) == pytest.approx(
+        depth / 3 * (0.012**2 + 2 * 0.005**2) ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def example_case(tmp_path_factory):
+    """A plain simulated X-ray of the example chest CT (256 px) and its truth."""
+    from SphericalRegLib.example import example_ct_path
+
+    folder = tmp_path_factory.mktemp("example_case")
+    write_cases(example_ct_path(), folder, 1, seed=1000, log=lambda m: None)
+    return folder / "case_000"
+
+
+def test_one_views_pincushion_is_read_off_its_patches_undone_and_its_depth_called_uncertain(example_case):
+    """An undewarped intensifier frame registered from its true pose: left as it is, the pose slides
+    centimetres along the central ray and looks aligned; read off the patches and undone, the depth
+    comes back, the result says what was undone, and the confidence is capped with a warning."""
+    from SphericalRegLib.confidence import load_calibration
+    from SphericalRegLib.evaluation.rows import errors
+
+    case = read_case(example_case)
+    truth, landmarks = read_truth(example_case)
+    warped = _distortion(case.xray.to(f64), replace(PLAIN, pincushion=0.07)).float()
+    shipped = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "chest_example.pt"
+    model = load_model(shipped, case.ct)
+    outcome = {}
+    for rounds in (0, 2):
+        options = RegisterOptions(optimizer="none", search_step_mm=0, residual_distortion_rounds=rounds)
+        result = Registrar(model, case.ct, options, load_calibration(shipped)).register(warped, case.camera, truth)
+        outcome[rounds] = result, errors(result.camera_from_world.to(f64), truth, landmarks, case.camera)
+    (left, left_error), (undone, undone_error) = outcome[0], outcome[2]
+    assert left_error["depth"] > 8 and "distortion" not in left.to_json()
+    assert undone_error["depth"] < 0.5 * left_error["depth"]
+    assert 0.05 < undone.to_json()["distortion"]["pincushion"] < 0.09
+    assert any("read off the residual patch shifts" in note for note in undone.notes)
+    for result in (left, undone):  # either way the depth rests on a warp: never a confident answer
+        assert result.confidence < 0.8 and any("uncertain by about" in w for w in result.warnings)
