@@ -94,7 +94,9 @@ def main(args) -> int:
                 print(f"  {view.name}: relative pose refined by {view.relative['rotation_deg']:.2f} deg "
                       f"({view.relative['centre_shift_mm']:.2f} mm at the CT centre)")
     if result.distortion is not None:
-        print("X-ray undistorted first: pincushion {pincushion:.3f}, S {s_distortion:.3f} rad".format(**result.distortion))
+        how = "first" if options.distortion is not None else "by the warp read off it"
+        print(f"X-ray undistorted {how}: " + "pincushion {pincushion:.3f}, S {s_distortion:.3f} rad".format(
+            **result.distortion))
     if result.uncertainty is not None:
         print(describe_uncertainty(result.uncertainty))
     if result.residual_shift_mm is not None:

@@ -253,13 +253,17 @@ class Registrar:
         if warp_sd > 0:
             if views[0].confidence is not None:
                 views[0].confidence = min(views[0].confidence, math.erf(1 / (warp_sd * math.sqrt(2))))
-            seen = ("its image-intensifier warp was read off the X-ray and undone (see the notes), and its depth "
+            seen = ("the X-ray's image-intensifier warp was read off it and undone (see the notes), and the depth "
                     "rests on that reading" if ctx.distortion is not None else
                     f"the X-ray shows an image-intensifier warp that no rigid pose explains (pincushion "
                     f"{float(warp.coefficients[0, 0]):.3f}, S {float(warp.coefficients[0, 1]):.3f} rad)")
             warp_warnings.append(f"{seen}: the pose along the central ray is uncertain by about {warp_sd:.1f} mm (1 sd), "
-                                 "and the confidence says so; give the C-arm's dewarp calibration (--distortion K,S) "
-                                 "or register a second view")
+                                 "and the confidence and the uncertainty say so; give the C-arm's dewarp calibration "
+                                 "(--distortion K,S) or register a second view")
+            for u in (uncertainty, views[0].uncertainty):  # J^T J knows nothing of the warp
+                if u is not None:
+                    u["warp_depth_sd_mm"] = warp_sd
+                    u["depth_sd_mm"] = math.hypot(u["depth_sd_mm"], warp_sd)
         confidences = [v.confidence for v in views]
         distortion, notes = None, list(self.notes)
         if ctx.distortion is not None and ctx.distortion.dim() == 1:

@@ -231,3 +231,5 @@ def test_one_views_pincushion_is_read_off_its_patches_undone_and_its_depth_calle
     assert any("read off the residual patch shifts" in note for note in undone.notes)
     for result in (left, undone):  # either way the depth rests on a warp: never a confident answer
         assert result.confidence < 0.8 and any("uncertain by about" in w for w in result.warnings)
+        u = result.uncertainty  # and the uncertainty shown carries the warp's share
+        assert u["depth_sd_mm"] >= u["warp_depth_sd_mm"] > 1 and u["raw_depth_sd_mm"] < u["warp_depth_sd_mm"]
