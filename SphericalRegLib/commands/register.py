@@ -38,8 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--residual-distortion-rounds", type=int, default=RegisterOptions.residual_distortion_rounds,
                    metavar="N", help="with one view and no --distortion: rounds of the image-intensifier warp that the "
                    "final DRR's patch shifts show, undone where it is clear, then the pose again; 0 takes the frame as "
-                   f"undistorted (default {RegisterOptions.residual_distortion_rounds}; a frame with no clear warp is "
-                   "left as it was)")
+                   f"undistorted, though a warp it shows is still warned about (default {RegisterOptions.residual_distortion_rounds}; "
+                   "a frame with no clear warp is left as it was)")
     p.add_argument("--encoding", default=None, choices=["auto", "intensity", "processed", "processed-linear"],
                    help="how the X-ray's values relate to line integrals: raw detector counts, a processed export "
                         "of a log LUT or of a linear one (default: a DICOM's Pixel Intensity Relationship, else "

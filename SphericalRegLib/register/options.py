@@ -114,7 +114,8 @@ class RegisterOptions:
     fit_distortion_rounds: int = 2
     # one view and no distortion given: rounds of the image-intensifier warp its residual patch shifts
     # show, undone, then the last ``residual_distortion_levels`` intensity levels again (0: the frame
-    # taken as undistorted; docs/results.md, twenty-ninth session)
+    # taken as undistorted, though a warp it shows still caps the confidence and is warned about;
+    # docs/results.md, twenty-ninth session)
     residual_distortion_rounds: int = 2
     residual_distortion_levels: int = 2
 

@@ -145,7 +145,7 @@ class Registrar:
                 if fit is not None:
                     stages["distortion"] = fit
                     pose = fit.pose
-            elif (ctx.n_views == 1 and opt.residual_distortion_rounds and opt.distortion is None and not failed):
+            elif ctx.n_views == 1 and opt.residual_distortion_rounds and opt.distortion is None and not failed:
                 fit = residual_distortion_refinement(ctx, pose, opt.residual_distortion_rounds,
                                                      levels=opt.refine_levels[-opt.residual_distortion_levels:])
                 if fit is not None:
