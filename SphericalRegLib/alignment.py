@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .intensity import sobel, standardise
 
-__all__ = ["patch_shifts", "residual_shift_mm", "residual_distortion", "DistortionFit", "describe", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES"]
+__all__ = ["patch_shifts", "residual_shift_mm", "residual_distortion", "residual_alignment", "DistortionFit", "describe", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES"]
 
 PATCH = 24
 """Patch side (pixels of the finest intensity level, 128 across the detector), at a stride of half that."""
@@ -96,7 +96,10 @@ def residual_shift_mm(drr: Tensor, xray: Tensor, valid: Tensor, pixel_mm: float)
     effect change a patch's grey levels but not where its edges are. A patch whose best match is poor
     (an instrument, air, noise) does not count; with fewer than :data:`MIN_PATCHES` counting, the
     answer is the largest shift measured, ``RADIUS * pixel_mm * sqrt(2)``."""
-    shifts, counts = _matched_patches(drr, xray, valid)
+    return _median_shift_mm(*_matched_patches(drr, xray, valid), pixel_mm)
+
+
+def _median_shift_mm(shifts: Tensor, counts: Tensor, pixel_mm: float) -> Tensor:
     median = (shifts.norm(dim=-1) * pixel_mm).masked_fill(~counts, float("nan")).nanmedian(-1).values
     return torch.where(counts.sum(-1) >= MIN_PATCHES, median, torch.full_like(median, RADIUS * pixel_mm * 2**0.5))
 
@@ -121,8 +124,16 @@ def residual_distortion(drr: Tensor, xray: Tensor, valid: Tensor) -> DistortionF
     magnification (what the pose still owes) plus ``k r^2 (u, v)`` and ``s r (-v, u)``, the warp of
     :func:`~SphericalRegLib.distortion.distort` to first order, with ``(u, v)`` in [-1, 1] across the
     detector and ``r`` normalised to 1 at its corners."""
+    return _distortion_fit(*_matched_patches(drr, xray, valid), *drr.shape[-2:])
+
+
+def residual_alignment(drr: Tensor, xray: Tensor, valid: Tensor, pixel_mm: float) -> tuple[Tensor, DistortionFit]:
+    """:func:`residual_shift_mm` and :func:`residual_distortion` of the same images from one patch search."""
     shifts, counts = _matched_patches(drr, xray, valid)
-    H, W = drr.shape[-2:]
+    return _median_shift_mm(shifts, counts, pixel_mm), _distortion_fit(shifts, counts, *drr.shape[-2:])
+
+
+def _distortion_fit(shifts: Tensor, counts: Tensor, H: int, W: int) -> DistortionFit:
     stride = PATCH // 2
     centre = lambda n, size: (torch.arange(n, dtype=shifts.dtype, device=shifts.device) * stride
                               + (PATCH - 1) / 2) * 2 / (size - 1) - 1

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..alignment import DistortionFit, residual_distortion, residual_shift_mm
+from ..alignment import DistortionFit, residual_alignment, residual_shift_mm
 from ..camera import Camera, project
 from ..confidence import confidence_values, predict
 from ..distortion import NAMES as DISTORTION_NAMES
@@ -233,10 +233,12 @@ class Registrar:
             with torch.no_grad():
                 drr = ctx.renderer(camera, mu)(mu.data, poses[k][None])[0, 0]
                 ncc = float((standardise(drr[None, None], (1, 2, 3)) * standardise(x, (1, 2, 3))).mean())
-                shift = float(residual_shift_mm(drr[None, None].float(), x.float(), valid.to(x.device)[None, None],
-                                                camera.pixel_spacing[0]))
-                if ctx.n_views == 1 and self.options.distortion is None:
-                    warp = residual_distortion(drr[None, None].float(), x.float(), valid.to(x.device)[None, None])
+                images = drr[None, None].float(), x.float(), valid.to(x.device)[None, None]
+                if ctx.n_views == 1 and self.options.distortion is None:  # one view: is its frame warped?
+                    shift, warp = residual_alignment(*images, camera.pixel_spacing[0])
+                else:
+                    shift = residual_shift_mm(*images, camera.pixel_spacing[0])
+                shift = float(shift)
             views.append(ViewResult(self._view_name(k), camera, poses[k].cpu(), ncc, drr=drr.cpu(),
                                     xray=x[0, 0].cpu(), residual_shift_mm=shift))
             if "relative" in stages and k > 0:

@@ -376,7 +376,6 @@ def significant_distortion(fit, z: float = DISTORTION_Z):
     return (c.abs() >= SIGNIFICANT_DISTORTION) & (e <= MAX_DISTORTION_SE) & (c.abs() >= z * e) & physical
 
 
-
 def residual_distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int,
                                    levels=None) -> StageRecord | None:
     """One view's image-intensifier distortion read off the residual patch shifts at ``pose`` (4, 4)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from SphericalRegLib.alignment import RADIUS, patch_shifts, residual_distortion, residual_shift_mm
+from SphericalRegLib.alignment import RADIUS, patch_shifts, residual_alignment, residual_distortion, residual_shift_mm
 from SphericalRegLib.distortion import distort
 
 
@@ -89,3 +89,12 @@ def test_a_magnification_is_not_read_as_pincushion():
 def test_too_few_matching_patches_give_no_distortion_fit():
     fit = residual_distortion(crop(texture(8)), torch.zeros(1, 1, 128, 128), ALL)
     assert torch.isnan(fit.coefficients).all() and torch.isnan(fit.standard_errors).all() and int(fit.patches) == 0
+
+
+def test_the_shift_and_the_warp_from_one_patch_search_are_each_functions_own():
+    x = crop(texture(9))
+    warped = distort(crop(texture(9), 1, 2), torch.tensor([[0.04, 0.02]])).float()
+    shift, fit = residual_alignment(x, warped, ALL, 1.5)
+    assert torch.equal(shift, residual_shift_mm(x, warped, ALL, 1.5))
+    alone = residual_distortion(x, warped, ALL)
+    assert all(torch.equal(a, b) for a, b in zip(fit, alone))
