@@ -113,9 +113,11 @@ class Trainer:
 
     # -- data
 
-    def sample(self, n: int, generator: torch.Generator, augment: bool = True) -> dict[str, Tensor]:
+    def sample(self, n: int, generator: torch.Generator, augment: bool = True,
+               physics: bool = True) -> dict[str, Tensor]:
         """Ground truths, moving poses ``(n, 4, 4)`` float64, X-rays ``(n, 1, rows, cols)`` and the
-        masks of their exposed fields (same shape, bool), zero outside it as registration reads them."""
+        masks of their exposed fields (same shape, bool), zero outside it as registration reads them.
+        ``physics`` False leaves out the physics family (``physics_p``) whatever the configuration."""
         from ..augment import cut_field, random_bone_scale, randomise_physics, randomise_xray
 
         c = self.config
@@ -130,7 +132,7 @@ class Trainer:
         bone = random_bone_scale(n, generator, *c.bone_scale) if augment else torch.ones(n, dtype=torch.float64)
         xray = self.simulate(truth, bone)
         field = torch.ones_like(xray, dtype=torch.bool)
-        if augment and c.physics_p > 0:
+        if augment and physics and c.physics_p > 0:
             xray, field = randomise_physics(xray, generator, p=c.physics_p, pixel_mm=min(self.camera.pixel_spacing),
                                             return_field=True)
         if augment:
@@ -244,7 +246,8 @@ class Trainer:
         for name, m in self.networks.items():
             m.train(name in c.trained)  # a network kept fixed keeps its normalisation statistics too
         joint = self.trains_similarity  # else the regressor alone, on all its X-rays at once
-        batch = self.sample(c.batch_size if joint else max(c.batch_size, c.regressor_batch), generator)
+        batch = self.sample(c.batch_size if joint else max(c.batch_size, c.regressor_batch), generator,
+                            physics=c.physics_similarity or not joint)
         if joint and c.regressor_batch > c.batch_size and "regressor" in c.trained:
             more = self.sample(c.regressor_batch - c.batch_size, generator)
             batch.update(regressor_xray=more["xray"], regressor_truth=more["truth"])

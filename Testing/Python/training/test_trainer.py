@@ -191,6 +191,28 @@ def test_the_regressor_sees_its_own_larger_batch_and_the_similarity_the_same_one
     assert b["pose"] != pytest.approx(a["pose"], rel=1e-6)
 
 
+def test_physics_kept_to_the_regressors_own_xrays_leaves_the_similarity_as_without_physics(ct):
+    """``physics_similarity`` False: the similarity's batch is the one drawn without the physics family,
+    the X-rays the regressor reads alone go through it, and in the regressor's lead every X-ray does."""
+    extra = {"regressor_batch": 6, "physics_p": 1.0}
+    plain = Trainer(ct, TrainConfig(**{**TINY, "regressor_batch": 6}))
+    kept = Trainer(ct, TrainConfig(**{**TINY, **extra, "physics_similarity": False}))
+    everywhere = Trainer(ct, TrainConfig(**{**TINY, **extra}))
+    seen = {}
+    for name, trainer in (("plain", plain), ("kept", kept)):
+        trainer.regressor.register_forward_pre_hook(lambda module, args, name=name: seen.update({name: args[0]}))
+    a, b, c = plain.train_step(), kept.train_step(), everywhere.train_step()
+    assert b["direction"] == pytest.approx(a["direction"], rel=1e-6)
+    assert c["direction"] != pytest.approx(a["direction"], rel=1e-6)
+    n = TINY["batch_size"]
+    assert torch.equal(seen["kept"][:n], seen["plain"][:n])
+    assert not torch.equal(seen["kept"][n:], seen["plain"][n:])
+    lead = Trainer(ct, TrainConfig(**{**TINY, **extra, "physics_similarity": False, "steps": 4,
+                                      "regressor_only_share": 0.5}))
+    draw = lead.sample(2, torch.Generator().manual_seed(5), physics=False)["xray"]
+    assert not torch.equal(lead.sample(2, torch.Generator().manual_seed(5))["xray"], draw)
+
+
 def test_a_regressor_batch_up_to_the_batch_is_the_batch_and_a_negative_one_is_refused(ct):
     trainer = Trainer(ct, TrainConfig(**{**TINY, "regressor_batch": 1}))  # a GPU run's larger --batch-size
     seen = []
