@@ -153,37 +153,48 @@ def _blur_each(img: Tensor, sigma_px: Tensor) -> Tensor:
     return torch.stack(out)
 
 
-def _hardening(L: Tensor, g: torch.Generator) -> Tensor:
-    """Polychromatic line integrals of water-equivalent paths: kVp U(60, 125), U(2.5, 8) mm Al."""
+def _hardening(L: Tensor, g: torch.Generator, wanted: Tensor) -> Tensor:
+    """Polychromatic line integrals of water-equivalent paths: kVp U(60, 125), U(2.5, 8) mm Al, for the
+    images ``wanted`` ``(B,)``; the others come back as they were (their spectra are drawn all the same)."""
     from .physics import REFERENCE_KEV, mass_attenuation, spectrum
 
     B = L.shape[0]
     kvp = (60 + 65 * torch.rand(B, generator=g, dtype=torch.float64)).tolist()
     al = (2.5 + 5.5 * torch.rand(B, generator=g, dtype=torch.float64)).tolist()
+    index = wanted.nonzero()[:, 0].tolist()
+    if not index:
+        return L
     E = torch.arange(11.0, 125.0, 2.0, dtype=torch.float64)
-    weights = torch.zeros(B, E.numel(), dtype=torch.float64)
-    for b in range(B):
+    weights = torch.zeros(len(index), E.numel(), dtype=torch.float64)
+    for row, b in enumerate(index):
         e, w = spectrum(kvp[b], al[b], step_kev=2.0)
-        weights[b, :e.numel()] = w
+        weights[row, :e.numel()] = w
     ratio = (mass_attenuation("water", E) / mass_attenuation("water", torch.tensor(REFERENCE_KEV))).to(L)
-    w = weights.to(L).reshape(B, 1, 1, 1, -1)
-    intensity = (w * torch.exp(-L[..., None] * ratio)).sum(-1)
-    return -torch.log(intensity.clamp_min(1e-12))
+    w = weights.to(L).reshape(len(index), 1, 1, 1, -1)
+    intensity = (w * torch.exp(-L[index][..., None] * ratio)).sum(-1)
+    out = L.clone()
+    out[index] = -torch.log(intensity.clamp_min(1e-12))
+    return out
 
 
-def _instrument_paths(img: Tensor, g: torch.Generator, pixel_mm: float) -> Tensor:
-    """``(B, 1, H, W)`` line integrals (60 keV) of random screws, K-wires and retractors (physics._instruments_2d)."""
+def _instrument_paths(img: Tensor, g: torch.Generator, pixel_mm: float, wanted: Tensor) -> Tensor:
+    """``(B, 1, H, W)`` line integrals (60 keV) of random screws, K-wires and retractors (physics._instruments_2d)
+    in the images ``wanted`` ``(B,)``, zero in the others, whose instruments are drawn all the same (on a
+    one-pixel detector) so that every image's draws are those of a run that draws them all."""
     from .camera import Camera
     from .physics import Physics, _instruments_2d
 
     B, _, H, W = img.shape
     camera = Camera(1020.0, (pixel_mm, pixel_mm), ((W - 1) / 2, (H - 1) / 2), (H, W))
-    out = []
-    for _ in range(B):
+    pixel = Camera(1020.0, (pixel_mm, pixel_mm), (0.0, 0.0), (1, 1))
+    out = torch.zeros(B, H, W, dtype=torch.float64)
+    for b, render in enumerate(wanted.flatten().tolist()):
         n = torch.randint(0, 7, (3,), generator=g).tolist()
         physics = Physics(screws=n[0], kwires=n[1] % 3, retractors=int(n[2] >= 5))
-        out.append(_instruments_2d(physics, camera, g)[0].sum(0))
-    return torch.stack(out)[:, None].to(img)
+        paths = _instruments_2d(physics, camera if render else pixel, g)[0]
+        if render:
+            out[b] = paths.sum(0)
+    return out[:, None].to(img)
 
 
 def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, pixel_mm: float = 1.0,
@@ -218,8 +229,8 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
               "processing")}
     applied = torch.stack(list(coins.values())).any(0)
 
-    L = torch.where(coins["instruments"], x + _instrument_paths(x, g, pixel_mm), x)
-    L = torch.where(coins["hardening"], _hardening(L, g), L)
+    L = torch.where(coins["instruments"], x + _instrument_paths(x, g, pixel_mm, coins["instruments"].flatten()), x)
+    L = _hardening(L, g, coins["hardening"].flatten())
     intensity = torch.exp(-L)
     rows = torch.linspace(0, 1, H, device=x.device, dtype=x.dtype)[None, None, :, None]
     cols = torch.linspace(0, 1, W, device=x.device, dtype=x.dtype)[None, None, None, :]

@@ -202,10 +202,11 @@ class TrainConfig:
 
 
 PRESETS = {
-    # Two CPU cores, at most 45 minutes. On the example CT (64 x 64 x 59 working voxels, 64 x 64
-    # images, batch 4) a step took 1.2 s with one thread: 1600 steps plus validation and checkpoints
-    # take about 35 minutes. Each X-ray randomisation at p = 0.1: at 0.3 (most images changed two or
-    # more ways, a third inverted) the regressor learnt nothing in 300 steps at batch 4.
+    # Two CPU cores, 45 minutes before the physics family (about 50 with it, below). On the example CT
+    # (64 x 64 x 59 working voxels, 64 x 64 images, batch 4) a step took 1.2 s with one thread: 1600
+    # steps plus validation and checkpoints take about 35 minutes. Each X-ray randomisation at p = 0.1:
+    # at 0.3 (most images changed two or more ways, a third inverted) the regressor learnt nothing in
+    # 300 steps at batch 4.
     # The similarity is docs/learnability.md's recipe (fifteenth session): tokens from the trunk's
     # stride-8 stage (an 8 x 8 grid of regional tokens), tied stems, the gradient-weighted direction
     # loss and the SE(3) target. From scratch on the spine crop it put 57% of 256 held-out gradients

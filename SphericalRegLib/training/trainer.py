@@ -510,6 +510,9 @@ def _run(trainer: Trainer, out: Path, main_process: bool) -> None:
         regressor = f" (the regressor {c.regressor_batch})" if c.regressor_batch > c.batch_size else ""
         if trainer.regressor_only_steps:
             regressor += f", the first {trainer.regressor_only_steps} steps the regressor alone"
+        if c.physics_p > 0:
+            regressor += (f", X-ray physics family at {c.physics_p:g}"
+                          + ("" if c.physics_similarity else " on the regressor's own X-rays"))
         print(f"training {c.preset}: {c.steps} steps, batch {c.batch_size}{regressor} x {trainer.world_size} "
               f"process(es), "
               f"CT at {tuple(trainer.volume.shape)} voxels of {float(trainer.volume.spacing.max()):.2f} mm, "

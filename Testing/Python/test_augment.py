@@ -83,19 +83,37 @@ def test_the_field_is_what_the_reader_would_report():
     assert torch.equal(out, randomise_physics(img, torch.Generator().manual_seed(5), p=1.0, pixel_mm=4.0))
 
 
+def _state_after(draw, seed: int) -> torch.Tensor:
+    """The state of a generator seeded ``seed`` after ``draw(generator)``."""
+    g = torch.Generator().manual_seed(seed)
+    draw(g)
+    return g.get_state()
+
+
 def test_randomise_physics_effects():
     from SphericalRegLib import augment
 
     img = _drrs(n=4)
-    L = augment._hardening(img, torch.Generator().manual_seed(0))
+    every = torch.ones(4, dtype=torch.bool)
+    L = augment._hardening(img, torch.Generator().manual_seed(0), every)
     for b in range(4):  # the hardening curve is increasing and concave: thick paths are hardened most
         x, y = img[b].flatten(), L[b].flatten()
         order = x.argsort()
         assert (y[order].diff() >= -1e-5).all()
         thin, thick = (x > 0.3) & (x < 1.0), x > 3.0
         assert (y[thick] / x[thick]).mean() < 0.97 * (y[thin] / x[thin]).mean()
-    tools = augment._instrument_paths(img, torch.Generator().manual_seed(3), pixel_mm=4.0)
+    tools = augment._instrument_paths(img, torch.Generator().manual_seed(3), pixel_mm=4.0, wanted=every)
     assert tools.shape == img.shape and (tools >= 0).all() and (tools.amax(dim=(1, 2, 3)) > 0).sum() >= 2
+    # images without the effect are left alone, yet their draws are made: the others' are those of the full draw
+    some = torch.tensor([True, False, False, True])
+    g = torch.Generator().manual_seed(0)
+    hardened = augment._hardening(img, g, some)
+    assert torch.equal(hardened[some], L[some]) and torch.equal(hardened[~some], img[~some])
+    assert torch.equal(g.get_state(), _state_after(lambda h: augment._hardening(img, h, every), 0))
+    g = torch.Generator().manual_seed(3)
+    placed = augment._instrument_paths(img, g, 4.0, some)
+    assert torch.equal(placed[some], tools[some]) and not placed[~some].any()
+    assert torch.equal(g.get_state(), _state_after(lambda h: augment._instrument_paths(img, h, 4.0, every), 3))
     # with the effects of intensity alone, the output is the line integral of what was imaged: air stays at 0
     # only when no processing re-estimates it; the mean stays near the input's where nothing large was drawn
     out = randomise_physics(img, torch.Generator().manual_seed(2), p=0.3, pixel_mm=4.0)
@@ -105,8 +123,10 @@ def test_randomise_physics_effects():
 def test_train_config_physics_option():
     from SphericalRegLib.training.config import PRESETS, TrainConfig
 
-    # training from scratch as before; the regressor fine-tune runs under the physics family
-    assert TrainConfig().physics_p == 0.0 and PRESETS["small"].physics_p == PRESETS["full"].physics_p == 0.0
+    # the README's preset and the regressor fine-tune run the regressor under the physics family; small
+    # keeps the similarity's X-rays as they were
+    assert TrainConfig().physics_p == PRESETS["full"].physics_p == 0.0
+    assert PRESETS["small"].physics_p > 0 and not PRESETS["small"].physics_similarity
     assert PRESETS["finetune"].physics_p > 0 and PRESETS["finetune"].trained == ("regressor",)
     assert TrainConfig(physics_p=0.3).physics_p == 0.3
     with pytest.raises(InputError):
