@@ -229,7 +229,7 @@ def randomise_physics(img: Tensor, generator: torch.Generator, p: float = 0.5, p
               "processing")}
     applied = torch.stack(list(coins.values())).any(0)
 
-    L = torch.where(coins["instruments"], x + _instrument_paths(x, g, pixel_mm, coins["instruments"].flatten()), x)
+    L = x + _instrument_paths(x, g, pixel_mm, coins["instruments"].flatten())
     L = _hardening(L, g, coins["hardening"].flatten())
     intensity = torch.exp(-L)
     rows = torch.linspace(0, 1, H, device=x.device, dtype=x.dtype)[None, None, :, None]

@@ -18,6 +18,7 @@ from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.metrics import mtre
 from SphericalRegLib.model import load_model
 from SphericalRegLib.register import Registrar
+from SphericalRegLib.register.stages import initial_pose
 
 
 def main() -> None:
@@ -38,9 +39,8 @@ def main() -> None:
             ctx = Registrar(model, case.ct).context(case.xray, case.camera)
             with torch.no_grad():
                 a = model.regressor(ctx.xray.level(model.config.image_size)[0])[0].double()
-                b = model.regressor(ctx.xray.in_camera(model.camera)[0])[0].double()
             resized.append(float(mtre(a, truth, landmarks)))
-            warped.append(float(mtre(b, truth, landmarks)))
+            warped.append(float(mtre(initial_pose(ctx).pose, truth, landmarks)))
             camera = case.camera
         print(f"| {folder} ({len(resized)}) | sdd {camera.sdd:g}, {camera.cols} px of {camera.pixel_spacing[0]:.2f} mm "
               f"| {statistics.median(resized):.1f} | {statistics.median(warped):.1f} |", flush=True)
