@@ -18,18 +18,23 @@ Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``
 fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``freshunc`` (the final
 uncertainty from six fresh derivative passes, not LM's last exact Jacobian); ``onestart`` (the intensity
 stage from the search's pick alone, not also from the other start, as before the sixteenth session);
+``truefield`` (the simulator's exposed
+field, from the truth file, ANDed into the one the reader found: what a perfect field finder would
+give, as benchmarks/field_oracle.py); ``quad`` (the DRR replaced by its least-squares quadratic in
+its own line integrals before every comparison: beam hardening and scatter compress thick paths);
 ``coarseN`` (the first intensity level capped at N); ``extensionsN`` (LM may double a step up to N
 times at every intensity level);
 ``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``edges`` / ``fineedges`` (NCC of
 edges alone, at every intensity level or the finest); ``robustC`` / ``finerobustC`` (each patch's cost
 under Cauchy's loss of scale C, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
 first N intensity levels before the lower cost goes on); ``searchzN`` (the translation search's
-half-width along the camera's z axis, the depth, set to N steps); ``finepatchN`` (the finest level's
-NCC patches N px wide); ``fitdistN`` (N rounds of each view's distortion fitted at the joint
+half-width along the camera's z axis, the depth, set to N steps); ``nosearch`` (no translation
+search); ``finepatchN`` (the finest level's NCC patches N px wide); ``fitdistN`` (N rounds of each view's distortion fitted at the joint
 pose, several views only); ``resdistN[.L]`` (one view: N rounds of the warp its residual patch
 shifts show, undone, and the last L intensity levels again); ``init`` (start from
-the case's init.json, not the regressor). The model is the shipped one unless ``MODEL=path`` is set
-in the environment.
+the case's init.json, not the regressor); ``truth`` (start from the true pose: does the intensity
+stage stay there?). The model is the shipped one unless ``MODEL=path`` is set in the environment, and
+``SHARD=K/N`` runs every N-th case from the K-th.
 One JSON line per case and variant: mTRE, depth and in-plane error of the landmarks' centroid,
 confidence, final NCC and intensity cost, seconds, each stage's [seconds, iterations], whether the
 linear-LUT reading was chosen, the distortion undone (the one given, or each view's fitted). Cases with
@@ -94,6 +99,12 @@ def options(v):
             o.residual_distortion_rounds, o.residual_distortion_levels = int(rounds), int(levels or 1)
         elif part.startswith("fitdist"):
             o.fit_distortion_rounds = int(part[7:])
+        elif part == "truefield":
+            pass  # main() ANDs the simulator's true exposed field into the reader's
+        elif part == "quad":
+            pass  # main() fits the DRR to the X-ray by a quadratic in its line integrals
+        elif part == "nosearch":
+            o.search_step_mm = 0.0
         elif part.startswith("searchz"):
             o.search_steps = (*o.search_steps[:2], int(part[7:]))
         elif part.startswith("search"):
@@ -102,15 +113,67 @@ def options(v):
             o.learnt_moves_depth = part == "freedepth"
         elif part == "nolearnt":
             o.optimizer = "none"
-        elif part in ("fixedreading", "init", "freshunc"):
+        elif part in ("fixedreading", "init", "truth", "freshunc"):
             pass  # main() passes the pixels' encoding, which skips the choice, or the case's init
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
                              "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
-                             "robustC, finerobustC, searchzN, finepatchN, fitdistN or resdistN[.L]")
+                             "robustC, finerobustC, nosearch, searchzN, finepatchN, fitdistN, resdistN[.L] or truth")
     o.refine_levels = tuple(lv)
     return o
+
+
+def use_true_field(meta, shape):
+    """From now on the reader's field is ANDed with the simulator's true one for this frame (meta:
+    its truth file's physics entry), or left as the reader finds it (meta None)."""
+    import SphericalRegLib.xray as xray
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from field_detection import true_field
+    read = getattr(xray, "_plain_read", xray._read)
+    xray._plain_read = read
+    if meta is None:
+        xray._read = read
+        return
+    field = true_field(meta, *shape)
+
+    def with_true_field(image, photometric, air, dark, encoding):
+        L, found, unclipped = read(image, photometric, air, dark, encoding)
+        if tuple(L.shape) != tuple(field.shape):
+            return L, found, unclipped
+        return torch.where(field, L, torch.zeros_like(L)), found & field, unclipped
+    xray._read = with_true_field
+
+
+QUADRATIC = {"on": False}
+
+
+def quadratic_intensity_model():
+    """While ``QUADRATIC["on"]``, every intensity residual compares the X-ray with the DRR's best
+    quadratic in its line integrals (least squares over the valid pixels) instead of the DRR itself."""
+    import SphericalRegLib.register.context as context
+    if getattr(context.ncc_residual, "fits_quadratic", False):
+        return
+    plain = context.ncc_residual
+
+    def with_fit(*args, **kwargs):
+        base = plain(*args, **kwargs)
+
+        def residual(a, b, mask=None):
+            if not QUADRATIC["on"]:
+                return base(a, b, mask)
+            w = (torch.ones_like(a) if mask is None else mask.expand_as(a).to(a.dtype)).flatten(1)
+            bf = b.flatten(1).to(a.dtype)
+            mu = (bf * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
+            sd = (((bf - mu) ** 2) * w).sum(1, keepdim=True).div(w.sum(1, keepdim=True).clamp_min(1)).add(1e-8).sqrt()
+            z = (bf - mu) / sd
+            F = torch.stack([torch.ones_like(z), z, z * z], -1)
+            A = torch.einsum("bni,bn,bnj->bij", F, w, F) + 1e-6 * torch.eye(3, dtype=a.dtype)
+            c = torch.linalg.solve(A, torch.einsum("bni,bn,bn->bi", F, w, a.flatten(1)))
+            return base(a, (F @ c[..., None])[..., 0].reshape(b.shape), mask)
+        return residual
+    with_fit.fits_quadratic = True
+    context.ncc_residual = with_fit
 
 
 def summary(paths):
@@ -143,9 +206,16 @@ def main():
     out = open(sys.argv[3], "a")
     regs = {}
     for folder in map(Path, sys.argv[4:]):
-        for case_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        if "SHARD" in os.environ:  # K/N: every N-th case from the K-th
+            k, n = map(int, os.environ["SHARD"].split("/"))
+            dirs = dirs[k::n]
+        for case_dir in dirs:
             case = read_case(case_dir); truth, lm = read_truth(case_dir)
             for v in variants:
+                QUADRATIC["on"] = "quad" in v.split("+")
+                if QUADRATIC["on"]:
+                    quadratic_intensity_model()
                 if v not in regs:
                     regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
                     if "freshunc" in v.split("+"):  # the uncertainty's own Jacobian, as before the sixteenth session
@@ -154,7 +224,9 @@ def main():
                 reading = dict(case.reading)
                 if "fixedreading" in v:  # the pixels' encoding, which skips the CT's LUT check
                     reading["encoding"] = describe(case.xray, reading["photometric"])["encoding"]
-                start = case.init if "init" in v.split("+") else None
+                use_true_field(json.loads((case_dir.parent / f"{case_dir.name}.truth.json").read_text())["physics"][0]
+                               if "truefield" in v.split("+") else None, torch.as_tensor(case.xray).shape)
+                start = case.init if "init" in v.split("+") else truth if "truth" in v.split("+") else None
                 r = regs[v].register(case.xray, case.camera, start, **reading, other_views=case.views[1:])
                 dt = time.perf_counter() - t0
                 err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)

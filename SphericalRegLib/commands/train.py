@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, help="the CT (NIfTI, NRRD, MHA or a DICOM folder), in HU")
     parser.add_argument("--out", required=True, help="the model file to write (.pt)")
     parser.add_argument("--config", default="small",
-                        help="preset (small: two CPU cores, about 50 min; full: one GPU) or a JSON file of "
+                        help="preset (small: two CPU cores, 40-50 min; full: one GPU) or a JSON file of "
                              'TrainConfig fields, optionally with "base": preset (default small)')
     parser.add_argument("--steps", type=int, help="training steps (default from the config)")
     parser.add_argument("--batch-size", type=int, help="poses per step and rank")

@@ -202,7 +202,8 @@ class TrainConfig:
 
 
 PRESETS = {
-    # Two CPU cores, 45 minutes before the physics family (about 50 with it, below). On the example CT
+    # Two CPU cores: 40.5 minutes, calibration included, timed whole on the idle machine with the physics
+    # family (thirty-first session; 58 beside other jobs, docs/results.md). On the example CT
     # (64 x 64 x 59 working voxels, 64 x 64 images, batch 4) a step took 1.2 s with one thread: 1600
     # steps plus validation and checkpoints take about 35 minutes. Each X-ray randomisation at p = 0.1:
     # at 0.3 (most images changed two or more ways, a third inverted) the regressor learnt nothing in
