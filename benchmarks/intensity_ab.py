@@ -21,7 +21,8 @@ stage from the search's pick alone, not also from the other start, as before the
 ``truefield`` (the simulator's exposed
 field, from the truth file, ANDed into the one the reader found: what a perfect field finder would
 give, as benchmarks/field_oracle.py); ``quad`` (the DRR replaced by its least-squares quadratic in
-its own line integrals before every comparison: beam hardening and scatter compress thick paths);
+its own line integrals before every comparison: beam hardening and scatter compress thick paths;
+``finequad`` only at the finest level, whose "difference" form no other level or search uses);
 ``coarseN`` (the first intensity level capped at N); ``extensionsN`` (LM may double a step up to N
 times at every intensity level);
 ``nielsen`` / ``simple`` (LM's damping rule at every intensity level); ``edges`` / ``fineedges`` (NCC of
@@ -101,7 +102,7 @@ def options(v):
             o.fit_distortion_rounds = int(part[7:])
         elif part == "truefield":
             pass  # main() ANDs the simulator's true exposed field into the reader's
-        elif part == "quad":
+        elif part in ("quad", "finequad"):
             pass  # main() fits the DRR to the X-ray by a quadratic in its line integrals
         elif part == "nosearch":
             o.search_step_mm = 0.0
@@ -119,7 +120,7 @@ def options(v):
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
                              "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
-                             "robustC, finerobustC, nosearch, searchzN, finepatchN, fitdistN, resdistN[.L] or truth")
+                             "robustC, finerobustC, quad, finequad, truefield, nosearch, searchzN, finepatchN, fitdistN, resdistN[.L] or truth")
     o.refine_levels = tuple(lv)
     return o
 
@@ -145,7 +146,7 @@ def use_true_field(meta, shape):
     xray._read = with_true_field
 
 
-QUADRATIC = {"on": False}
+QUADRATIC = {"on": False, "fine_only": False}
 
 
 def quadratic_intensity_model():
@@ -158,9 +159,10 @@ def quadratic_intensity_model():
 
     def with_fit(*args, **kwargs):
         base = plain(*args, **kwargs)
+        form = kwargs.get("form", args[1] if len(args) > 1 else "difference")
 
         def residual(a, b, mask=None):
-            if not QUADRATIC["on"]:
+            if not QUADRATIC["on"] or (QUADRATIC["fine_only"] and form != "difference"):
                 return base(a, b, mask)
             w = (torch.ones_like(a) if mask is None else mask.expand_as(a).to(a.dtype)).flatten(1)
             bf = b.flatten(1).to(a.dtype)
@@ -213,7 +215,8 @@ def main():
         for case_dir in dirs:
             case = read_case(case_dir); truth, lm = read_truth(case_dir)
             for v in variants:
-                QUADRATIC["on"] = "quad" in v.split("+")
+                QUADRATIC["on"] = bool({"quad", "finequad"} & set(v.split("+")))
+                QUADRATIC["fine_only"] = "finequad" in v.split("+")
                 if QUADRATIC["on"]:
                     quadratic_intensity_model()
                 if v not in regs:
