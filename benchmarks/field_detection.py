@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+import SphericalRegLib.xray as xray
 from SphericalRegLib.io import read_case
 from SphericalRegLib.xray import _read, describe
 
@@ -32,6 +33,21 @@ def true_field(meta: dict, rows: int, cols: int) -> torch.Tensor:
         r = ((u - (cols - 1) / 2) ** 2 + (v - (rows - 1) / 2) ** 2).sqrt()
         field &= r <= p["iris"] * min(rows, cols) / 2 - 0.5
     return field
+
+
+def use_true_field(meta: dict | None, shape) -> None:
+    """From now on the reader's exposed field is ANDed with the simulator's true one (``meta``: a truth
+    file's physics entry for a frame of ``shape``, rows and cols; the rest of the shadow reads as 0), or,
+    with ``meta`` None, found by the reader alone again. The field is view 0's: single-view cases only."""
+    if meta is None:
+        xray._read = _read
+        return
+    field = true_field(meta, *shape)
+
+    def with_true_field(image, photometric, air, dark, encoding):
+        L, found, unclipped = _read(image, photometric, air, dark, encoding)
+        return torch.where(field, L, torch.zeros_like(L)), found & field, unclipped
+    xray._read = with_true_field
 
 
 def main() -> None:

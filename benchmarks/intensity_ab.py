@@ -52,6 +52,9 @@ from SphericalRegLib.register import Registrar, RegisterOptions
 from SphericalRegLib.evaluation.rows import errors
 from SphericalRegLib.xray import describe
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from field_detection import use_true_field  # noqa: E402
+
 M = os.environ.get("MODEL", "Resources/Models/chest_example.pt")
 
 
@@ -125,36 +128,13 @@ def options(v):
     return o
 
 
-def use_true_field(meta, shape):
-    """From now on the reader's field is ANDed with the simulator's true one for this frame (meta:
-    its truth file's physics entry), or left as the reader finds it (meta None)."""
-    import SphericalRegLib.xray as xray
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from field_detection import true_field
-    read = getattr(xray, "_plain_read", xray._read)
-    xray._plain_read = read
-    if meta is None:
-        xray._read = read
-        return
-    field = true_field(meta, *shape)
-
-    def with_true_field(image, photometric, air, dark, encoding):
-        L, found, unclipped = read(image, photometric, air, dark, encoding)
-        if tuple(L.shape) != tuple(field.shape):
-            return L, found, unclipped
-        return torch.where(field, L, torch.zeros_like(L)), found & field, unclipped
-    xray._read = with_true_field
-
-
 QUADRATIC = {"on": False, "fine_only": False}
 
 
 def quadratic_intensity_model():
-    """While ``QUADRATIC["on"]``, every intensity residual compares the X-ray with the DRR's best
+    """Wraps the intensity residual: while ``QUADRATIC["on"]`` it compares the X-ray with the DRR's best
     quadratic in its line integrals (least squares over the valid pixels) instead of the DRR itself."""
     import SphericalRegLib.register.context as context
-    if getattr(context.ncc_residual, "fits_quadratic", False):
-        return
     plain = context.ncc_residual
 
     def with_fit(*args, **kwargs):
@@ -174,7 +154,6 @@ def quadratic_intensity_model():
             c = torch.linalg.solve(A, torch.einsum("bni,bn,bn->bi", F, w, a.flatten(1)))
             return base(a, (F @ c[..., None])[..., 0].reshape(b.shape), mask)
         return residual
-    with_fit.fits_quadratic = True
     context.ncc_residual = with_fit
 
 
@@ -205,6 +184,7 @@ def main():
         return summary(sys.argv[2:])
     torch.set_num_threads(int(sys.argv[1]))
     variants = sys.argv[2].split(",")
+    quadratic_intensity_model()  # off until a variant asks for it
     out = open(sys.argv[3], "a")
     regs = {}
     for folder in map(Path, sys.argv[4:]):
@@ -217,8 +197,6 @@ def main():
             for v in variants:
                 QUADRATIC["on"] = bool({"quad", "finequad"} & set(v.split("+")))
                 QUADRATIC["fine_only"] = "finequad" in v.split("+")
-                if QUADRATIC["on"]:
-                    quadratic_intensity_model()
                 if v not in regs:
                     regs[v] = Registrar(load_model(M, case.ct), case.ct, options(v), load_calibration(M))
                     if "freshunc" in v.split("+"):  # the uncertainty's own Jacobian, as before the sixteenth session
