@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ncc", "patch_ncc", "multiscale_ncc", "gradient_ncc", "sobel", "standardise"]
+__all__ = ["ncc", "patch_ncc", "multiscale_ncc", "gradient_ncc", "sobel", "standardise", "quadratic_match"]
 
 _EPS = 1e-8
 
@@ -70,3 +70,24 @@ def gradient_ncc(a: Tensor, b: Tensor, patch: int | None = None) -> Tensor:
     """NCC of image gradients (edges), ``-> (B,)``: insensitive to smooth intensity differences."""
     ga, gb = sobel(a), sobel(b)
     return ncc(ga, gb) if patch is None else patch_ncc(ga, gb, patch)
+
+
+def quadratic_match(target: Tensor, source: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``source`` (B, C, H, W) replaced by its least-squares quadratic ``a + b s + c s^2`` fitted to
+    ``target`` (B, C, H, W) over ``mask`` (B or 1, 1, H, W; None: every pixel), one fit per image.
+
+    NCC forgives a linear map between the DRR's line integrals and the X-ray's log intensities, but
+    beam hardening, scatter and a fluoroscope's export curve compress thick paths: the map bends,
+    and the best linear match then sits at a slightly wrong magnification (depth). The fit is
+    differentiable, so LM's Jacobians see it. ``s`` is standardised first to keep the 3 x 3 normal
+    equations well conditioned."""
+    dtype = torch.promote_types(target.dtype, source.dtype)
+    t, s = target.to(dtype).flatten(1), source.to(dtype).flatten(1)
+    w = torch.ones_like(t) if mask is None else mask.expand_as(source).to(dtype).flatten(1)
+    n = w.sum(1, keepdim=True).clamp_min(1)
+    mu = (s * w).sum(1, keepdim=True) / n
+    z = (s - mu) / (((s - mu) ** 2) * w).sum(1, keepdim=True).div(n).add(_EPS).sqrt()
+    basis = torch.stack([torch.ones_like(z), z, z * z], -1)  # (B, N, 3)
+    normal = torch.einsum("bni,bn,bnj->bij", basis, w, basis) + 1e-6 * torch.eye(3, dtype=dtype, device=t.device)
+    coef = torch.linalg.solve(normal, torch.einsum("bni,bn,bn->bi", basis, w, t))
+    return (basis @ coef[..., None])[..., 0].reshape(source.shape)

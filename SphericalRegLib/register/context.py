@@ -22,7 +22,6 @@ from ..render import Renderer, default_n_samples
 from ..volume import Volume
 from .options import IntensityLevel, RegisterOptions
 from .pyramid import XrayPyramid
-from .residuals import ncc_residual
 
 __all__ = ["RegistrationContext"]
 
@@ -102,7 +101,7 @@ class RegistrationContext:
         from .residuals import bright_outliers
 
         mu = self.attenuation[level.spacing_mm]
-        residual = ncc_residual(level.patch, form or level.form, terms=level.terms, robust=level.robust)
+        residual = level.residual(form)
 
         def one(view: int):
             x, camera, valid = self.xray_level(view, level.image_size)

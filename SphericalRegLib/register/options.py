@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..distortion import validate_distortion
 from ..errors import InputError
 from ..optimize import DAMPING_RULES
-from .residuals import TERMS, check_robust, check_terms
+from .residuals import TERMS, check_drr_model, check_robust, check_terms, ncc_residual
 
 __all__ = ["IntensityLevel", "RegisterOptions", "OPTIMIZERS", "LEARNT_STAGE"]
 
@@ -28,7 +28,8 @@ class IntensityLevel:
     ``damping_rule``: how LM's damping follows its accepted and rejected steps (all three
     :func:`~SphericalRegLib.optimize.levenberg_marquardt`). ``terms``: the NCC of intensities, of
     edges, or both (the default); ``robust``: Cauchy's scale for each patch's cost, None for least
-    squares (:func:`~SphericalRegLib.register.residuals.robust_patches`)."""
+    squares (:func:`~SphericalRegLib.register.residuals.robust_patches`); ``drr_model``: the DRR
+    compared as it is ("linear") or through its best quadratic fit to the X-ray ("quadratic")."""
 
     spacing_mm: float
     image_size: int
@@ -46,12 +47,19 @@ class IntensityLevel:
     damping_rule: str = "nielsen"
     terms: tuple = TERMS
     robust: float | None = None
+    drr_model: str = "linear"
 
     def __post_init__(self):
         if self.damping_rule not in DAMPING_RULES:
             raise InputError("damping_rule", f"is {self.damping_rule!r}", " or ".join(DAMPING_RULES))
         check_terms(self.terms)
         check_robust(self.robust)
+        check_drr_model(self.drr_model)
+
+    def residual(self, form: str | None = None):
+        """This level's :func:`~SphericalRegLib.register.residuals.ncc_residual` (``form``: its own by default)."""
+        return ncc_residual(self.patch, form or self.form, terms=self.terms, robust=self.robust,
+                            drr_model=self.drr_model)
 
 
 @dataclass

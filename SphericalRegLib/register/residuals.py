@@ -10,12 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
-from ..intensity import sobel, standardise
+from ..intensity import quadratic_match, sobel, standardise
 
-__all__ = ["ncc_residual", "robust_patches", "bright_outliers", "FORMS", "TERMS", "MIN_VALID", "OUTLIER_MARGIN"]
+__all__ = ["ncc_residual", "robust_patches", "bright_outliers", "FORMS", "TERMS", "DRR_MODELS", "MIN_VALID",
+           "OUTLIER_MARGIN"]
 
 FORMS = ("difference", "ncc")
 TERMS = ("intensities", "edges")
+DRR_MODELS = ("linear", "quadratic")
 
 
 def check_terms(terms) -> tuple[str, ...]:
@@ -67,6 +69,12 @@ def _erode(mask: Tensor) -> Tensor:
     return ~(F.max_pool2d(inverted, 3, stride=1, padding=1) > 0)
 
 
+def check_drr_model(drr_model) -> None:
+    """A DRR model is one of :data:`DRR_MODELS`, or a clear error."""
+    if drr_model not in DRR_MODELS:
+        raise InputError("drr_model", f"is {drr_model!r}", " or ".join(DRR_MODELS))
+
+
 def check_robust(robust) -> None:
     """A Cauchy scale is None or a positive number, or a clear error."""
     if robust is not None and not (isinstance(robust, (int, float)) and 0 < robust < math.inf):
@@ -89,7 +97,7 @@ def robust_patches(local: Tensor, n_patches: Tensor | int, scale: float | None) 
 
 
 def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VALID, terms: tuple = TERMS,
-                 robust: float | None = None):
+                 robust: float | None = None, drr_model: str = "linear"):
     """The LM residual of patch NCC on intensities and on edges (Sobel), ``(B, 1, H, W) x 2 -> (B, M)``.
 
     ``0.5 ||r||^2`` is the mean of four costs either way: ``1 - NCC`` over patches and over the whole
@@ -107,10 +115,13 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
     all-true one, the result is the unmasked residual to the bit. ``terms``: which comparisons enter,
     of intensities, of edges or both (the default; with one, the cost is the mean of its two).
     ``robust``: Cauchy's scale for each patch's cost (:func:`robust_patches`); None, least squares.
+    ``drr_model``: "linear" compares ``b`` as it is (NCC forgives a linear map); "quadratic" first
+    replaces it by its best quadratic fit to ``a`` over the mask (:func:`~..intensity.quadratic_match`).
     """
     if form not in FORMS:
         raise InputError("form", f"is {form!r}", " or ".join(FORMS))
     check_robust(robust)
+    check_drr_model(drr_model)
     used = check_terms(terms)
     scale = math.sqrt(2 * len(used))  # 0.5 ||r||^2: the mean of each term's patch and whole-image cost
 
@@ -161,6 +172,8 @@ def ncc_residual(patch: int, form: str = "difference", min_valid: float = MIN_VA
         return torch.cat(parts, dim=-1) / scale
 
     def residual(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
+        if drr_model == "quadratic":
+            b = quadratic_match(a, b, mask)
         if mask is None or bool(mask.all()):
             return unmasked(a, b)
         return masked(a, b, mask.to(torch.bool))

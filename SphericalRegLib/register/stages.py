@@ -22,7 +22,6 @@ from ..xray import describe
 from .context import RegistrationContext
 from .pyramid import XrayPyramid
 from .records import StageRecord
-from .residuals import ncc_residual
 
 __all__ = ["choose_polarity", "choose_reading", "initial_pose", "learnt_similarity", "keep_or_discard",
            "translation_search", "intensity_refinement",
@@ -338,7 +337,7 @@ def distortion_refinement(ctx: RegistrationContext, pose: Tensor, rounds: int) -
     it."""
     level = ctx.options.refine_levels[-1]
     mu = ctx.attenuation[level.spacing_mm]
-    residual = ncc_residual(level.patch, level.form, terms=level.terms, robust=level.robust)
+    residual = level.residual()
     fitted = torch.zeros(ctx.n_views, 2, dtype=torch.float64)
 
     def refit(pose: Tensor) -> Tensor | None:

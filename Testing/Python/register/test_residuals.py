@@ -92,3 +92,28 @@ def test_a_robust_scale_caps_what_an_unmatched_patch_costs(masked):
     assert cost(a, 0.05)[1] == pytest.approx(cost(a, None)[1], rel=0.1)
     with pytest.raises(InputError, match="robust"):
         ncc_residual(8, robust=0.0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_quadratic_drr_model_forgives_a_bent_intensity_map_over_the_valid_pixels(masked):
+    """An X-ray whose intensities are a concave function of the DRR's (beam hardening, scatter, an
+    export curve) matches the DRR exactly under the quadratic model but not under the linear one;
+    what lies outside the mask does not enter the fit; an unknown model is refused by name."""
+    from SphericalRegLib.register import IntensityLevel
+
+    g = torch.Generator().manual_seed(4)
+    b = torch.rand(2, 1, 40, 40, generator=g).cumsum(-1) / 10
+    a = 3 * b - 0.4 * b * b + 1
+    mask = None
+    if masked:
+        mask = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+        mask[..., :, 30:] = False
+        a[..., :, 30:] = 50.0  # a collimator blade, whatever lies there
+    for form in ("difference", "ncc"):
+        linear = 0.5 * ncc_residual(8, form)(a, b, mask).pow(2).sum(-1)
+        quadratic = 0.5 * ncc_residual(8, form, drr_model="quadratic")(a, b, mask).pow(2).sum(-1)
+        assert (linear > 1e-3).all() and (quadratic < 1e-6).all()
+    with pytest.raises(InputError, match="drr_model"):
+        ncc_residual(8, drr_model="cubic")
+    with pytest.raises(InputError, match="drr_model"):
+        IntensityLevel(2.0, 128, 16, "difference", 30, drr_model="log")
