@@ -1,0 +1,136 @@
+"""Is the pose uncertainty calibrated under X-ray physics other than plain, and would a patch-clustered
+(sandwich) covariance make it so? Each case is registered as a user would (shipped model, from the
+regressor); at the final pose the finest level's residual r (M,) and twist Jacobian J (M, 6) give
+
+* the Gauss-Newton covariance registration reports now, ``s^2 (J^T J)^-1`` with ``s^2`` the mean
+  squared residual: as if the M pixel residuals were independent;
+* the cluster-robust one, ``(J^T J)^-1 (sum_c g_c g_c^T) (J^T J)^-1`` with ``g_c = J_c^T r_c`` the pull
+  of NCC patch c (each patch's local entries and the whole-image entries of its pixels): neighbouring
+  pixels' residuals are not independent, and where the physics differs from the DRR's the patches
+  pull the pose different ways, which the first one cannot see.
+
+    python benchmarks/uncertainty_sandwich.py THREADS OUT.jsonl CASES [CASES ...]   (SHARD=K/N: every N-th case)
+    python benchmarks/uncertainty_sandwich.py summary TUNE.jsonl[,TUNE2.jsonl] REPORT.jsonl [...]
+
+``summary`` fits each estimator's depth and in-plane scale on the first (comma-separated) files, as
+the calibration does (median of (error / sd)^2 against a Gaussian's, registrations within 5 mm), and
+gives the share of errors within 1 and 2 scaled sds in every file, by folder. One view only.
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from SphericalRegLib.confidence import load_calibration
+from SphericalRegLib.evaluation.rows import errors
+from SphericalRegLib.io import read_case, read_truth
+from SphericalRegLib.model import load_model
+from SphericalRegLib.register import Registrar, RegisterOptions
+from SphericalRegLib.register.uncertainty import CHI2_MEDIAN, covariance, point_standard_deviations, twist_jacobian
+
+M = os.environ.get("MODEL", "Resources/Models/chest_example.pt")
+CAPTURED = {}
+
+
+def patch_ids(level, H: int, W: int) -> torch.Tensor:
+    """``(M,)`` the NCC patch of every entry of ``level``'s residual ("difference" form): the layout of
+    :func:`~SphericalRegLib.register.residuals.ncc_residual`, per term its patch entries (tile by tile)
+    then its whole-image entries (channel, row, column)."""
+    p = level.patch
+    th, tw = H // p, W // p
+    rows = torch.arange(H).div(p, rounding_mode="floor").clamp_max(th - 1)
+    cols = torch.arange(W).div(p, rounding_mode="floor").clamp_max(tw - 1)
+    pixel_tile = (rows[:, None] * tw + cols[None, :]).flatten()
+    ids = []
+    for term in level.terms:
+        c = 1 if term == "intensities" else 2
+        ids.append(torch.arange(th * tw).repeat_interleave(c * p * p))
+        ids.append(pixel_tile.repeat(c))
+    return torch.cat(ids)
+
+
+def sandwich(r: torch.Tensor, J: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``(6, 6)`` cluster-robust covariance of the twist from ``r`` (M,), ``J`` (M, 6) and cluster ``ids`` (M,)."""
+    r, J = r.double(), J.double()
+    pulls = torch.zeros(int(ids.max()) + 1, 6, dtype=torch.float64).index_add_(0, ids, J * r[:, None])
+    n = int((pulls.abs().sum(1) > 0).sum())
+    bread = torch.linalg.inv(J.T @ J)
+    return bread @ (pulls.T @ pulls) @ bread * (n / max(1, n - 6))
+
+
+def capture():
+    plain = Registrar._uncertainty
+
+    def wrapped(self, ctx, level, pose, views, linearisation=None):
+        T = pose.to(self.device, torch.float64)[None]
+        r, J = linearisation if linearisation is not None else twist_jacobian(ctx.intensity_residual(level), T)
+        r, J = r[0].cpu(), J[0].cpu()
+        H = W = level.image_size
+        ids = patch_ids(level, H, W)
+        assert ids.numel() == r.numel(), (ids.numel(), r.numel())
+        for name, cov in (("gn", covariance(r, J)), ("sandwich", sandwich(r, J, ids))):
+            CAPTURED[name] = point_standard_deviations(pose.cpu(), cov, self.ct.centre)
+        return plain(self, ctx, level, pose, views, linearisation)
+    Registrar._uncertainty = wrapped
+
+
+def run(threads: int, out_path: str, folders):
+    torch.set_num_threads(threads)
+    capture()
+    out = open(out_path, "a")
+    reg = None
+    for folder in map(Path, folders):
+        dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        if "SHARD" in os.environ:  # K/N: every N-th case from the K-th
+            k, n = map(int, os.environ["SHARD"].split("/"))
+            dirs = dirs[k::n]
+        for case_dir in dirs:
+            case = read_case(case_dir)
+            truth, lm = read_truth(case_dir)
+            if reg is None:
+                reg = Registrar(load_model(M, case.ct), case.ct, RegisterOptions(), load_calibration(M))
+            CAPTURED.clear()
+            t0 = time.perf_counter()
+            r = reg.register(case.xray, case.camera, None, **case.reading)
+            err = errors(r.camera_from_world.to(torch.float64), truth, lm, case.camera)
+            row = dict(folder=folder.name, case=case_dir.name, mtre=err["mTRE"], depth=err["depth"], inplane=err["inplane"],
+                       diverged=r.diverged, seconds=time.perf_counter() - t0,
+                       reported=r.uncertainty and {k: r.uncertainty[k] for k in ("raw_depth_sd_mm", "raw_inplane_sd_mm")},
+                       **{k: v for k, v in CAPTURED.items()})
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(f"{folder.name} {case_dir.name} mTRE {err['mTRE']:.2f} depth {err['depth']:.2f} "
+                  + " ".join(f"{k} {v['depth_sd_mm']:.3f}/{v['inplane_sd_mm']:.3f}" for k, v in CAPTURED.items()), flush=True)
+
+
+def summary(tune: str, reports):
+    rows = lambda p: [json.loads(line) for f in p.split(",") for line in open(f)]
+    fit = [r for r in rows(tune) if not r["diverged"] and r["mtre"] < 5 and "gn" in r]
+    for est in ("gn", "sandwich"):
+        scale = {}
+        for kind, key in (("depth", "depth_sd_mm"), ("inplane", "inplane_sd_mm")):
+            ratio = torch.tensor([r[kind] / r[est][key] for r in fit]) ** 2
+            scale[kind] = float(ratio.median() / CHI2_MEDIAN[kind]) ** 0.5
+        print(f"{est}: scales fitted on {len(fit)} tuning runs: depth {scale['depth']:.2f}, in-plane {scale['inplane']:.2f}")
+        for p in [tune, *reports]:
+            by = {}
+            for r in rows(p):
+                if not r["diverged"] and r["mtre"] < 5 and est in r:
+                    by.setdefault(r["folder"], []).append(r)
+            for folder, rs in by.items():
+                line = []
+                for kind, key in (("depth", "depth_sd_mm"), ("inplane", "inplane_sd_mm")):
+                    z = torch.tensor([r[kind] / (scale[kind] * r[est][key]) for r in rs])
+                    line.append(f"{kind} within 1 / 2 sd {float((z <= 1).double().mean()):.0%} / {float((z <= 2).double().mean()):.0%}")
+                med = torch.tensor([scale["depth"] * r[est]["depth_sd_mm"] for r in rs]).median()
+                print(f"   {folder:12s} ({len(rs)} within 5 mm): " + "; ".join(line) + f"; median depth sd {float(med):.2f} mm")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "summary":
+        summary(sys.argv[2], sys.argv[3:])
+    else:
+        run(int(sys.argv[1]), sys.argv[2], sys.argv[3:])
