@@ -15,8 +15,16 @@ regressor); at the final pose the finest level's residual r (M,) and twist Jacob
 ``summary`` fits each estimator's depth and in-plane scale on the first (comma-separated) files, as
 the calibration does (median of (error / sd)^2 against a Gaussian's, registrations within 5 mm), and
 gives the share of errors within 1 and 2 scaled sds in every file, by folder. One view only.
+
+    python benchmarks/uncertainty_sandwich.py scales TUNE.csv[,TUNE2.csv] REPORT.csv [...]
+
+``scales`` reads ``sphericalreg evaluate``'s cases.csv (the reported Gauss-Newton sds at the CT centre
+and the residual shift) and compares a constant scale with one that grows with the residual shift,
+``a (shift / 0.3 mm)^b`` (b by likelihood on the tuning rows, a by the median rule), by their
+coverage on every file.
 """
 import json
+import math
 import os
 import sys
 import time
@@ -129,8 +137,50 @@ def summary(tune: str, reports):
                 print(f"   {folder:12s} ({len(rs)} within 5 mm): " + "; ".join(line) + f"; median depth sd {float(med):.2f} mm")
 
 
+def csv_rows(paths: str) -> list[dict]:
+    """The registrations within 5 mm that did not diverge, from comma-separated cases.csv files."""
+    import csv
+    out = []
+    for path in paths.split(","):
+        for r in csv.DictReader(open(path)):
+            if r["method"] != "ours" or r["diverged"] == "True" or not r["centre_depth_sd"] or float(r["mTRE"]) > 5:
+                continue
+            out.append({"depth": float(r["depth"]), "inplane": float(r["inplane"]), "shift": float(r["residual_shift"]),
+                        "sd_depth": float(r["centre_depth_sd"]), "sd_inplane": float(r["centre_inplane_sd"])})
+    return out
+
+
+def scales(tune: str, reports):
+    from SphericalRegLib.register.uncertainty import fit_scale
+    fit = csv_rows(tune)
+
+    def sds(rows, kind, a, b):
+        return [a * r["sd_" + kind] * (r["shift"] / 0.3) ** b for r in rows]
+
+    def scale(kind, b):
+        return fit_scale([r[kind] for r in fit], sds(fit, kind, 1.0, b), kind)
+
+    def nll(kind, b):  # Gaussian (depth, 1 dof) or Rayleigh (in-plane, 2 dof) negative log-likelihood, clipped
+        dof = 1 if kind == "depth" else 2
+        return sum(dof * math.log(sd) + min(25.0, (r[kind] / sd) ** 2) / 2
+                   for r, sd in zip(fit, sds(fit, kind, scale(kind, b), b))) / len(fit)
+
+    for kind in ("depth", "inplane"):
+        b = min((k / 10 for k in range(31)), key=lambda b: nll(kind, b))
+        print(f"{kind}: {len(fit)} tuning runs; constant {scale(kind, 0.0):.2f}; growing with the shift: "
+              f"a {scale(kind, b):.2f}, b {b:.1f}")
+        for path in reports:
+            rows = csv_rows(path)
+            for bb in sorted({0.0, b}):
+                z = [r[kind] / sd for r, sd in zip(rows, sds(rows, kind, scale(kind, bb), bb))]
+                print(f"   {path}: b {bb:.1f}: within 1 / 2 sd {sum(x <= 1 for x in z)} / {sum(x <= 2 for x in z)} "
+                      f"of {len(z)}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "summary":
+    if sys.argv[1] == "scales":
+        scales(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "summary":
         summary(sys.argv[2], sys.argv[3:])
     else:
         run(int(sys.argv[1]), sys.argv[2], sys.argv[3:])
