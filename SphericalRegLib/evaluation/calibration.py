@@ -32,14 +32,27 @@ CALIBRATION_METHODS = ("ours", "ours-init", "ours-far")
 
 
 def fit_confidence(rows: list[Row], methods=CALIBRATION_METHODS, signals=DEFAULT_SIGNALS) -> dict:
-    """Platt scaling on every run of the main model: the signals describe the final pose, whatever its start."""
-    rs = _fitted_runs(rows, methods, signals)
-    if len(rs) < 5 or len({r.mTRE < 1 for r in rs}) < 2:
+    """Platt scaling on every run of the main model: the signals describe the final pose, whatever its
+    start. Joint registrations of several views are fitted apart, as ``joint``
+    (:func:`~SphericalRegLib.confidence.for_views`), when there are enough of them; the main fit
+    then takes the single-view runs alone."""
+    fitted = _fitted_runs(rows, methods, signals)
+    joint = [r for r in fitted if (r.views or 1) > 1]
+    single = [r for r in fitted if (r.views or 1) == 1]
+    rs = single if _fittable(joint) and _fittable(single) else fitted
+    if not _fittable(rs):
         raise InputError("calibration", f"{len(rs)} runs of {'/'.join(methods)} with "
                          f"{sum(r.mTRE < 1 for r in rs)} sub-millimetre",
                          "at least 5 runs with both successes and failures")
-    calibration = fit([signal_values(r) for r in rs], [r.mTRE < 1 for r in rs], signals)
-    return {**calibration, **_uncertainty_only(rs)}
+    calibration = {**fit([signal_values(r) for r in rs], [r.mTRE < 1 for r in rs], signals), **_uncertainty_only(rs)}
+    if _fittable(joint):
+        calibration["joint"] = fit([signal_values(r) for r in joint], [r.mTRE < 1 for r in joint], signals)
+    return calibration
+
+
+def _fittable(rows: list[Row]) -> bool:
+    """At least five runs, with both successes (sub-millimetre) and failures among them."""
+    return len(rows) >= 5 and len({r.mTRE < 1 for r in rows}) == 2
 
 
 def _fitted_runs(rows: list[Row], methods=CALIBRATION_METHODS, signals=DEFAULT_SIGNALS) -> list[Row]:

@@ -65,3 +65,28 @@ def test_the_default_confidence_reads_the_residual_shift_and_needs_it():
     assert cal["signals"] == list(DEFAULT_SIGNALS) == ["log residual shift"]
     assert predict(cal, confidence_values(0.9, None, None, 0.15)) > 0.5 > predict(cal, confidence_values(0.9, None, None, 3.0))
     assert predict(cal, confidence_values(0.99, 1.0, {"raw_inplane_sd_mm": 0.02, "raw_depth_sd_mm": 0.04})) is None
+
+
+def test_joint_registrations_get_their_own_fit_and_single_views_keep_theirs():
+    """Runs of several views are fitted apart (``joint``) when there are enough of both kinds: a shift
+    that is a single view's failure can be a joint registration's success, and the joint fit says so
+    while a single view is still scored by the single-view fit; a calibration without a joint part
+    scores every registration as before."""
+    from SphericalRegLib.confidence import for_views
+    from SphericalRegLib.evaluation.calibration import fit_confidence
+    from SphericalRegLib.evaluation.rows import Row
+
+    def row(k, shift, mtre, views):
+        return Row("ours", f"case_{k:03d}", 1.0, 10, None, False, 0.9, None, mtre, 0.5, 0.5 * mtre, 0.1,
+                   depth_sd=0.05, inplane_sd=0.01, views=views, centre_inplane_sd=0.01, centre_depth_sd=0.05,
+                   residual_shift=shift)
+
+    single = [row(k, 0.2 + 0.05 * k, 0.5 if k < 5 else 2.0 + k, 1) for k in range(12)]  # sub-mm below ~0.45 mm
+    joint = [row(20 + k, 0.3 + 0.1 * k, 0.5 if k < 8 else 20.0, 2) for k in range(12)]  # sub-mm up to ~1 mm
+    calibration = fit_confidence(single + joint)
+    assert calibration["cases"] == 12 and calibration["joint"]["cases"] == 12
+    at = {"residual_shift": 0.8}
+    assert predict(for_views(calibration, 2), at) > 0.5 > predict(for_views(calibration, 1), at)
+    assert for_views(calibration, 1) is calibration
+    alone = fit_confidence(single)
+    assert "joint" not in alone and for_views(alone, 2) is alone
