@@ -77,10 +77,10 @@ def quadratic_match(target: Tensor, source: Tensor, mask: Tensor | None = None) 
     ``target`` (B, C, H, W) over ``mask`` (B or 1, 1, H, W; None: every pixel), one fit per image.
 
     NCC forgives a linear map between the DRR's line integrals and the X-ray's log intensities, but
-    beam hardening, scatter and a fluoroscope's export curve compress thick paths: the map bends,
-    and the best linear match then sits at a slightly wrong magnification (depth). The fit is
-    differentiable, so LM's Jacobians see it. ``s`` is standardised first to keep the 3 x 3 normal
-    equations well conditioned."""
+    beam hardening, scatter and a fluoroscope's export curve compress thick paths: the map bends.
+    The fit is differentiable, so LM's Jacobians see it; ``s`` is standardised first to keep the
+    3 x 3 normal equations well conditioned. At the finest level it helped on tuning X-rays and not
+    on report ones, so it is an option, not the default (docs/results.md, thirty-second session)."""
     dtype = torch.promote_types(target.dtype, source.dtype)
     t, s = target.to(dtype).flatten(1), source.to(dtype).flatten(1)
     w = torch.ones_like(t) if mask is None else mask.expand_as(source).to(dtype).flatten(1)
