@@ -84,9 +84,7 @@ def quadratic_match(target: Tensor, source: Tensor, mask: Tensor | None = None) 
     dtype = torch.promote_types(target.dtype, source.dtype)
     t, s = target.to(dtype).flatten(1), source.to(dtype).flatten(1)
     w = torch.ones_like(t) if mask is None else mask.expand_as(source).to(dtype).flatten(1)
-    n = w.sum(1, keepdim=True).clamp_min(1)
-    mu = (s * w).sum(1, keepdim=True) / n
-    z = (s - mu) / (((s - mu) ** 2) * w).sum(1, keepdim=True).div(n).add(_EPS).sqrt()
+    z = standardise(s, 1, w)  # 0 where masked: those pixels are weighted out of the fit and of every NCC
     basis = torch.stack([torch.ones_like(z), z, z * z], -1)  # (B, N, 3)
     normal = torch.einsum("bni,bn,bnj->bij", basis, w, basis) + 1e-6 * torch.eye(3, dtype=dtype, device=t.device)
     coef = torch.linalg.solve(normal, torch.einsum("bni,bn,bn->bi", basis, w, t))

@@ -13,13 +13,12 @@ how often the search made the start worse or better by more than 1 mm and moved 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 
 import torch
 
-from SphericalRegLib.geometry import transform_points
+from SphericalRegLib.geometry import so3_log, transform_points
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.metrics import mtre
 from SphericalRegLib.model import load_model
@@ -29,11 +28,9 @@ from SphericalRegLib.register.stages import choose_polarity, choose_reading, ini
 
 def split(pose: torch.Tensor, truth: torch.Tensor, centre: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Rotation error (deg), its rotation vector (3,) in the camera frame, the centre's shift (3,) in mm."""
-    R = (pose @ torch.linalg.inv(truth))[:3, :3]
-    angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(R)) - 1) / 2))))
-    axis = torch.stack([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    rotation = torch.rad2deg(so3_log((pose @ torch.linalg.inv(truth))[:3, :3]))
     shift = transform_points(pose, centre[None])[0] - transform_points(truth, centre[None])[0]
-    return angle, axis / axis.norm().clamp_min(1e-12) * angle, shift
+    return float(rotation.norm()), rotation, shift
 
 
 def main() -> None:

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 from SphericalRegLib.confidence import load_calibration
-from SphericalRegLib.evaluation.rows import errors
+from SphericalRegLib.evaluation.rows import errors, read_rows
 from SphericalRegLib.io import read_case, read_truth
 from SphericalRegLib.model import load_model
 from SphericalRegLib.register import Registrar, RegisterOptions
-from SphericalRegLib.register.uncertainty import CHI2_MEDIAN, covariance, point_standard_deviations, twist_jacobian
+from SphericalRegLib.register.uncertainty import covariance, fit_scale, point_standard_deviations, twist_jacobian
 
 M = os.environ.get("MODEL", "Resources/Models/chest_example.pt")
 CAPTURED = {}
@@ -118,10 +118,8 @@ def summary(tune: str, reports):
     rows = lambda p: [json.loads(line) for f in p.split(",") for line in open(f)]
     fit = [r for r in rows(tune) if not r["diverged"] and r["mtre"] < 5 and "gn" in r]
     for est in ("gn", "sandwich"):
-        scale = {}
-        for kind, key in (("depth", "depth_sd_mm"), ("inplane", "inplane_sd_mm")):
-            ratio = torch.tensor([r[kind] / r[est][key] for r in fit]) ** 2
-            scale[kind] = float(ratio.median() / CHI2_MEDIAN[kind]) ** 0.5
+        scale = {kind: fit_scale([r[kind] for r in fit], [r[est][key] for r in fit], kind)
+                 for kind, key in (("depth", "depth_sd_mm"), ("inplane", "inplane_sd_mm"))}
         print(f"{est}: scales fitted on {len(fit)} tuning runs: depth {scale['depth']:.2f}, in-plane {scale['inplane']:.2f}")
         for p in [tune, *reports]:
             by = {}
@@ -139,19 +137,13 @@ def summary(tune: str, reports):
 
 def csv_rows(paths: str) -> list[dict]:
     """The registrations within 5 mm that did not diverge, from comma-separated cases.csv files."""
-    import csv
-    out = []
-    for path in paths.split(","):
-        for r in csv.DictReader(open(path)):
-            if r["method"] != "ours" or r["diverged"] == "True" or not r["centre_depth_sd"] or float(r["mTRE"]) > 5:
-                continue
-            out.append({"depth": float(r["depth"]), "inplane": float(r["inplane"]), "shift": float(r["residual_shift"]),
-                        "sd_depth": float(r["centre_depth_sd"]), "sd_inplane": float(r["centre_inplane_sd"])})
-    return out
+    return [{"depth": r.depth, "inplane": r.inplane, "shift": r.residual_shift,
+             "sd_depth": r.centre_depth_sd, "sd_inplane": r.centre_inplane_sd}
+            for path in paths.split(",") for r in read_rows(Path(path))
+            if r.method == "ours" and not r.diverged and r.centre_depth_sd is not None and r.mTRE <= 5]
 
 
 def scales(tune: str, reports):
-    from SphericalRegLib.register.uncertainty import fit_scale
     fit = csv_rows(tune)
 
     def sds(rows, kind, a, b):
