@@ -33,7 +33,8 @@ class Row:
     where the method has none (peers, rows derived from a stage). depth_sd, inplane_sd: the raw
     Gauss-Newton sds at the landmarks' centroid (what the uncertainty scale is fitted on);
     centre_inplane_sd, centre_depth_sd: the raw sds at the CT centre; residual_shift: the median patch
-    shift (mm on the detector; signals of the confidence, as the final NCC). cost: the
+    shift (mm on the detector; signals of the confidence, as the final NCC), the largest view's for a
+    joint registration: the registrar shows the lowest view's confidence. cost: the
     learnt cost the confidence reads (``RegistrationResult.similarity``), also where the learnt
     stage was skipped: the calibration of a model whose stage is skipped is fitted on it too."""
 
@@ -68,7 +69,7 @@ class Row:
         return cls(method, case, result.seconds, result.iterations, result.confidence, result.diverged,
                    result.final_ncc, result.similarity if math.isfinite(result.similarity) else None,
                    **errors(result.camera_from_world, truth, landmarks, result.camera), **sds,
-                   views=max(1, len(result.views)), residual_shift=result.residual_shift_mm)
+                   views=max(1, len(result.views)), residual_shift=_largest_shift(result))
 
     @classmethod
     def from_stage(cls, method: str, case: str, stage: StageRecord, truth, landmarks, camera: Camera) -> "Row":
@@ -109,6 +110,13 @@ def _parse(text: str, kind: str, name: str, source):
 
 def write_rows(path: Path, rows: list[Row]) -> None:
     write_csv(path, [f.name for f in fields(Row)], [asdict(r) for r in rows])
+
+
+def _largest_shift(result: RegistrationResult) -> float | None:
+    shifts = [v.residual_shift_mm for v in result.views]
+    if len(shifts) < 2 or None in shifts:
+        return result.residual_shift_mm
+    return max(shifts)
 
 
 def read_rows(path: Path) -> list[Row]:

@@ -90,3 +90,20 @@ def test_joint_registrations_get_their_own_fit_and_single_views_keep_theirs():
     assert for_views(calibration, 1) is calibration
     alone = fit_confidence(single)
     assert "joint" not in alone and for_views(alone, 2) is alone
+
+
+def test_the_shipped_calibration_scores_joint_registrations_by_their_own_part():
+    """The shipped model's calibration carries a joint part fitted on two-view tuning runs: a joint
+    registration whose worst view's patches lie a few tenths of a millimetre off is likely
+    sub-millimetre, one whose view no patch matches is not, and single views keep their own fit."""
+    from pathlib import Path
+
+    from SphericalRegLib.confidence import for_views, load_calibration
+
+    calibration = load_calibration(Path(__file__).parents[2] / "Resources" / "Models" / "chest_example.pt")
+    joint = for_views(calibration, 2)
+    assert joint is calibration["joint"] and for_views(calibration, 1) is calibration
+    assert joint["signals"] == list(DEFAULT_SIGNALS) and joint["cases"] >= 40
+    assert predict(joint, {"residual_shift": 0.4}) > 0.7
+    assert predict(joint, {"residual_shift": 23.4}) < 0.3
+    assert predict(joint, {"residual_shift": 0.4}) < (joint["positives"] + 1) / (joint["positives"] + 2)

@@ -41,3 +41,21 @@ def test_a_row_keeps_the_learnt_cost_the_confidence_read_also_where_the_learnt_s
 
     assert row(0.25).cost == 0.25 and row(0.25).final_ncc == 0.9 and row(0.25).mTRE == 0
     assert row(math.nan).cost is None  # a peer's result: no learnt cost
+
+
+def test_a_joint_registration_row_carries_its_largest_view_shift():
+    # The registrar shows the lowest view's confidence, which for a fit on the shift is the largest
+    # view's shift: a joint part fitted on view 0's would be fitted on another number than it is used on.
+    from SphericalRegLib.register.records import ViewResult
+
+    camera = Camera(1020.0, (1.0, 1.0), (31.5, 31.5), (64, 64))
+    pose = canonical_ap_pose(torch.zeros(3), camera.sdd)
+    landmarks = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], dtype=torch.float64)
+    views = [ViewResult("ap", camera, pose, 0.9, residual_shift_mm=0.3),
+             ViewResult("lateral", camera, pose, 0.8, residual_shift_mm=0.7)]
+    result = RegistrationResult(pose, 1.0, 0.2, 3, None, False, camera, final_ncc=0.9, residual_shift_mm=0.3,
+                                views=views)
+    assert Row.from_result("ours", "c", result, pose, landmarks).residual_shift == 0.7
+    alone = RegistrationResult(pose, 1.0, 0.2, 3, None, False, camera, final_ncc=0.9, residual_shift_mm=0.3,
+                               views=views[:1])
+    assert Row.from_result("ours", "c", alone, pose, landmarks).residual_shift == 0.3
