@@ -88,7 +88,10 @@ def main(args) -> int:
           + (" - DIVERGED, do not use this pose" if result.diverged else ""))
     if len(result.views) > 1:
         print(f"{len(result.views)} views registered jointly: "
-              + ", ".join(f"{v.name} NCC {v.final_ncc:.2f}" for v in result.views))
+              + "; ".join(f"{v.name} NCC {v.final_ncc:.2f}" + ("" if v.residual_shift_mm is None else
+                                                                 f", residual shift {v.residual_shift_mm:.2f} mm")
+                          for v in result.views)
+              + " (the confidence is the lowest view's)")
         for view in result.views:
             if view.relative is not None:
                 print(f"  {view.name}: relative pose refined by {view.relative['rotation_deg']:.2f} deg "

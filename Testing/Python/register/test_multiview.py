@@ -85,8 +85,12 @@ def test_multi_view_outputs_and_the_register_command(two_view_case, tiny_model_f
     assert cli.main(args + ["--views", "3"]) == 2
     assert "--views: is 3 but" in capsys.readouterr().err
     assert cli.main(args) in (0, 3)
+    printed = capsys.readouterr().out
     result = json.loads((out / "result.json").read_text())
     assert result["views"] == 2 and len(result["per_view"]) == 2
+    assert "2 views registered jointly" in printed and "the confidence is the lowest view's" in printed
+    for view in result["per_view"]:  # each view's residual shift, which its confidence reads
+        assert f"{view['name']} NCC {view['final_ncc']:.2f}, residual shift {view['residual_shift_mm']:.2f} mm" in printed
     assert {p.name for p in out.iterdir()} >= {"overlay.png", "overlay_view_1.png", "world_from_camera_view_1.tfm"}
     assert "view_1" in json.loads((out / "transform.json").read_text())["views"]
     assert cli.main(args + ["--views", "1", "--overwrite"]) in (0, 3)
