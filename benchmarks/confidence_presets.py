@@ -1,7 +1,7 @@
 """The confidence and the pose uncertainty on X-ray physics the calibration never saw.
 
     python benchmarks/confidence_presets.py random=EVAL/random/cases.csv hard=EVAL/hard/cases.csv ... \
-        [--calibration MODEL.calibration.json] [--fit plain hard [--write MODEL.calibration.json]]
+        [--calibration MODEL.calibration.json] [--fit plain hard [--signals S,S] [--write MODEL.calibration.json]]
         [--plot docs/figures/reliability.png]
 
 Each argument is ``PRESET=cases.csv`` (an ``sphericalreg evaluate`` table). Without ``--fit`` the
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("tables", nargs="+", metavar="PRESET=cases.csv")
     parser.add_argument("--calibration", default="Resources/Models/chest_example.calibration.json")
     parser.add_argument("--fit", nargs="*", default=[], metavar="PRESET")
+    parser.add_argument("--signals", help="with --fit: comma-separated signal names (default: the library's)")
     parser.add_argument("--plot", help="write a reliability plot (png)")
     parser.add_argument("--write", help="with --fit: write the refitted confidence into this calibration file "
                                         "(its uncertainty_scale kept)")
@@ -56,7 +57,10 @@ def main() -> None:
     if args.fit:
         train = [r for p, r in rows if p in args.fit and r.final_ncc is not None and r.cost is not None
                  and not r.diverged]
-        calibration = {**calibration, **fit_confidence(train)}
+        refit = fit_confidence(train, **({"signals": tuple(x.strip() for x in args.signals.split(","))}
+                                         if args.signals else {}))
+        refit.pop("uncertainty_scale", None)  # the file's own, as --write promises
+        calibration = {**calibration, **refit}
         sources = [spec for spec in args.tables if spec.partition("=")[0] in args.fit]
         calibration["cases_dir"] = f"{len(train)} runs: " + ", ".join(sources)
         print(f"refitted on {len(train)} runs of {', '.join(args.fit)} ({sum(r.mTRE < 1 for r in train)} sub-mm)")

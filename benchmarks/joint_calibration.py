@@ -21,14 +21,15 @@ import json
 import statistics
 from pathlib import Path
 
-from SphericalRegLib.confidence import DEFAULT_SIGNALS, confidence_values, fit, predict
+from SphericalRegLib.confidence import DEFAULT_SIGNALS, confidence_values, depth_bound, fit, predict
 from SphericalRegLib.evaluation.rows import read_rows
 
 from confidence_presets import auroc, gross
 
 
 def joint_runs(folder: Path) -> list[tuple]:
-    """``(row, [values of each view])`` for every run of ``ours`` in an evaluation folder."""
+    """``(row, [values of each view], the joint uncertainty)`` for every run of ``ours`` in an
+    evaluation folder."""
     runs = []
     for row in read_rows(folder / "cases.csv"):
         if row.method != "ours":
@@ -38,7 +39,7 @@ def joint_runs(folder: Path) -> list[tuple]:
         if len(views) < 2:
             continue
         runs.append((row, [confidence_values(v["final_ncc"], result["similarity"], v["uncertainty"],
-                                             v["residual_shift_mm"]) for v in views]))
+                                             v["residual_shift_mm"]) for v in views], result["uncertainty"]))
     return runs
 
 
@@ -58,20 +59,24 @@ def worst_view(values: list[dict]) -> dict:
 
 def fit_joint(runs, signals) -> dict:
     """A joint part fitted on the worst view of every run that did not diverge."""
-    kept = [(row, worst_view(values)) for row, values in runs if not row.diverged]
+    kept = [(row, worst_view(values)) for row, values, _ in runs if not row.diverged]
     return fit([v for _, v in kept], [row.mTRE < 1 for row, _ in kept], signals=signals)
 
 
-def score(calibration: dict, row, values: list[dict]) -> float:
-    """What the registrar shows: 0 when diverged, else the lowest view's score."""
+def score(calibration: dict, row, values: list[dict], uncertainty: dict | None) -> float:
+    """What the registrar shows: 0 when diverged, else the lowest view's score, bounded by the joint
+    depth uncertainty when that is calibrated."""
     if row.diverged:
         return 0.0
-    return min(predict(calibration, v) for v in values)
+    p = min(predict(calibration, v) for v in values)
+    if uncertainty is not None and uncertainty.get("calibrated"):
+        p = min(p, depth_bound(uncertainty["depth_sd_mm"]))
+    return p
 
 
 def describe(name: str, calibration: dict, runs) -> None:
-    scores = [score(calibration, row, values) for row, values in runs]
-    rows = [row for row, _ in runs]
+    scores = [score(calibration, *run) for run in runs]
+    rows = [row for row, _, _ in runs]
     sub = [f"{s:.2f}" for r, s in zip(rows, scores) if r.mTRE < 1]
     near = [f"{r.mTRE:.2f} mm: {s:.2f}" for r, s in zip(rows, scores) if 1 <= r.mTRE < 2]
     gross_scores = [s for r, s in zip(rows, scores) if gross(r)]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..alignment import DistortionFit, residual_alignment, residual_shift_mm
 from ..camera import Camera, project
-from ..confidence import confidence_values, for_views, predict
+from ..confidence import confidence_values, depth_bound, for_views, predict
 from ..distortion import NAMES as DISTORTION_NAMES
 from ..geometry import rotation_angle, se3_inverse, transform_points
 from ..intensity import standardise
@@ -250,7 +250,7 @@ class Registrar:
             covariance, uncertainty = self._uncertainty(ctx, level, pose, views, self._final_linearisation(
                 ctx, stages, pose))
         for v in views:
-            v.confidence = self._confidence(v, similarity, diverged, ctx.n_views)
+            v.confidence = self._confidence(v, similarity, diverged, ctx.n_views, uncertainty)
         warp_warnings, warp_sd = [], self._warp_depth_sd(ctx, pose, warp) if warp is not None and not diverged else 0.0
         if warp_sd > 0:
             if views[0].confidence is not None:
@@ -425,13 +425,19 @@ class Registrar:
         depth = float(transform_points(pose.to(torch.float64), self.ct.centre[None].to(torch.float64))[0, 2])
         return depth / 3 * float(torch.sqrt((left**2 + undone**2).sum()))
 
-    def _confidence(self, view: ViewResult, cost: float, diverged: bool, n_views: int = 1) -> float | None:
+    def _confidence(self, view: ViewResult, cost: float, diverged: bool, n_views: int = 1,
+                    uncertainty: dict | None = None) -> float | None:
         """Platt-scaled probability that ``view``'s pose is sub-millimetre, from the model's
         calibration of the signals it names (:data:`~SphericalRegLib.confidence.SIGNALS`), its
-        joint-registration part when ``n_views`` > 1 and it has one."""
+        joint-registration part when ``n_views`` > 1 and it has one; never above what the
+        registration's calibrated ``uncertainty`` (the joint one) gives a depth error under 1 mm
+        (:func:`~SphericalRegLib.confidence.depth_bound`)."""
         if diverged:
             return 0.0
         calibration = for_views(self.calibration, n_views)
         if not calibration or "weights" not in calibration:  # none, or the uncertainty's only
             return None
-        return predict(calibration, confidence_values(view.final_ncc, cost, view.uncertainty, view.residual_shift_mm))
+        p = predict(calibration, confidence_values(view.final_ncc, cost, view.uncertainty, view.residual_shift_mm))
+        if p is not None and uncertainty is not None and uncertainty.get("calibrated"):
+            p = min(p, depth_bound(uncertainty["depth_sd_mm"]))
+        return p

@@ -107,3 +107,30 @@ def test_the_shipped_calibration_scores_joint_registrations_by_their_own_part():
     assert predict(joint, {"residual_shift": 0.4}) > 0.7
     assert predict(joint, {"residual_shift": 23.4}) < 0.3
     assert predict(joint, {"residual_shift": 0.4}) < (joint["positives"] + 1) / (joint["positives"] + 2)
+
+
+def test_the_confidence_never_exceeds_what_the_stated_depth_uncertainty_allows():
+    """A calibration on the residual shift cannot see depth; the calibrated depth sd can. The
+    registrar shows the lower of the two, and an uncalibrated sd (raw, far too narrow) bounds nothing."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from SphericalRegLib.camera import Camera
+    from SphericalRegLib.confidence import depth_bound
+    from SphericalRegLib.register import Registrar
+    from SphericalRegLib.register.records import ViewResult
+
+    assert depth_bound(0.0) == 1.0 and depth_bound(1.0) == pytest.approx(0.6827, abs=1e-4)
+    assert depth_bound(0.2) > 0.999 and depth_bound(5.0) < 0.17
+    values = [{"residual_shift": 0.2 + 0.1 * k} for k in range(12)]
+    calibration = fit(values, [k < 6 for k in range(12)], DEFAULT_SIGNALS)
+    view = ViewResult("view 0", Camera(1020.0, (1.0, 1.0), (31.5, 31.5), (64, 64)), torch.eye(4, dtype=torch.float64),
+                      0.9, residual_shift_mm=0.2)
+    registrar = SimpleNamespace(calibration=calibration)
+    alone = Registrar._confidence(registrar, view, 0.1, False, 1, None)
+    assert alone > 0.8
+    wide = {"depth_sd_mm": 3.0, "inplane_sd_mm": 0.2, "calibrated": True}
+    assert Registrar._confidence(registrar, view, 0.1, False, 1, wide) == pytest.approx(depth_bound(3.0))
+    assert Registrar._confidence(registrar, view, 0.1, False, 1, {**wide, "calibrated": False}) == alone
+    assert Registrar._confidence(registrar, view, 0.1, True, 1, wide) == 0.0
