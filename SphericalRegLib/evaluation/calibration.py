@@ -15,10 +15,13 @@ __all__ = ["fit_confidence", "calibrate_model", "CALIBRATION_METHODS", "CALIBRAT
 
 REFERENCE_RUNS = Path(__file__).with_name("reference_runs.csv")
 """Registrations of other CTs and models that a new model's own calibration runs are pooled with,
-for the confidence and for the uncertainty scale: 120 runs (ours and ours-far) of the 4000-step
-small models of the example chest and of its spine crop, plain and random physics, on tuning cases
-(seeds 7500, 7600, 7700; docs/results.md, twenty-seventh session), their residual shift replayed
-at each final pose (twenty-eighth session). The confidence's signal and the sds describe the
+for the confidence and for the uncertainty scale: 120 single-view runs (ours and ours-far) of the
+4000-step small models of the example chest and of its spine crop, plain and random physics, on
+tuning cases (seeds 7500, 7600, 7700; docs/results.md, twenty-seventh session), their residual
+shift replayed at each final pose (twenty-eighth session); and 44 joint registrations of two views
+by the shipped chest model (tuning cases t_mv_random3, t_mv_random, t_mv_plain, seeds 7900, 7200,
+4100; thirty-third session), each with its largest view's shift, from which every new model gets
+the ``joint`` part the shipped one has. The confidence's signal and the sds describe the
 intensity stage's final pose, not the model, so they carry over. Eight cases
 of one's own cannot show how failures look: fitted on them alone, the spine model scored failures
 25-213 mm off 0.30-0.71, and its in-plane sds held 35% of the errors (not gross) within 1 sd;
@@ -125,10 +128,14 @@ def calibrate_model(model_path, ct_path, *, cases: int = 8, physics: str = "plai
     others = [] if reference is None else _fitted_runs(read_rows(Path(reference)))
     try:
         calibration = fit_confidence(rows + others)
+        joint = calibration.get("joint")
         if reference is not None:
             calibration["reference_runs"] = f"{len(others)} runs of {Path(reference).name}"
-        log(f"confidence fitted on {calibration['cases']} runs ({calibration['cases'] - len(others)} of them "
-            f"this model's), {calibration['positives']} sub-millimetre")
+        own = len(_fitted_runs(rows))
+        log(f"confidence fitted on {calibration['cases']} runs ({own} of them this model's), "
+            f"{calibration['positives']} sub-millimetre" + ("" if joint is None else
+                                                           f"; for several views on {joint['cases']} joint "
+                                                           f"registrations of the reference runs"))
     except InputError as e:
         calibration = _uncertainty_only(rows + others)
         calibration["confidence"] = f"not fitted: {e.problem}"

@@ -29,11 +29,16 @@ def test_train_ends_with_a_calibration_beside_the_model_and_no_cases_left(tiny_v
     assert calibration["cases_dir"] == ("3 cases simulated at the end of training (2 physics plain seed 7700000, "
                                       "1 physics random seed 7701000)")
     # the 6 runs pooled with the reference runs, which hold successes and failures: always fitted
-    reference = sum(r.residual_shift is not None for r in read_rows(REFERENCE_RUNS))  # the diverged have none
-    assert calibration["reference_runs"] == f"{reference} runs of reference_runs.csv"
-    own = calibration["cases"] - reference
+    fitted = [r for r in read_rows(REFERENCE_RUNS) if r.residual_shift is not None]  # the diverged have none
+    single = [r for r in fitted if r.views == 1]
+    assert calibration["reference_runs"] == f"{len(fitted)} runs of reference_runs.csv"
+    own = calibration["cases"] - len(single)
     assert 0 <= own <= 6 and f"confidence fitted on {calibration['cases']} runs ({own} of them this model's)" in printed
     assert calibration["signals"] == list(DEFAULT_SIGNALS) and "best" in calibration
-    worked = sum(r.depth_sd is not None and not r.diverged and r.mTRE < 5 for r in read_rows(REFERENCE_RUNS))
+    # several views: the joint part every model gets from the reference runs' joint registrations
+    assert calibration["joint"]["cases"] == len(fitted) - len(single) >= 40
+    assert f"for several views on {calibration['joint']['cases']} joint registrations" in printed
+    worked = sum(r.depth_sd is not None and not r.diverged and r.mTRE < 5 and r.views == 1
+                 for r in read_rows(REFERENCE_RUNS))
     assert worked <= calibration["uncertainty_scale"]["cases"] <= worked + 6  # the sds' scale: pooled too
     assert list((tmp_path / "tmp").iterdir()) == []  # the simulated cases are gone
