@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from SphericalRegLib.confidence import DEFAULT_SIGNALS, confidence_values, depth_bound, fit, predict

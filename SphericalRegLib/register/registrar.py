@@ -254,7 +254,7 @@ class Registrar:
         warp_warnings, warp_sd = [], self._warp_depth_sd(ctx, pose, warp) if warp is not None and not diverged else 0.0
         if warp_sd > 0:
             if views[0].confidence is not None:
-                views[0].confidence = min(views[0].confidence, math.erf(1 / (warp_sd * math.sqrt(2))))
+                views[0].confidence = min(views[0].confidence, depth_bound(warp_sd))
             seen = ("the X-ray's image-intensifier warp was read off it and undone (see the notes), and the depth "
                     "rests on that reading" if ctx.distortion is not None else
                     f"the X-ray shows an image-intensifier warp that no rigid pose explains (pincushion "
