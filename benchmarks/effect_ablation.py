@@ -1,6 +1,6 @@
 """Simulated cases re-rendered with one effect of their drawn physics switched off at a time.
 
-    python benchmarks/effect_ablation.py CASES OUT case_000,case_005,...
+    python benchmarks/effect_ablation.py CASES OUT case_000,case_005,... [asis,instruments,...]
 
 For each named case of CASES (``sphericalreg simulate --physics ...``) and each effect of
 :data:`OFF`, ``OUT/<effect>/<case>`` holds the case with view 0 re-rendered from its truth file's
@@ -30,15 +30,19 @@ OFF = {
     "table": dict(table=False), "field": dict(shutters=0.0, iris=0.0),
     "distortion": dict(pincushion=0.0, s_distortion=0.0, vignetting=0.0), "heel": dict(heel=0.0),
     "truncation": dict(truncation=0.0), "spectrum": dict(kvp=None), "blur": dict(blur_mm=0.0),
-    "instruments": dict(screws=0, kwires=0, retractors=0), "processing": dict(gamma=1.0, unsharp_amount=0.0),
+    "instruments": dict(screws=0, kwires=0, retractors=0), "screws": dict(screws=0), "processing": dict(gamma=1.0, unsharp_amount=0.0),
     "grid": dict(grid_depth=0.0),
 }
 
 
 def main() -> None:
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         raise SystemExit(__doc__)
     source, out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(",")
+    effects = sys.argv[4].split(",") if len(sys.argv) == 5 else list(OFF)
+    unknown = set(effects) - set(OFF)
+    if unknown:
+        raise SystemExit(f"unknown effects {sorted(unknown)}; expected some of {', '.join(OFF)}")
     torch.set_num_threads(1)
     ct = prepared = None
     for name in names:
@@ -52,12 +56,15 @@ def main() -> None:
             ct = read_ct(source / name / "ct.nii.gz")
             prepared = Prepared(ct, camera)
         pose = torch.tensor(truth["camera_from_world"], dtype=torch.float64)
-        for effect, change in OFF.items():
+        for effect in effects:
+            change = OFF[effect]
             folder = out / effect / name
             folder.mkdir(parents=True, exist_ok=True)
             noise = torch.Generator().manual_seed(int(name.split("_")[-1]) + 99)
-            pixels, drawn = simulate_frame(ct, pose, camera, replace(physics, **change), noise, prepared,
-                                           meta.get("instruments"))
+            changed = replace(physics, **change)
+            kept = [tool for tool in meta.get("instruments") or []
+                    if getattr(changed, {"screw": "screws", "kwire": "kwires", "retractor": "retractors"}[tool["kind"]])]
+            pixels, drawn = simulate_frame(ct, pose, camera, changed, noise, prepared, kept or None)
             _write_xray(folder / "xray.png", pixels, drawn.get("bits", 16))
             for file in ("geometry.json", "init.json"):
                 shutil.copy(source / name / file, folder / file)

@@ -30,7 +30,9 @@ edges alone, at every intensity level or the finest); ``robustC`` / ``finerobust
 under Cauchy's loss of scale C, at every intensity level or the finest); ``otherlevelsN`` (both starts through the
 first N intensity levels before the lower cost goes on); ``searchzN`` (the translation search's
 half-width along the camera's z axis, the depth, set to N steps); ``nosearch`` (no translation
-search); ``finepatchN`` (the finest level's NCC patches N px wide); ``fitdistN`` (N rounds of each view's distortion fitted at the joint
+search); ``finepatchN`` (the finest level's NCC patches N px wide); ``metalW`` / ``metalWfP`` (``metal0``: off, the default before the thirty-fourth session; every intensity
+level leaves out X-ray pixels that stand out locally, within W mm, more than the DRR's anatomy does:
+``IntensityLevel.metal_width_mm``; P/100 times the DRR's 99th percentile, one factor per process); ``fitdistN`` (N rounds of each view's distortion fitted at the joint
 pose, several views only); ``resdistN[.L]`` (one view: N rounds of the warp its residual patch
 shifts show, undone, and the last L intensity levels again); ``init`` (start from
 the case's init.json, not the regressor); ``truth`` (start from the true pose: does the intensity
@@ -96,6 +98,12 @@ def options(v):
             o.learnt_stage = "always"
         elif part.startswith("levels"):
             lv = [replace(l, ray_samples=float(part[6:])) for l in lv]
+        elif part.startswith("metal"):  # metalW or metalWfP: local outliers W mm wide, factor P/100
+            width, _, factor = part[5:].partition("f")
+            if factor:
+                import SphericalRegLib.register.residuals as residuals
+                residuals.local_outliers.__defaults__ = (int(factor) / 100,)
+            lv = [replace(l, metal_width_mm=float(width)) for l in lv]
         elif part.startswith("finepatch"):
             lv[-1] = replace(lv[-1], patch=int(part[9:]))
         elif part.startswith("resdist"):  # resdistN or resdistN.L: N rounds over the last L levels
@@ -124,7 +132,7 @@ def options(v):
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
                              "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
-                             "robustC, finerobustC, quad, finequad, linearfine, truefield, nosearch, searchzN, finepatchN, fitdistN, resdistN[.L] or truth")
+                             "robustC, finerobustC, quad, finequad, linearfine, truefield, nosearch, searchzN, finepatchN, metalW[fP], fitdistN, resdistN[.L] or truth")
     o.refine_levels = tuple(lv)
     return o
 

@@ -95,10 +95,12 @@ class RegistrationContext:
         ``level``, stacked over ``views`` (indices; default all).
 
         Only the X-ray's valid pixels count (the pyramid's mask: inside the exposed field, not
-        clipped or dead), less those far brighter than anything the DRR at that pose shows
-        (metal that is not in the CT, :func:`~.residuals.bright_outliers`); masked entries are 0,
-        so the length stays fixed. With nothing masked the residual is the unmasked one to the bit."""
-        from .residuals import bright_outliers
+        clipped or dead), less metal that is not in the CT: pixels far brighter than anything the
+        DRR at that pose shows (:func:`~.residuals.bright_outliers`) and, with the level's
+        ``metal_width_mm``, pixels that stand out locally more than the DRR's anatomy does
+        (:func:`~.residuals.local_outliers`). Masked entries are 0, so the length stays fixed. With
+        nothing masked the residual is the unmasked one to the bit."""
+        from .residuals import bright_outliers, local_outliers
 
         mu = self.attenuation[level.spacing_mm]
         residual = level.residual(form)
@@ -107,11 +109,15 @@ class RegistrationContext:
             x, camera, valid = self.xray_level(view, level.image_size)
             render = self.renderer(camera, mu, max(2, round(default_n_samples(mu.shape[-3:]) * level.ray_samples)))
             valid = valid.to(x.device)[None, None]
+            metal_px = round(level.metal_width_mm / min(camera.pixel_spacing))
 
             def r(T):
                 drr = render(mu.data, T)
                 xs = x.expand(len(T), -1, -1, -1)
-                return residual(xs, drr, valid & ~bright_outliers(xs, drr, valid))
+                keep = valid & ~bright_outliers(xs, drr, valid)
+                if metal_px >= 2:
+                    keep = keep & ~local_outliers(xs, drr, valid, metal_px)
+                return residual(xs, drr, keep)
             return r
 
         return self.over_views(one, views)

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..intensity import quadratic_match, sobel, standardise
 
 __all__ = ["ncc_residual", "robust_patches", "bright_outliers", "FORMS", "TERMS", "DRR_MODELS", "MIN_VALID",
-           "OUTLIER_MARGIN"]
+           "OUTLIER_MARGIN", "local_outliers", "LOCAL_OUTLIER_FACTOR"]
 
 FORMS = ("difference", "ncc")
 TERMS = ("intensities", "edges")
@@ -34,31 +34,85 @@ OUTLIER_MARGIN = 0.5
 X-ray pixel must be to be taken for something the CT does not hold (metal)."""
 
 
+def _on_drr_scale(x: Tensor, drr: Tensor, valid: Tensor):
+    """``x`` (B, 1, H, W) mapped affinely onto ``drr``'s scale by their 10th and 80th percentiles
+    over the ``valid`` pixels, each image's DRR 10-80% range (B,), and which images allowed it (B,)
+    bool. The reader's scale is not the DRR's: scatter, spectra and a processed export's unknown
+    window all change it."""
+    B = x.shape[0]
+    v = valid.expand(B, -1, -1, -1).flatten(1)
+    q = torch.tensor([0.1, 0.8], dtype=x.dtype, device=x.device)
+    mapped, spread = torch.zeros_like(x), torch.zeros(B, dtype=x.dtype, device=x.device)
+    ok = torch.zeros(B, dtype=torch.bool, device=x.device)
+    for k in range(B):  # quantiles over each image's own valid pixels
+        xs, ds = x[k].flatten()[v[k]], drr[k].flatten().to(x.dtype)[v[k]]
+        if xs.numel() < 16:
+            continue
+        qx, qd = torch.quantile(xs, q), torch.quantile(ds, q)
+        if not (qd[1] - qd[0]) > 0 or not (qx[1] - qx[0]) > 0:
+            continue
+        mapped[k] = qd[0] + (x[k] - qx[0]) * (qd[1] - qd[0]) / (qx[1] - qx[0])
+        spread[k], ok[k] = qd[1] - qd[0], True
+    return mapped, spread, ok
+
+
 def bright_outliers(x: Tensor, drr: Tensor, valid: Tensor, margin: float = OUTLIER_MARGIN) -> Tensor:
     """Pixels of ``x`` (B, 1, H, W) far brighter than anything ``drr`` (B, 1, H, W) shows: instruments
     and implants that are not in the CT. ``valid`` (B or 1, 1, H, W) bool.
 
-    The X-ray's line integrals are put on the DRR's scale by matching their 10th and 80th
-    percentiles over the valid pixels (the reader's scale is not the DRR's: scatter, spectra and a
-    processed export's unknown window all change it); a pixel is an outlier where it lies more than
+    On the DRR's scale (:func:`_on_drr_scale`), a pixel is an outlier where it lies more than
     ``margin`` of the DRR's 10-80% range above the DRR's maximum. Dilated by one pixel (the blur
     around metal). No gradient flows through the mask."""
     with torch.no_grad():
+        mapped, spread, ok = _on_drr_scale(x, drr, valid)
+        d = drr.to(x.dtype).flatten(1)
+        top = torch.stack([d[k][valid.expand(len(d), -1, -1, -1)[k].flatten()].max() if ok[k] else d.new_zeros(())
+                           for k in range(len(d))])
+        out = (mapped > (top + margin * spread)[:, None, None, None]) & ok[:, None, None, None]
+        return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
+
+
+LOCAL_OUTLIER_FACTOR = 1.5
+""":func:`local_outliers`: how many times the DRR's 99th percentile of local excess an X-ray pixel's
+must exceed. The DRR's maximum is not used: a ray grazing the CT's last slice makes a thin ridge
+that is anatomy's largest excess in no X-ray."""
+
+
+def _opening(x: Tensor, width: int) -> Tensor:
+    """Grey-scale opening of ``x`` (B, 1, H, W) by a ``width`` x ``width`` square (separable)."""
+    pad = width // 2
+
+    def pool(y: Tensor, kernel, padding) -> Tensor:
+        return F.max_pool2d(y, kernel, stride=1, padding=padding)
+
+    eroded = -pool(pool(-x, (1, 2 * pad + 1), (0, pad)), (2 * pad + 1, 1), (pad, 0))
+    return pool(pool(eroded, (1, 2 * pad + 1), (0, pad)), (2 * pad + 1, 1), (pad, 0))
+
+
+def local_outliers(x: Tensor, drr: Tensor, valid: Tensor, width: int,
+                   factor: float = LOCAL_OUTLIER_FACTOR) -> Tensor:
+    """Pixels of ``x`` (B, 1, H, W) that stand above their surroundings far more than the DRR's
+    anatomy does anywhere: pedicle screws, K-wires and other metal narrower than ``width`` px that
+    the CT does not hold, over anatomy of any brightness. ``valid`` (B or 1, 1, H, W) bool. Where
+    they lie is not compared with the DRR at the same place, so a pose still far off does not hide them.
+
+    The local excess is the white top-hat (the image less its opening by a ``width`` square) of
+    each image smoothed by a 3 x 3 box (noise does not count), the X-ray on the DRR's scale
+    (:func:`_on_drr_scale`) with its invalid pixels filled by its valid maximum (a field's edge is not
+    a ridge). An outlier's excess exceeds ``factor`` times the 99th percentile of the DRR's over
+    the valid pixels. Dilated by one pixel. No gradient flows through the mask."""
+    with torch.no_grad():
         B = x.shape[0]
-        v = valid.expand(B, -1, -1, -1).flatten(1)
-        q = torch.tensor([0.1, 0.8], dtype=x.dtype, device=x.device)
-        out = torch.zeros_like(v)
-        for k in range(B):  # quantiles over each image's own valid pixels
-            xs, ds = x[k].flatten()[v[k]], drr[k].flatten().to(x.dtype)[v[k]]
-            if xs.numel() < 16:
-                continue
-            qx, qd = torch.quantile(xs, q), torch.quantile(ds, q)
-            if not (qd[1] - qd[0]) > 0 or not (qx[1] - qx[0]) > 0:
-                continue
-            scale = (qx[1] - qx[0]) / (qd[1] - qd[0])
-            limit = qx[0] + scale * (ds.max() - qd[0] + margin * (qd[1] - qd[0]))
-            out[k] = x[k].flatten() > limit
-        out = out.reshape(x.shape)
+        v = valid.expand(B, -1, -1, -1)
+        mapped, _, ok = _on_drr_scale(x, drr, valid)
+        fill = torch.stack([mapped[k][v[k]].max() if ok[k] else mapped.new_zeros(()) for k in range(B)])
+        xs = F.avg_pool2d(torch.where(v, mapped, fill[:, None, None, None]), 3, stride=1, padding=1,
+                          count_include_pad=False)
+        ds = F.avg_pool2d(drr.to(x.dtype), 3, stride=1, padding=1, count_include_pad=False)
+        excess_x, excess_d = xs - _opening(xs, width), ds - _opening(ds, width)
+        top = torch.stack([torch.quantile(excess_d[k][v[k]], 0.99) if ok[k] else d.new_zeros(())
+                           for k, d in enumerate(excess_d)])
+        out = (excess_x > factor * top[:, None, None, None]) & v & ok[:, None, None, None] & (top > 0)[:, None, None, None]
         return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
 
 

@@ -117,3 +117,32 @@ def test_a_quadratic_drr_model_forgives_a_bent_intensity_map_over_the_valid_pixe
         ncc_residual(8, drr_model="cubic")
     with pytest.raises(InputError, match="drr_model"):
         IntensityLevel(2.0, 128, 16, "difference", 30, drr_model="log")
+
+
+def test_local_outliers_find_narrow_metal_over_bright_anatomy_and_nothing_in_a_matching_image():
+    """A screw-like bar over the brightest anatomy is no brighter than the DRR's maximum, so only
+    the local test finds it; an X-ray that is an affine map of the DRR (any scale or offset, a
+    processed export's window) and the edge of an exposed field are left alone; wider than
+    ``width`` is not the local test's business."""
+    from SphericalRegLib.register.residuals import bright_outliers, local_outliers
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    g = torch.Generator().manual_seed(4)
+    drr = (3 * torch.exp(-((xx - 32) / 12) ** 2) + 0.3 * torch.sin(yy / 3) + 0.05 * torch.rand(64, 64, generator=g))
+    drr = drr[None, None]
+    valid = torch.ones(1, 1, 64, 64, dtype=torch.bool)
+    xray = 0.7 * drr + 2.0  # another scale and offset
+    assert not local_outliers(xray, drr, valid, 9).any()
+    screw = xray.clone()
+    screw[..., 20:23, 16:28] += 0.9  # on the flank of the brightest anatomy, and no brighter than its top
+    assert not bright_outliers(screw, drr, valid).any()
+    found = local_outliers(screw, drr, valid, 9)
+    assert found[..., 20:23, 16:28].all() and found.float().mean() < 0.03
+    field = valid.clone()
+    field[..., :, 50:] = False  # a blade's shadow: as dense as the X-ray gets, and invalid
+    shuttered = xray.clone()
+    shuttered[..., :, 50:] = xray.max() + 1
+    assert not local_outliers(shuttered, drr, field, 9).any()
+    wide = xray.clone()
+    wide[..., 10:40, 10:40] += 0.6  # wider than the width asked for: not found
+    assert not local_outliers(wide, drr, valid, 9)[..., 14:36, 14:36].any()
