@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .intensity import sobel, standardise
 
-__all__ = ["patch_shifts", "residual_shift_mm", "residual_distortion", "residual_alignment", "DistortionFit", "describe", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES"]
+__all__ = ["patch_shifts", "residual_shift_mm", "residual_distortion", "residual_alignment", "DistortionFit", "describe", "PATCH", "RADIUS", "MIN_PEAK", "MIN_VALID", "MIN_PATCHES",
+           "MISALIGNED_SHIFT_MM", "largest_shift_mm", "misaligned"]
 
 PATCH = 24
 """Patch side (pixels of the finest intensity level, 128 across the detector), at a stride of half that."""
@@ -38,6 +39,26 @@ MIN_VALID = 0.95
 fewer than four such patches, the greater part of them)."""
 MIN_PATCHES = 3
 """Fewer counting patches than this: the images agree nowhere, and the signal is the most it measures."""
+
+
+MISALIGNED_SHIFT_MM = 5.0
+"""A residual shift this large, measured on patches that match (not :func:`largest_shift_mm`, where
+none does), says the X-ray's edges lie elsewhere than the pose puts them. Of 406 tuning, report and
+reference registrations with a residual shift, the 45 with such a shift (37 of them tuning or
+reference runs) were all gross failures, 11.8-269 mm off, while 3 with no matching patch at all
+were sub-millimetre (docs/results.md, thirty-fourth session)."""
+
+
+def largest_shift_mm(pixel_mm: float) -> float:
+    """:func:`residual_shift_mm`'s answer when fewer than :data:`MIN_PATCHES` patches match: the
+    largest shift the search tries, ``RADIUS * pixel_mm * sqrt(2)``."""
+    return RADIUS * pixel_mm * 2 ** 0.5
+
+
+def misaligned(shift_mm: float | None, pixel_mm: float) -> bool:
+    """Whether a view's residual shift (mm, measured at ``pixel_mm``) says its pose is wrong: at least
+    :data:`MISALIGNED_SHIFT_MM` and measured on matching patches, not the no-match answer."""
+    return shift_mm is not None and MISALIGNED_SHIFT_MM <= shift_mm < largest_shift_mm(pixel_mm) * (1 - 1e-4)
 
 
 def patch_shifts(a: Tensor, b: Tensor, patch: int = PATCH, radius: int = RADIUS) -> tuple[Tensor, Tensor]:
@@ -101,7 +122,7 @@ def residual_shift_mm(drr: Tensor, xray: Tensor, valid: Tensor, pixel_mm: float)
 
 def _median_shift_mm(shifts: Tensor, counts: Tensor, pixel_mm: float) -> Tensor:
     median = (shifts.norm(dim=-1) * pixel_mm).masked_fill(~counts, float("nan")).nanmedian(-1).values
-    return torch.where(counts.sum(-1) >= MIN_PATCHES, median, torch.full_like(median, RADIUS * pixel_mm * 2**0.5))
+    return torch.where(counts.sum(-1) >= MIN_PATCHES, median, torch.full_like(median, largest_shift_mm(pixel_mm)))
 
 
 class DistortionFit(NamedTuple):

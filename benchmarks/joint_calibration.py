@@ -37,8 +37,9 @@ def joint_runs(folder: Path) -> list[tuple]:
         views = result.get("per_view") or []
         if len(views) < 2:
             continue
-        runs.append((row, [confidence_values(v["final_ncc"], result["similarity"], v["uncertainty"],
-                                             v["residual_shift_mm"]) for v in views], result["uncertainty"]))
+        runs.append((row, [{**confidence_values(v["final_ncc"], result["similarity"], v["uncertainty"],
+                                                v["residual_shift_mm"]), "misaligned": v.get("misaligned", False)}
+                           for v in views], result["uncertainty"]))
     return runs
 
 
@@ -63,9 +64,10 @@ def fit_joint(runs, signals) -> dict:
 
 
 def score(calibration: dict, row, values: list[dict], uncertainty: dict | None) -> float:
-    """What the registrar shows: 0 when diverged, else the lowest view's score, bounded by the joint
-    depth uncertainty when that is calibrated."""
-    if row.diverged:
+    """What the registrar shows: 0 when diverged or a view is misaligned (result.json's per-view flag;
+    runs from before it have none), else the lowest view's score, bounded by the joint depth
+    uncertainty when that is calibrated."""
+    if row.diverged or any(v.get("misaligned") for v in values):
         return 0.0
     p = min(predict(calibration, v) for v in values)
     if uncertainty is not None and uncertainty.get("calibrated"):

@@ -90,6 +90,8 @@ class ViewResult:
     drr: Tensor | None = None
     xray: Tensor | None = None
     residual_shift_mm: float | None = None
+    misaligned: bool = False
+    """The residual shift says the pose is wrong in this view (:func:`~SphericalRegLib.alignment.misaligned`)."""
     relative: dict | None = None
     """When the relative pose was refined: the refined ``camera_from_reference``, its rotation (deg)
     from the given one and the CT centre's shift (mm) in this view."""
@@ -99,8 +101,8 @@ class ViewResult:
 
     def to_json(self) -> dict:
         out = {"name": self.name, "camera_from_world": self.camera_from_world.tolist(), "final_ncc": self.final_ncc,
-               "residual_shift_mm": self.residual_shift_mm, "confidence": self.confidence,
-               "uncertainty": self.uncertainty}
+               "residual_shift_mm": self.residual_shift_mm, "misaligned": self.misaligned,
+               "confidence": self.confidence, "uncertainty": self.uncertainty}
         if self.relative is not None:
             out["relative_pose_refined"] = self.relative
         if self.distortion is not None:

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..alignment import DistortionFit, residual_alignment, residual_shift_mm
+from ..alignment import DistortionFit, misaligned, residual_alignment, residual_shift_mm
 from ..camera import Camera, project
 from ..confidence import confidence_values, depth_bound, for_views, predict
 from ..distortion import NAMES as DISTORTION_NAMES
@@ -240,7 +240,8 @@ class Registrar:
                     shift = residual_shift_mm(*images, camera.pixel_spacing[0])
                 shift = float(shift)
             views.append(ViewResult(self._view_name(k), camera, poses[k].cpu(), ncc, drr=drr.cpu(),
-                                    xray=x[0, 0].cpu(), residual_shift_mm=shift))
+                                    xray=x[0, 0].cpu(), residual_shift_mm=shift,
+                                    misaligned=misaligned(shift, camera.pixel_spacing[0])))
             if "relative" in stages and k > 0:
                 views[-1].relative = self._relative_change(given_relative[k], ctx.camera_from_reference[k], pose)
         diverged = failed or not torch.isfinite(pose).all() or not all(
@@ -346,13 +347,17 @@ class Registrar:
 
     @staticmethod
     def _view_warnings(views: list[ViewResult]) -> list[str]:
-        """A view that images far worse than the best one: other anatomy, or a wrong relative pose."""
+        """A view whose matching edges lie far from where the pose puts them, and one that images far
+        worse than the best one: other anatomy, or a wrong relative pose."""
+        shifted = [f"{v.name}: the X-ray's edges that match the DRR's lie {v.residual_shift_mm:.1f} mm (median) from "
+                   "where this pose puts them; the pose is wrong in this view, and its confidence is 0"
+                   for v in views if v.misaligned]
         if len(views) < 2:
-            return []
+            return shifted
         best = max(v.final_ncc for v in views)
-        return [f"{v.name}: its final NCC {v.final_ncc:.2f} is far below the best view's {best:.2f}; it may show "
-                "other anatomy, or its camera_from_reference may be wrong" for v in views
-                if best - v.final_ncc > VIEW_NCC_GAP]
+        return shifted + [f"{v.name}: its final NCC {v.final_ncc:.2f} is far below the best view's {best:.2f}; it may "
+                          "show other anatomy, or its camera_from_reference may be wrong" for v in views
+                          if best - v.final_ncc > VIEW_NCC_GAP]
 
     @staticmethod
     def _distortion_fit_warnings(views: list[ViewResult]) -> list[str]:
@@ -431,8 +436,10 @@ class Registrar:
         calibration of the signals it names (:data:`~SphericalRegLib.confidence.SIGNALS`), its
         joint-registration part when ``n_views`` > 1 and it has one; never above what the
         registration's calibrated ``uncertainty`` (the joint one) gives a depth error under 1 mm
-        (:func:`~SphericalRegLib.confidence.depth_bound`)."""
-        if diverged:
+        (:func:`~SphericalRegLib.confidence.depth_bound`); 0 for a view whose residual shift says its
+        pose is wrong (:func:`~SphericalRegLib.alignment.misaligned`): the calibrations saw such shifts
+        only on gross failures, and a logistic curve would still give one in two views about 0.3."""
+        if diverged or view.misaligned:
             return 0.0
         calibration = for_views(self.calibration, n_views)
         if not calibration or "weights" not in calibration:  # none, or the uncertainty's only

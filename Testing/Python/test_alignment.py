@@ -98,3 +98,15 @@ def test_the_shift_and_the_warp_from_one_patch_search_are_each_functions_own():
     assert torch.equal(shift, residual_shift_mm(x, warped, ALL, 1.5))
     alone = residual_distortion(x, warped, ALL)
     assert all(torch.equal(a, b) for a, b in zip(fit, alone))
+
+
+def test_a_shift_measured_on_matching_patches_beyond_5_mm_says_misaligned_and_no_match_does_not():
+    from SphericalRegLib.alignment import MISALIGNED_SHIFT_MM, largest_shift_mm, misaligned
+
+    x = texture(5)
+    moved = float(residual_shift_mm(crop(x), crop(x, 3, 4), ALL, 1.5))  # 5 px = 7.5 mm, matched
+    assert moved == pytest.approx(7.5, abs=0.3) and misaligned(moved, 1.5)
+    assert not misaligned(float(residual_shift_mm(crop(x), crop(x, 1, 1), ALL, 1.5)), 1.5)
+    nowhere = float(residual_shift_mm(crop(x), torch.zeros(1, 1, 128, 128), ALL, 1.5))  # the no-match answer
+    assert nowhere == pytest.approx(largest_shift_mm(1.5)) and not misaligned(nowhere, 1.5)
+    assert misaligned(MISALIGNED_SHIFT_MM, 1.5) and not misaligned(None, 1.5)

@@ -133,3 +133,22 @@ def test_a_regressor_start_from_a_field_far_smaller_than_the_training_cameras_is
     said = float(warned[0].split("exposed field is ")[1].split("%")[0]) / 100
     assert abs(said - side(small)) < 0.05
     assert not any("exposed field" in w for w in registrar.register(crop, small, case.init).warnings)  # a given start
+
+
+def test_a_view_whose_edges_lie_far_from_where_the_pose_puts_them_gets_no_confidence_and_a_warning(
+        tiny_model_file, tiny_cases):
+    """Left 12 mm off across the central ray (no search, no refinement), the residual shift measures
+    the miss on patches that match: the view is misaligned, scored 0 and named in a warning."""
+    from SphericalRegLib.io import read_truth
+
+    case = read_case(tiny_cases / "case_000")
+    truth, _ = read_truth(tiny_cases / "case_000")
+    off = perturb_left(torch.tensor([0.0, 0.0, 0.0, 12.0, 0.0, 0.0], dtype=f64), torch.as_tensor(truth, dtype=f64))
+    options = RegisterOptions(optimizer="none", refine=False, refine_levels=TINY_LEVELS)
+    registrar = Registrar(load_model(tiny_model_file, case.ct), case.ct, options)
+    result = registrar.register(case.xray, case.camera, off)
+    assert result.views[0].misaligned and result.confidence == 0.0
+    assert any("lie" in w and "from where this pose puts them" in w for w in result.warnings)
+    assert result.views[0].to_json()["misaligned"] is True  # result.json's per_view, with several views
+    near = registrar.register(case.xray, case.camera, torch.as_tensor(truth, dtype=f64))
+    assert not near.views[0].misaligned
