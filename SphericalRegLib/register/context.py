@@ -114,9 +114,9 @@ class RegistrationContext:
             def r(T):
                 drr = render(mu.data, T)
                 xs = x.expand(len(T), -1, -1, -1)
-                keep = valid & ~bright_outliers(xs, drr, valid)
+                keep = valid & ~bright_outliers(x, drr, valid)  # one X-ray for the batch of poses
                 if metal_px >= 2:
-                    keep = keep & ~local_outliers(xs, drr, valid, metal_px)
+                    keep = keep & ~local_outliers(x, drr, valid, metal_px)
                 return residual(xs, drr, keep)
             return r
 

@@ -34,40 +34,59 @@ OUTLIER_MARGIN = 0.5
 X-ray pixel must be to be taken for something the CT does not hold (metal)."""
 
 
+def _valid_values(x: Tensor, valid: Tensor) -> Tensor | None:
+    """``x`` (B, 1, H, W) at the ``valid`` pixels as (B, N) when the mask is one for the whole batch
+    (the registrar's case: one X-ray, many poses); None otherwise."""
+    if valid.shape[0] != 1:
+        return None
+    return x.flatten(1)[:, valid[0].flatten()]
+
+
 def _on_drr_scale(x: Tensor, drr: Tensor, valid: Tensor):
-    """``x`` (B, 1, H, W) mapped affinely onto ``drr``'s scale by their 10th and 80th percentiles
-    over the ``valid`` pixels, each image's DRR 10-80% range (B,), and which images allowed it (B,)
-    bool. The reader's scale is not the DRR's: scatter, spectra and a processed export's unknown
-    window all change it."""
-    B = x.shape[0]
-    v = valid.expand(B, -1, -1, -1).flatten(1)
+    """The affine map that puts ``x`` (1 or B, 1, H, W) onto ``drr``'s (B, 1, H, W) scale, matching
+    their 10th and 80th percentiles over the ``valid`` pixels: ``(offset, scale)`` with
+    ``x_on_drr = offset + scale * x``, each (B,), each image's DRR 10-80% range (B,), and which images
+    allowed it (B,) bool. The reader's scale is not the DRR's: scatter, spectra and a processed
+    export's unknown window all change it."""
+    B = drr.shape[0]
     q = torch.tensor([0.1, 0.8], dtype=x.dtype, device=x.device)
-    mapped, spread = torch.zeros_like(x), torch.zeros(B, dtype=x.dtype, device=x.device)
+    offset, scale, spread = (torch.zeros(B, dtype=x.dtype, device=x.device) for _ in range(3))
     ok = torch.zeros(B, dtype=torch.bool, device=x.device)
-    for k in range(B):  # quantiles over each image's own valid pixels
-        xs, ds = x[k].flatten()[v[k]], drr[k].flatten().to(x.dtype)[v[k]]
-        if xs.numel() < 16:
-            continue
-        qx, qd = torch.quantile(xs, q), torch.quantile(ds, q)
-        if not (qd[1] - qd[0]) > 0 or not (qx[1] - qx[0]) > 0:
-            continue
-        mapped[k] = qd[0] + (x[k] - qx[0]) * (qd[1] - qd[0]) / (qx[1] - qx[0])
-        spread[k], ok[k] = qd[1] - qd[0], True
-    return mapped, spread, ok
+    xs, ds = _valid_values(x, valid), _valid_values(drr.to(x.dtype), valid)
+    if xs is not None:
+        if xs.shape[1] < 16:
+            return offset, scale, spread, ok
+        qx, qd = torch.quantile(xs, q, dim=1), torch.quantile(ds, q, dim=1)  # (2, 1 or B), (2, B)
+    else:
+        v = valid.expand(B, -1, -1, -1).flatten(1)
+        pairs = [(x[min(k, len(x) - 1)].flatten()[v[k]], drr[k].flatten().to(x.dtype)[v[k]]) for k in range(B)]
+        if min(a.numel() for a, _ in pairs) < 16:
+            return offset, scale, spread, ok
+        qx = torch.stack([torch.quantile(a, q) for a, _ in pairs], 1)
+        qd = torch.stack([torch.quantile(b, q) for _, b in pairs], 1)
+    spread_x, spread = (qx[1] - qx[0]).expand(B), qd[1] - qd[0]
+    ok = (spread > 0) & (spread_x > 0)
+    scale = torch.where(ok, spread / spread_x.clamp_min(1e-30), torch.zeros_like(spread))
+    offset = torch.where(ok, qd[0] - scale * qx[0].expand(B), torch.zeros_like(spread))
+    return offset, scale, torch.where(ok, spread, torch.zeros_like(spread)), ok
+
+
+def _valid_max(x: Tensor, valid: Tensor) -> Tensor:
+    """Each image's largest value over the ``valid`` pixels, (B,)."""
+    return x.masked_fill(~valid.expand_as(x), float("-inf")).flatten(1).max(1).values
 
 
 def bright_outliers(x: Tensor, drr: Tensor, valid: Tensor, margin: float = OUTLIER_MARGIN) -> Tensor:
-    """Pixels of ``x`` (B, 1, H, W) far brighter than anything ``drr`` (B, 1, H, W) shows: instruments
-    and implants that are not in the CT. ``valid`` (B or 1, 1, H, W) bool.
+    """Pixels of ``x`` (1 or B, 1, H, W) far brighter than anything ``drr`` (B, 1, H, W) shows:
+    instruments and implants that are not in the CT. ``valid`` (B or 1, 1, H, W) bool.
 
     On the DRR's scale (:func:`_on_drr_scale`), a pixel is an outlier where it lies more than
     ``margin`` of the DRR's 10-80% range above the DRR's maximum. Dilated by one pixel (the blur
     around metal). No gradient flows through the mask."""
     with torch.no_grad():
-        mapped, spread, ok = _on_drr_scale(x, drr, valid)
-        d = drr.to(x.dtype).flatten(1)
-        top = torch.stack([d[k][valid.expand(len(d), -1, -1, -1)[k].flatten()].max() if ok[k] else d.new_zeros(())
-                           for k in range(len(d))])
+        offset, scale, spread, ok = _on_drr_scale(x, drr, valid)
+        top = _valid_max(drr.to(x.dtype), valid)
+        mapped = offset[:, None, None, None] + scale[:, None, None, None] * x
         out = (mapped > (top + margin * spread)[:, None, None, None]) & ok[:, None, None, None]
         return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
 
@@ -91,28 +110,35 @@ def _opening(x: Tensor, width: int) -> Tensor:
 
 def local_outliers(x: Tensor, drr: Tensor, valid: Tensor, width: int,
                    factor: float = LOCAL_OUTLIER_FACTOR) -> Tensor:
-    """Pixels of ``x`` (B, 1, H, W) that stand above their surroundings far more than the DRR's
-    anatomy does anywhere: pedicle screws, K-wires and other metal narrower than ``width`` px that
-    the CT does not hold, over anatomy of any brightness. ``valid`` (B or 1, 1, H, W) bool. Where
-    they lie is not compared with the DRR at the same place, so a pose still far off does not hide them.
+    """Pixels of ``x`` (1 or B, 1, H, W) that stand above their surroundings far more than the
+    DRR's (B, 1, H, W) anatomy does anywhere: pedicle screws, K-wires and other metal narrower than
+    ``width`` px that the CT does not hold, over anatomy of any brightness. ``valid`` (B or 1, 1, H,
+    W) bool. Where they lie is not compared with the DRR at the same place, so a pose still far off
+    does not hide them.
 
     The local excess is the white top-hat (the image less its opening by a ``width`` square) of
-    each image smoothed by a 3 x 3 box (noise does not count), the X-ray on the DRR's scale
-    (:func:`_on_drr_scale`) with its invalid pixels filled by its valid maximum (a field's edge is not
-    a ridge). An outlier's excess exceeds ``factor`` times the 99th percentile of the DRR's over
-    the valid pixels. Dilated by one pixel. No gradient flows through the mask."""
+    each image smoothed by a 3 x 3 box (noise does not count), the X-ray's with its invalid pixels
+    filled by its valid maximum (a field's edge is not a ridge) and put on the DRR's scale
+    (:func:`_on_drr_scale`; smoothing and opening commute with that increasing affine map, so the
+    X-ray's top-hat is taken once for a batch of poses). An outlier's excess exceeds ``factor``
+    times the 99th percentile of the DRR's over the valid pixels. Dilated by one pixel. No gradient
+    flows through the mask."""
     with torch.no_grad():
-        B = x.shape[0]
-        v = valid.expand(B, -1, -1, -1)
-        mapped, _, ok = _on_drr_scale(x, drr, valid)
-        fill = torch.stack([mapped[k][v[k]].max() if ok[k] else mapped.new_zeros(()) for k in range(B)])
-        xs = F.avg_pool2d(torch.where(v, mapped, fill[:, None, None, None]), 3, stride=1, padding=1,
-                          count_include_pad=False)
+        B = drr.shape[0]
+        _, scale, _, ok = _on_drr_scale(x, drr, valid)
+        filled = torch.where(valid, x, _valid_max(x, valid)[:, None, None, None])
+        xs = F.avg_pool2d(filled, 3, stride=1, padding=1, count_include_pad=False)
         ds = F.avg_pool2d(drr.to(x.dtype), 3, stride=1, padding=1, count_include_pad=False)
-        excess_x, excess_d = xs - _opening(xs, width), ds - _opening(ds, width)
-        top = torch.stack([torch.quantile(excess_d[k][v[k]], 0.99) if ok[k] else d.new_zeros(())
-                           for k, d in enumerate(excess_d)])
-        out = (excess_x > factor * top[:, None, None, None]) & v & ok[:, None, None, None] & (top > 0)[:, None, None, None]
+        excess_x = scale[:, None, None, None] * (xs - _opening(xs, width))
+        excess_d = ds - _opening(ds, width)
+        values = _valid_values(excess_d, valid)
+        if values is not None:
+            top = torch.quantile(values, 0.99, dim=1)
+        else:
+            v = valid.expand(B, -1, -1, -1)
+            top = torch.stack([torch.quantile(excess_d[k][v[k]], 0.99) for k in range(B)])
+        ok = ok & (top > 0)
+        out = (excess_x > (factor * top)[:, None, None, None]) & valid & ok[:, None, None, None]
         return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
 
 

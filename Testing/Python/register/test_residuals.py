@@ -146,3 +146,23 @@ def test_local_outliers_find_narrow_metal_over_bright_anatomy_and_nothing_in_a_m
     wide = xray.clone()
     wide[..., 10:40, 10:40] += 0.6  # wider than the width asked for: not found
     assert not local_outliers(wide, drr, valid, 9)[..., 14:36, 14:36].any()
+
+
+def test_the_outlier_masks_of_one_xray_against_a_batch_of_drrs_are_each_pair_s_own():
+    """The registrar passes one X-ray for a batch of poses: the masks are those of each pair alone,
+    whether the valid mask is shared or given per image."""
+    from SphericalRegLib.register.residuals import bright_outliers, local_outliers
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.rand(1, 1, 64, 64, generator=g).cumsum(-1) / 64
+    x = 2 * base + 0.3 * torch.rand(1, 1, 64, 64, generator=g)
+    x[..., 10:13, 10:25] += 3.0
+    drrs = base + 0.1 * torch.rand(3, 1, 64, 64, generator=g)
+    drrs[1] *= 2.5  # another scale: the X-ray maps onto each DRR by its own
+    valid = torch.rand(1, 1, 64, 64, generator=g) > 0.2
+    for masks in (bright_outliers, lambda a, b, v: local_outliers(a, b, v, 9)):
+        batch = masks(x, drrs, valid)
+        assert batch.shape == (3, 1, 64, 64) and batch.any()
+        for k in range(3):
+            assert torch.equal(batch[k:k + 1], masks(x, drrs[k:k + 1], valid))
+        assert torch.equal(batch, masks(x.expand(3, -1, -1, -1), drrs, valid.expand(3, -1, -1, -1).clone()))
