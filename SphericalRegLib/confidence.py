@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["SIGNALS", "BETTER_WHEN", "DEFAULT_SIGNALS", "confidence_values", "features", "fit", "predict", "for_views",
-           "depth_bound", "calibration_path", "load_calibration"]
+           "depth_bound", "score", "calibration_path", "load_calibration"]
 
 SIGNALS = {
     "final NCC": lambda s: float(s["final_ncc"]),
@@ -73,10 +73,11 @@ def load_calibration(model_path) -> dict | None:
 
 
 def confidence_values(final_ncc: float | None, cost: float | None, uncertainty: dict | None,
-                      residual_shift: float | None = None) -> dict:
+                      residual_shift: float | None = None, misaligned: bool = False) -> dict:
     """The values :data:`SIGNALS` read, from a registration's final NCC, learnt cost, uncertainty and
-    residual patch shift (mm)."""
-    values = {"final_ncc": final_ncc, "cost": cost, "residual_shift": residual_shift}
+    residual patch shift (mm), and whether that shift says the pose is wrong
+    (:func:`~SphericalRegLib.alignment.misaligned`), which :func:`score` reads."""
+    values = {"final_ncc": final_ncc, "cost": cost, "residual_shift": residual_shift, "misaligned": misaligned}
     if uncertainty is not None:
         values["inplane_sd"] = uncertainty["raw_inplane_sd_mm"]
         values["depth_sd"] = uncertainty["raw_depth_sd_mm"]
@@ -140,6 +141,21 @@ def depth_bound(depth_sd_mm: float, tolerance_mm: float = 1.0) -> float:
     if not depth_sd_mm > 0:
         return 1.0
     return math.erf(tolerance_mm / (depth_sd_mm * math.sqrt(2)))
+
+
+def score(calibration: dict | None, values: dict, uncertainty: dict | None = None) -> float | None:
+    """The confidence shown for one view: 0 where its residual shift says the pose is wrong (the
+    calibrations saw such shifts only on gross failures, and a logistic curve would still give one
+    about 0.3), else :func:`predict` (None without a ``calibration``), never above what a calibrated
+    ``uncertainty`` (the registration's) gives a depth error under 1 mm (:func:`depth_bound`)."""
+    if values.get("misaligned"):
+        return 0.0
+    if calibration is None:
+        return None
+    p = predict(calibration, values)
+    if p is not None and uncertainty is not None and uncertainty.get("calibrated"):
+        p = min(p, depth_bound(uncertainty["depth_sd_mm"]))
+    return p
 
 
 def fit(values: list[dict], success, signals=DEFAULT_SIGNALS, l2: float = 1e-2, iters: int = 500,

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from SphericalRegLib.confidence import DEFAULT_SIGNALS, confidence_values, depth_bound, fit, predict
+from SphericalRegLib.confidence import DEFAULT_SIGNALS, confidence_values, fit, score
 from SphericalRegLib.evaluation.rows import read_rows
 
 from confidence_presets import auroc, gross
@@ -37,9 +37,9 @@ def joint_runs(folder: Path) -> list[tuple]:
         views = result.get("per_view") or []
         if len(views) < 2:
             continue
-        runs.append((row, [{**confidence_values(v["final_ncc"], result["similarity"], v["uncertainty"],
-                                                v["residual_shift_mm"]), "misaligned": v.get("misaligned", False)}
-                           for v in views], result["uncertainty"]))
+        runs.append((row, [confidence_values(v["final_ncc"], result["similarity"], v["uncertainty"],
+                                             v["residual_shift_mm"], v.get("misaligned", False)) for v in views],
+                     result["uncertainty"]))
     return runs
 
 
@@ -63,20 +63,17 @@ def fit_joint(runs, signals) -> dict:
     return fit([v for _, v in kept], [row.mTRE < 1 for row, _ in kept], signals=signals)
 
 
-def score(calibration: dict, row, values: list[dict], uncertainty: dict | None) -> float:
-    """What the registrar shows: 0 when diverged or a view is misaligned (result.json's per-view flag;
-    runs from before it have none), else the lowest view's score, bounded by the joint depth
-    uncertainty when that is calibrated."""
-    if row.diverged or any(v.get("misaligned") for v in values):
+def shown(calibration: dict, row, values: list[dict], uncertainty: dict | None) -> float:
+    """What the registrar shows: 0 when diverged, else the lowest view's
+    :func:`~SphericalRegLib.confidence.score` with the joint uncertainty (a view's ``misaligned``
+    flag is in result.json's per-view entries; runs from before it have none)."""
+    if row.diverged:
         return 0.0
-    p = min(predict(calibration, v) for v in values)
-    if uncertainty is not None and uncertainty.get("calibrated"):
-        p = min(p, depth_bound(uncertainty["depth_sd_mm"]))
-    return p
+    return min(score(calibration, v, uncertainty) for v in values)
 
 
 def describe(name: str, calibration: dict, runs) -> None:
-    scores = [score(calibration, *run) for run in runs]
+    scores = [shown(calibration, *run) for run in runs]
     rows = [row for row, _, _ in runs]
     sub = [f"{s:.2f}" for r, s in zip(rows, scores) if r.mTRE < 1]
     near = [f"{r.mTRE:.2f} mm: {s:.2f}" for r, s in zip(rows, scores) if 1 <= r.mTRE < 2]

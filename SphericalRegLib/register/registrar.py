@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..alignment import DistortionFit, misaligned, residual_alignment, residual_shift_mm
 from ..camera import Camera, project
-from ..confidence import confidence_values, depth_bound, for_views, predict
+from ..confidence import confidence_values, depth_bound, for_views, score
 from ..distortion import NAMES as DISTORTION_NAMES
 from ..geometry import rotation_angle, se3_inverse, transform_points
 from ..intensity import standardise
@@ -432,19 +432,13 @@ class Registrar:
 
     def _confidence(self, view: ViewResult, cost: float, diverged: bool, n_views: int = 1,
                     uncertainty: dict | None = None) -> float | None:
-        """Platt-scaled probability that ``view``'s pose is sub-millimetre, from the model's
-        calibration of the signals it names (:data:`~SphericalRegLib.confidence.SIGNALS`), its
-        joint-registration part when ``n_views`` > 1 and it has one; never above what the
-        registration's calibrated ``uncertainty`` (the joint one) gives a depth error under 1 mm
-        (:func:`~SphericalRegLib.confidence.depth_bound`); 0 for a view whose residual shift says its
-        pose is wrong (:func:`~SphericalRegLib.alignment.misaligned`): the calibrations saw such shifts
-        only on gross failures, and a logistic curve would still give one in two views about 0.3."""
-        if diverged or view.misaligned:
+        """0 when diverged, else :func:`~SphericalRegLib.confidence.score` of ``view`` under the
+        model's calibration (its joint-registration part when ``n_views`` > 1 and it has one) with the
+        registration's ``uncertainty`` (the joint one); None without a calibration of the confidence."""
+        if diverged:
             return 0.0
         calibration = for_views(self.calibration, n_views)
-        if not calibration or "weights" not in calibration:  # none, or the uncertainty's only
-            return None
-        p = predict(calibration, confidence_values(view.final_ncc, cost, view.uncertainty, view.residual_shift_mm))
-        if p is not None and uncertainty is not None and uncertainty.get("calibrated"):
-            p = min(p, depth_bound(uncertainty["depth_sd_mm"]))
-        return p
+        if calibration is not None and "weights" not in calibration:  # the uncertainty's only
+            calibration = None
+        return score(calibration, confidence_values(view.final_ncc, cost, view.uncertainty, view.residual_shift_mm,
+                                                    view.misaligned), uncertainty)

@@ -111,8 +111,9 @@ def _opening(x: Tensor, width: int) -> Tensor:
 def local_outliers(x: Tensor, drr: Tensor, valid: Tensor, width: int,
                    factor: float = LOCAL_OUTLIER_FACTOR) -> Tensor:
     """Pixels of ``x`` (1 or B, 1, H, W) that stand above their surroundings far more than the
-    DRR's (B, 1, H, W) anatomy does anywhere: pedicle screws, K-wires and other metal narrower than
-    ``width`` px that the CT does not hold, over anatomy of any brightness. ``valid`` (B or 1, 1, H,
+    DRR's (B, 1, H, W) anatomy does anywhere: pedicle screws, retractors and other metal narrower
+    than ``width`` px that the CT does not hold, over anatomy of any brightness (a K-wire a pixel
+    wide is mostly smoothed below the bar). ``valid`` (B or 1, 1, H,
     W) bool. Where they lie is not compared with the DRR at the same place, so a pose still far off
     does not hide them.
 

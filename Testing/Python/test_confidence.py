@@ -134,3 +134,21 @@ def test_the_confidence_never_exceeds_what_the_stated_depth_uncertainty_allows()
     assert Registrar._confidence(registrar, view, 0.1, False, 1, wide) == pytest.approx(depth_bound(3.0))
     assert Registrar._confidence(registrar, view, 0.1, False, 1, {**wide, "calibrated": False}) == alone
     assert Registrar._confidence(registrar, view, 0.1, True, 1, wide) == 0.0
+
+
+def test_the_score_shown_is_0_for_a_misaligned_view_and_bounded_by_the_depth_uncertainty():
+    """One rule for the registrar and the benchmarks that replay it: a misaligned view scores 0,
+    with a calibration or without; otherwise predict, never above the calibrated depth bound."""
+    from SphericalRegLib.confidence import confidence_values, depth_bound, fit, predict, score
+
+    good = [confidence_values(0.9, None, None, 0.1 + 0.05 * i) for i in range(8)]
+    bad = [confidence_values(0.9, None, None, s) for s in (0.5, 1.0, 3.0, 12.0)]
+    cal = fit(good + bad, [True] * 8 + [False] * 4, signals=("log residual shift",))
+    values = confidence_values(0.9, None, None, 0.15)
+    assert score(cal, values) == predict(cal, values) > 0.5
+    assert score(cal, confidence_values(0.9, None, None, 0.15, misaligned=True)) == 0.0
+    assert score(None, confidence_values(0.9, None, None, 12.0, misaligned=True)) == 0.0
+    assert score(None, values) is None
+    wide = {"calibrated": True, "depth_sd_mm": 3.0}
+    assert score(cal, values, wide) == depth_bound(3.0) < predict(cal, values)
+    assert score(cal, values, {"calibrated": False, "depth_sd_mm": 3.0}) == predict(cal, values)
