@@ -18,6 +18,8 @@ Broyden updates, now the default); ``itersN`` (the finest level capped at N); ``
 fifteenth session, or free to move along it); ``nolearnt`` (no learnt stage); ``freshunc`` (the final
 uncertainty from six fresh derivative passes, not LM's last exact Jacobian); ``onestart`` (the intensity
 stage from the search's pick alone, not also from the other start, as before the sixteenth session);
+``unsearched`` (without a learnt stage, the initial pose as it was before the search is the other
+start: ``RegisterOptions.unsearched_start``);
 ``truefield`` (the simulator's exposed
 field, from the truth file, ANDed into the one the reader found: what a perfect field finder would
 give, as benchmarks/field_oracle.py); ``quad`` (every intensity level compares the X-ray with the
@@ -71,6 +73,8 @@ def options(v):
             lv = [replace(l, broyden=part in ("broyden", "bext"), extensions=3 if "ext" in part else 0) for l in lv]
         elif part.startswith("otherlevels"):
             o.other_start_levels = int(part[11:])
+        elif part == "unsearched":
+            o.unsearched_start = True
         elif part == "onestart":
             o.other_start_levels = 0
         elif part.startswith("iters"):
@@ -131,7 +135,7 @@ def options(v):
         elif part != "base":
             raise SystemExit(f"unknown variant {part!r}: base, learnt, old, exact, broyden, ext, bext, learntb, "
                              "previous, itersN, levelsF, searchF, fixedreading, fixdepth, freedepth, nolearnt, init, "
-                             "freshunc, onestart, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
+                             "freshunc, onestart, unsearched, otherlevelsN, coarseN, extensionsN, nielsen, simple, edges, fineedges, "
                              "robustC, finerobustC, quad, finequad, linearfine, truefield, nosearch, searchzN, finepatchN, metalW[fP], fitdistN, resdistN[.L] or truth")
     o.refine_levels = tuple(lv)
     return o

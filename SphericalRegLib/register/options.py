@@ -114,6 +114,10 @@ class RegisterOptions:
     # basins (registrar.OTHER_START_DEG / _MM): how many intensity levels both run before the lower
     # cost goes on alone (0: the search's pick alone, as before the sixteenth session)
     other_start_levels: int = 1
+    # without a learnt stage, the initial pose as it was before the search as that other start: on
+    # tuning X-rays 5 -> 7 of 24 sub-millimetre (one view) and 6 -> 4 gross of 24 (two views), on the
+    # report sets no change (r6400, mv6600), for 1.03-1.07x the time (docs/results.md, thirty-fifth session)
+    unsearched_start: bool = False
     # how well each further view's camera_from_reference is known (1 sd): 0 takes it as exact; above
     # 0 it is refined after the intensity stage, as positioner angles about the isocentre
     relative_rotation_sd_deg: float = 0.0

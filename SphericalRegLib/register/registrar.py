@@ -43,6 +43,9 @@ the registration: at 40% the spine crop's regressor started 46-80 mm off, at 51%
 (docs/results.md, "Detectors smaller than the training camera's"); a regressor trained for that 40%
 detector itself started 110 mm off (twenty-fourth session), so the warning does not send users there."""
 
+UNSEARCHED = "initial, not searched"
+"""The source of the other start when it is the initial pose as it was before the search."""
+
 OTHER_START_DEG, OTHER_START_MM = 1.0, 5.0
 """When the learnt stage ran, the searched start the search did not keep is refined too if it lies
 this far (rotation, or the CT centre's displacement) from the kept one: closer, both end in one basin."""
@@ -129,7 +132,7 @@ class Registrar:
             stages["search"] = first.then(translation_search(ctx, {"search": pose}))
             stages["search"].source = first.source
             pose = stages["search"].pose
-            if other is not None:
+            if other is not None and other[0] != UNSEARCHED:
                 other = other[0], translation_search(ctx, {other[0]: other[1]}).pose
         given = ctx.camera_from_reference.clone()
         if opt.refine:
@@ -163,14 +166,19 @@ class Registrar:
 
     def _other_start(self, stages: dict[str, StageRecord], pose: Tensor) -> tuple[str, Tensor] | None:
         """The searched start the search did not keep (the learnt stage's answer or the initial pose,
-        each moved to its best grid point), when it lies in another basin than ``pose``: at least
-        :data:`OTHER_START_DEG` or :data:`OTHER_START_MM` (at the CT centre) away."""
+        each moved to its best grid point), or with ``options.unsearched_start`` and no learnt stage
+        the initial pose as it was before the search, when it lies in another basin than ``pose``:
+        at least :data:`OTHER_START_DEG` or :data:`OTHER_START_MM` (at the CT centre) away."""
         search = stages.get("search")
-        if (not self.options.other_start_levels or "similarity" not in stages or search is None
-                or len(search.candidates) < 2):
+        if not self.options.other_start_levels or search is None:
             return None
-        name = next(n for n in search.candidates if n != search.source)
-        other = search.candidates[name]
+        if "similarity" in stages and len(search.candidates) >= 2:
+            name = next(n for n in search.candidates if n != search.source)
+            other = search.candidates[name]
+        elif self.options.unsearched_start:
+            name, other = UNSEARCHED, stages["initial"].pose
+        else:
+            return None
         angle = math.degrees(float(rotation_angle(other[:3, :3], pose[:3, :3])))
         centre = self.ct.centre[None].to(torch.float64)
         shift = float((transform_points(other, centre) - transform_points(pose, centre)).norm())
@@ -199,7 +207,8 @@ class Registrar:
             best = best.then(intensity_refinement(ctx, best.pose, levels=levels[first:]))
             best.source = runs[0].source
         stages["intensity"], stages["other start"] = best, other
-        stages["similarity"].kept = best.source == "similarity"
+        if "similarity" in stages:
+            stages["similarity"].kept = best.source == "similarity"
 
     def _learnt_stage_decision(self, quality: dict | None) -> tuple[bool, list[str]]:
         """Whether LM on the learnt similarity runs (``options.optimizer``, ``options.learnt_stage``

@@ -17,6 +17,7 @@ from SphericalRegLib.model import load_model
 from SphericalRegLib.optimize import twist_jacobian
 from SphericalRegLib.poses import camera_frame_offset
 from SphericalRegLib.register import IntensityLevel, RegisterOptions, Registrar, StageRecord
+from SphericalRegLib.register.registrar import UNSEARCHED
 from SphericalRegLib.register.stages import (
     intensity_refinement, keep_or_discard, learnt_residual, translation_search,
 )
@@ -213,3 +214,26 @@ def test_the_start_the_search_did_not_keep_is_refined_too_and_the_lower_cost_goe
     assert off._other_start(stages, far) is None
     with pytest.raises(InputError, match="other_start_levels"):
         RegisterOptions(other_start_levels=-1)
+
+
+def test_without_a_learnt_stage_the_start_before_the_search_can_be_the_other_start(tiny_model_file, tiny_cases):
+    """With ``unsearched_start`` the initial pose as it was before the search (3 mm off) is refined
+    beside the search's pick (60 mm off) and wins on cost; without it, or when the search did not
+    move the start, only the pick is refined."""
+    case = read_case(tiny_cases / "case_000")
+    truth, landmarks = read_truth(tiny_cases / "case_000")
+    near = perturb_left(torch.tensor([0, 0, 0, 3.0, 0, 0], dtype=f64), truth)
+    far = perturb_left(torch.tensor([0, 0, 0, 0, 60.0, 0], dtype=f64), truth)
+    stages = {"initial": StageRecord(pose=near, seconds=0.0, source="regressor"),
+              "search": StageRecord(pose=far, seconds=0.0, source="initial", candidates={"initial": far})}
+    model = load_model(tiny_model_file, case.ct)
+    both = Registrar(model, case.ct, RegisterOptions(refine_levels=TINY_LEVELS, unsearched_start=True))
+    assert both._other_start(stages, far) == (UNSEARCHED, near)
+    both._refine_from_both(both.context(case.xray, case.camera), stages, far, UNSEARCHED, near)
+    won, lost = stages["intensity"], stages["other start"]
+    assert won.source == UNSEARCHED and lost.source == "initial" and "similarity" not in stages
+    assert float(mtre(won.pose, truth, landmarks)) < float(mtre(lost.pose, truth, landmarks))
+    assert both._other_start({**stages, "search": StageRecord(pose=near, seconds=0.0, source="initial",
+                                                             candidates={"initial": near})}, near) is None
+    pick_only = Registrar(model, case.ct, RegisterOptions(refine_levels=TINY_LEVELS, unsearched_start=False))
+    assert pick_only._other_start(stages, far) is None
