@@ -116,7 +116,8 @@ class RegisterOptions:
     other_start_levels: int = 1
     # without a learnt stage, the initial pose as it was before the search as that other start: on
     # tuning X-rays 5 -> 7 of 24 sub-millimetre (one view) and 6 -> 4 gross of 24 (two views), on the
-    # report sets no change (r6400, mv6600), for 1.03-1.07x the time (docs/results.md, thirty-fifth session)
+    # report sets no gain (mv6600 unchanged; r6400 11 -> 11, two cases > 1 mm worse, two better), for
+    # 1.04-1.07x the time (docs/results.md, thirty-fifth session)
     unsearched_start: bool = False
     # how well each further view's camera_from_reference is known (1 sd): 0 takes it as exact; above
     # 0 it is refined after the intensity stage, as positioner angles about the isocentre
