@@ -175,7 +175,7 @@ class Registrar:
         if "similarity" in stages and len(search.candidates) >= 2:
             name = next(n for n in search.candidates if n != search.source)
             other = search.candidates[name]
-        elif self.options.unsearched_start:
+        elif self.options.unsearched_start and "similarity" not in stages:
             name, other = UNSEARCHED, stages["initial"].pose
         else:
             return None
