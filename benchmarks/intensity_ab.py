@@ -106,7 +106,7 @@ def options(v):
             width, _, factor = part[5:].partition("f")
             if factor:
                 import SphericalRegLib.register.residuals as residuals
-                residuals.local_outliers.__defaults__ = (int(factor) / 100,)
+                residuals.LOCAL_OUTLIER_FACTOR = int(factor) / 100
             lv = [replace(l, metal_width_mm=float(width)) for l in lv]
         elif part.startswith("finepatch"):
             lv[-1] = replace(lv[-1], patch=int(part[9:]))

@@ -98,9 +98,9 @@ class RegistrationContext:
         clipped or dead), less metal that is not in the CT: pixels far brighter than anything the
         DRR at that pose shows (:func:`~.residuals.bright_outliers`) and, with the level's
         ``metal_width_mm``, pixels that stand out locally more than the DRR's anatomy does
-        (:func:`~.residuals.local_outliers`). Masked entries are 0, so the length stays fixed. With
+        (:func:`~.residuals.local_outliers`; both in :func:`~.residuals.metal_outliers`). Masked entries are 0, so the length stays fixed. With
         nothing masked the residual is the unmasked one to the bit."""
-        from .residuals import bright_outliers, local_outliers
+        from .residuals import metal_outliers, xray_excess
 
         mu = self.attenuation[level.spacing_mm]
         residual = level.residual(form)
@@ -110,13 +110,12 @@ class RegistrationContext:
             render = self.renderer(camera, mu, max(2, round(default_n_samples(mu.shape[-3:]) * level.ray_samples)))
             valid = valid.to(x.device)[None, None]
             metal_px = round(level.metal_width_mm / min(camera.pixel_spacing))
+            excess = xray_excess(x, valid, metal_px) if metal_px >= 2 else None
 
             def r(T):
                 drr = render(mu.data, T)
                 xs = x.expand(len(T), -1, -1, -1)
-                keep = valid & ~bright_outliers(x, drr, valid)  # one X-ray for the batch of poses
-                if metal_px >= 2:
-                    keep = keep & ~local_outliers(x, drr, valid, metal_px)
+                keep = valid & ~metal_outliers(x, drr, valid, metal_px, excess)  # one X-ray for the batch of poses
                 return residual(xs, drr, keep)
             return r
 

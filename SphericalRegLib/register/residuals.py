@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..intensity import quadratic_match, sobel, standardise
 
 __all__ = ["ncc_residual", "robust_patches", "bright_outliers", "FORMS", "TERMS", "DRR_MODELS", "MIN_VALID",
-           "OUTLIER_MARGIN", "local_outliers", "LOCAL_OUTLIER_FACTOR"]
+           "OUTLIER_MARGIN", "local_outliers", "LOCAL_OUTLIER_FACTOR", "xray_excess", "metal_outliers"]
 
 FORMS = ("difference", "ncc")
 TERMS = ("intensities", "edges")
@@ -76,6 +76,18 @@ def _valid_max(x: Tensor, valid: Tensor) -> Tensor:
     return x.masked_fill(~valid.expand_as(x), float("-inf")).flatten(1).max(1).values
 
 
+def _dilated(mask: Tensor) -> Tensor:
+    """``mask`` (B, 1, H, W) bool grown by one pixel: the blur around metal."""
+    return F.max_pool2d(mask.to(torch.float32), 3, stride=1, padding=1) > 0
+
+
+def _bright(x: Tensor, drr: Tensor, valid: Tensor, margin: float, offset, scale, spread, ok) -> Tensor:
+    """:func:`bright_outliers` before dilation, given :func:`_on_drr_scale`'s answer."""
+    top = _valid_max(drr.to(x.dtype), valid)
+    mapped = offset[:, None, None, None] + scale[:, None, None, None] * x
+    return (mapped > (top + margin * spread)[:, None, None, None]) & ok[:, None, None, None]
+
+
 def bright_outliers(x: Tensor, drr: Tensor, valid: Tensor, margin: float = OUTLIER_MARGIN) -> Tensor:
     """Pixels of ``x`` (1 or B, 1, H, W) far brighter than anything ``drr`` (B, 1, H, W) shows:
     instruments and implants that are not in the CT. ``valid`` (B or 1, 1, H, W) bool.
@@ -84,11 +96,7 @@ def bright_outliers(x: Tensor, drr: Tensor, valid: Tensor, margin: float = OUTLI
     ``margin`` of the DRR's 10-80% range above the DRR's maximum. Dilated by one pixel (the blur
     around metal). No gradient flows through the mask."""
     with torch.no_grad():
-        offset, scale, spread, ok = _on_drr_scale(x, drr, valid)
-        top = _valid_max(drr.to(x.dtype), valid)
-        mapped = offset[:, None, None, None] + scale[:, None, None, None] * x
-        out = (mapped > (top + margin * spread)[:, None, None, None]) & ok[:, None, None, None]
-        return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
+        return _dilated(_bright(x, drr, valid, margin, *_on_drr_scale(x, drr, valid)))
 
 
 LOCAL_OUTLIER_FACTOR = 1.5
@@ -108,8 +116,38 @@ def _opening(x: Tensor, width: int) -> Tensor:
     return pool(pool(eroded, (1, 2 * pad + 1), (0, pad)), (2 * pad + 1, 1), (pad, 0))
 
 
-def local_outliers(x: Tensor, drr: Tensor, valid: Tensor, width: int,
-                   factor: float = LOCAL_OUTLIER_FACTOR) -> Tensor:
+def _excess(image: Tensor, width: int) -> Tensor:
+    """The white top-hat by a ``width`` square of ``image`` (B, 1, H, W) smoothed by a 3 x 3 box."""
+    smooth = F.avg_pool2d(image, 3, stride=1, padding=1, count_include_pad=False)
+    return smooth - _opening(smooth, width)
+
+
+def xray_excess(x: Tensor, valid: Tensor, width: int) -> Tensor:
+    """The local excess of :func:`local_outliers` for the X-ray ``x`` (1 or B, 1, H, W) on its own
+    scale, its invalid pixels filled by its valid maximum (a field's edge is not a ridge). It depends
+    on the X-ray alone, so a registration takes it once per level and view."""
+    with torch.no_grad():
+        return _excess(torch.where(valid, x, _valid_max(x, valid)[:, None, None, None]), width)
+
+
+def _local(excess_x: Tensor, drr: Tensor, valid: Tensor, width: int, factor: float | None, scale, ok) -> Tensor:
+    """:func:`local_outliers` before dilation, given the X-ray's :func:`xray_excess` and
+    :func:`_on_drr_scale`'s scale and which images allowed it."""
+    B = drr.shape[0]
+    factor = LOCAL_OUTLIER_FACTOR if factor is None else factor
+    excess_d = _excess(drr.to(excess_x.dtype), width)
+    values = _valid_values(excess_d, valid)
+    if values is not None:
+        top = torch.quantile(values, 0.99, dim=1)
+    else:
+        v = valid.expand(B, -1, -1, -1)
+        top = torch.stack([torch.quantile(excess_d[k][v[k]], 0.99) for k in range(B)])
+    ok = ok & (top > 0)
+    return (scale[:, None, None, None] * excess_x > (factor * top)[:, None, None, None]) & valid & ok[:, None, None, None]
+
+
+def local_outliers(x: Tensor, drr: Tensor, valid: Tensor, width: int, factor: float | None = None,
+                   x_excess: Tensor | None = None) -> Tensor:
     """Pixels of ``x`` (1 or B, 1, H, W) that stand above their surroundings far more than the
     DRR's (B, 1, H, W) anatomy does anywhere: pedicle screws, retractors and other metal narrower
     than ``width`` px that the CT does not hold, over anatomy of any brightness (a K-wire a pixel
@@ -118,29 +156,29 @@ def local_outliers(x: Tensor, drr: Tensor, valid: Tensor, width: int,
     does not hide them.
 
     The local excess is the white top-hat (the image less its opening by a ``width`` square) of
-    each image smoothed by a 3 x 3 box (noise does not count), the X-ray's with its invalid pixels
-    filled by its valid maximum (a field's edge is not a ridge) and put on the DRR's scale
-    (:func:`_on_drr_scale`; smoothing and opening commute with that increasing affine map, so the
-    X-ray's top-hat is taken once for a batch of poses). An outlier's excess exceeds ``factor``
-    times the 99th percentile of the DRR's over the valid pixels. Dilated by one pixel. No gradient
-    flows through the mask."""
+    each image smoothed by a 3 x 3 box (noise does not count), the X-ray's (:func:`xray_excess`,
+    which ``x_excess`` may pass precomputed) put on the DRR's scale (:func:`_on_drr_scale`;
+    smoothing and opening commute with that increasing affine map, so the X-ray's top-hat is taken
+    once for a batch of poses). An outlier's excess exceeds ``factor`` (default
+    :data:`LOCAL_OUTLIER_FACTOR`) times the 99th percentile of the DRR's over the valid pixels.
+    Dilated by one pixel. No gradient flows through the mask."""
     with torch.no_grad():
-        B = drr.shape[0]
         _, scale, _, ok = _on_drr_scale(x, drr, valid)
-        filled = torch.where(valid, x, _valid_max(x, valid)[:, None, None, None])
-        xs = F.avg_pool2d(filled, 3, stride=1, padding=1, count_include_pad=False)
-        ds = F.avg_pool2d(drr.to(x.dtype), 3, stride=1, padding=1, count_include_pad=False)
-        excess_x = scale[:, None, None, None] * (xs - _opening(xs, width))
-        excess_d = ds - _opening(ds, width)
-        values = _valid_values(excess_d, valid)
-        if values is not None:
-            top = torch.quantile(values, 0.99, dim=1)
-        else:
-            v = valid.expand(B, -1, -1, -1)
-            top = torch.stack([torch.quantile(excess_d[k][v[k]], 0.99) for k in range(B)])
-        ok = ok & (top > 0)
-        out = (excess_x > (factor * top)[:, None, None, None]) & valid & ok[:, None, None, None]
-        return F.max_pool2d(out.to(x.dtype), 3, stride=1, padding=1) > 0
+        excess_x = xray_excess(x, valid, width) if x_excess is None else x_excess
+        return _dilated(_local(excess_x, drr, valid, width, factor, scale, ok))
+
+
+def metal_outliers(x: Tensor, drr: Tensor, valid: Tensor, width: int, x_excess: Tensor | None = None) -> Tensor:
+    """:func:`bright_outliers` or, for ``width`` of 2 px or more, :func:`local_outliers`: the union,
+    with the X-ray put on each DRR's scale once for both (``x_excess``: :func:`xray_excess`,
+    precomputed). What the intensity stage leaves out."""
+    with torch.no_grad():
+        offset, scale, spread, ok = _on_drr_scale(x, drr, valid)
+        out = _bright(x, drr, valid, OUTLIER_MARGIN, offset, scale, spread, ok)
+        if width >= 2:
+            excess_x = xray_excess(x, valid, width) if x_excess is None else x_excess
+            out = out | _local(excess_x, drr, valid, width, None, scale, ok)
+        return _dilated(out)
 
 
 def _erode(mask: Tensor) -> Tensor:

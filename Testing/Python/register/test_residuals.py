@@ -166,3 +166,8 @@ def test_the_outlier_masks_of_one_xray_against_a_batch_of_drrs_are_each_pair_s_o
         for k in range(3):
             assert torch.equal(batch[k:k + 1], masks(x, drrs[k:k + 1], valid))
         assert torch.equal(batch, masks(x.expand(3, -1, -1, -1), drrs, valid.expand(3, -1, -1, -1).clone()))
+    from SphericalRegLib.register.residuals import metal_outliers, xray_excess
+    union = bright_outliers(x, drrs, valid) | local_outliers(x, drrs, valid, 9)
+    assert torch.equal(metal_outliers(x, drrs, valid, 9), union)  # what the intensity stage leaves out
+    assert torch.equal(metal_outliers(x, drrs, valid, 9, xray_excess(x, valid, 9)), union)
+    assert torch.equal(metal_outliers(x, drrs, valid, 0), bright_outliers(x, drrs, valid))
